@@ -1,0 +1,108 @@
+//! Configuration: read once from the environment (and an optional `.env`), validated at start.
+//! Every field is documented in `.env.example`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+#[derive(Clone)]
+pub struct Config {
+    /// PostgreSQL to use. None: `serve` runs its own cluster under `data_dir`.
+    pub database_url: Option<String>,
+    /// Address the HTTP server listens on.
+    pub bind: String,
+    /// Base URL clients use to reach this broker, for `ingestUrl`; derived from `bind` if unset.
+    pub public_url: Option<String>,
+    /// Base64 of 32 bytes; seals new payloads.
+    pub encryption_key: Option<String>,
+    /// Older keys, comma-separated: they only decrypt, for rotation.
+    pub encryption_old_keys: Vec<String>,
+    /// Largest accepted ingestion body.
+    pub max_body_bytes: usize,
+    /// Where the embedded default keeps its PostgreSQL cluster and encryption key.
+    pub data_dir: PathBuf,
+    /// Size of the PostgreSQL connection pool.
+    pub db_max_connections: u32,
+    /// How long a verified API key is trusted without asking argon2 again.
+    pub api_key_cache_ttl: Duration,
+    /// Run the periodic jobs (lock reaper, TTL purger) in this process.
+    pub run_jobs: bool,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets stay out of logs: only whether they are set.
+        f.debug_struct("Config")
+            .field("database_url", &self.database_url.as_ref().map(|_| "<set>"))
+            .field("bind", &self.bind)
+            .field("public_url", &self.public_url)
+            .field(
+                "encryption_key",
+                &self.encryption_key.as_ref().map(|_| "<set>"),
+            )
+            .field("encryption_old_keys", &self.encryption_old_keys.len())
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("data_dir", &self.data_dir)
+            .field("db_max_connections", &self.db_max_connections)
+            .field("api_key_cache_ttl", &self.api_key_cache_ttl)
+            .field("run_jobs", &self.run_jobs)
+            .finish()
+    }
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let number = |name: &str, default: u64| -> anyhow::Result<u64> {
+            match var(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("{name} must be a whole number, got {v:?}")),
+            }
+        };
+        let max_body_bytes = number("HOOKLINE_MAX_BODY_BYTES", 1024 * 1024)? as usize;
+        if max_body_bytes == 0 {
+            bail!("HOOKLINE_MAX_BODY_BYTES must be at least 1");
+        }
+        Ok(Self {
+            database_url: var("DATABASE_URL"),
+            bind: var("HOOKLINE_BIND").unwrap_or_else(|| "127.0.0.1:8080".into()),
+            public_url: var("HOOKLINE_PUBLIC_URL").map(|u| u.trim_end_matches('/').to_owned()),
+            encryption_key: var("HOOKLINE_ENCRYPTION_KEY"),
+            encryption_old_keys: var("HOOKLINE_ENCRYPTION_OLD_KEYS")
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            max_body_bytes,
+            data_dir: var("HOOKLINE_DATA_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(default_data_dir),
+            db_max_connections: number("HOOKLINE_DB_MAX_CONNECTIONS", 32)? as u32,
+            api_key_cache_ttl: Duration::from_secs(number("HOOKLINE_API_KEY_CACHE_SECONDS", 30)?),
+            run_jobs: var("HOOKLINE_RUN_JOBS")
+                .map(|v| v != "false" && v != "0")
+                .unwrap_or(true),
+        })
+    }
+}
+
+/// Root keeps its data where the `postgres` user can reach it; others under their home.
+fn default_data_dir() -> PathBuf {
+    if crate::local_pg::running_as_root() {
+        return PathBuf::from("/var/lib/hookline");
+    }
+    match std::env::var_os("XDG_DATA_HOME").or_else(|| {
+        std::env::var_os("HOME").map(|h| format!("{}/.local/share", h.to_string_lossy()).into())
+    }) {
+        Some(base) => PathBuf::from(base).join("hookline"),
+        None => PathBuf::from(".hookline"),
+    }
+}

@@ -1,0 +1,130 @@
+//! /api/webhooks/{id}/errors: the dead-letter queue, to inspect, retry or discard.
+
+use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody};
+use super::messages::ids;
+use super::{id, ApiState, Authenticated, PageQuery};
+use crate::domain::{MessageId, MessageState, Seq, WebhookId};
+use crate::store::dead_letters as store;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/webhooks/{webhook_id}/errors", web::get().to(list))
+        .route(
+            "/webhooks/{webhook_id}/errors/{message_id}/retry",
+            web::post().to(retry),
+        )
+        .route(
+            "/webhooks/{webhook_id}/errors/{message_id}",
+            web::delete().to(discard),
+        );
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterResponse {
+    #[schema(value_type = String)]
+    pub id: MessageId,
+    #[schema(value_type = i64)]
+    pub seq: Seq,
+    pub last_error: Option<String>,
+    pub retry_count: i32,
+    pub received_at: DateTime<Utc>,
+    pub dead_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterPage {
+    pub data: Vec<DeadLetterResponse>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Redriven {
+    #[schema(value_type = String)]
+    pub id: MessageId,
+    /// Always `queued`: back at its original position with its retry counter reset.
+    pub status: MessageState,
+}
+
+/// Dead letters in queue order.
+#[utoipa::path(get, path = "/api/webhooks/{webhook_id}/errors", tag = "dead letters",
+    params(("webhook_id" = String, Path), PageQuery), security(("api_key" = [])),
+    responses((status = 200, body = DeadLetterPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub async fn list(
+    auth: Authenticated,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    page: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let webhook: WebhookId = id(&path, "webhook")?;
+    let limit = page.limit()?;
+    let after = match &page.cursor {
+        None => None,
+        Some(c) => Some(Seq(c.parse().map_err(|_| {
+            ApiError::BadRequest("cursor is not a dead-letter cursor".into())
+        })?)),
+    };
+    let mut conn = state.pool.acquire().await?;
+    let rows = store::list(&mut conn, auth.0.project, &webhook, after, limit + 1).await?;
+    let more = rows.len() as i64 > limit;
+    let data: Vec<_> = rows
+        .into_iter()
+        .take(limit as usize)
+        .map(|d| DeadLetterResponse {
+            id: d.id,
+            seq: d.seq,
+            last_error: d.last_error,
+            retry_count: d.retry_count,
+            received_at: d.received_at,
+            dead_at: d.dead_at,
+        })
+        .collect();
+    let next_cursor = if more {
+        data.last().map(|d| d.seq.0.to_string())
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(DeadLetterPage { data, next_cursor }))
+}
+
+/// Put a dead letter back in the queue at its original position, retry counter reset.
+#[utoipa::path(post, path = "/api/webhooks/{webhook_id}/errors/{message_id}/retry", tag = "dead letters",
+    params(("webhook_id" = String, Path), ("message_id" = String, Path)), security(("api_key" = [])),
+    responses((status = 200, body = Redriven), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "The message is not dead")))]
+pub async fn retry(
+    auth: Authenticated,
+    state: web::Data<ApiState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (webhook, message) = ids(&path)?;
+    let mut conn = state.pool.acquire().await?;
+    store::retry(&mut conn, auth.0.project, &webhook, &message).await?;
+    Ok(HttpResponse::Ok().json(Redriven {
+        id: message,
+        status: MessageState::Queued,
+    }))
+}
+
+/// Delete a dead letter for good.
+#[utoipa::path(delete, path = "/api/webhooks/{webhook_id}/errors/{message_id}", tag = "dead letters",
+    params(("webhook_id" = String, Path), ("message_id" = String, Path)), security(("api_key" = [])),
+    responses((status = 204, description = "Discarded"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "The message is not dead")))]
+pub async fn discard(
+    auth: Authenticated,
+    state: web::Data<ApiState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (webhook, message) = ids(&path)?;
+    let mut conn = state.pool.acquire().await?;
+    store::discard(&mut conn, auth.0.project, &webhook, &message).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,287 @@
+//! /api/webhooks/{id}/messages: the consumer's side. Dequeue locks the head of the queue;
+//! commit (ACK) and error (NACK) end the lock; a stale lock token gets 409.
+
+use std::collections::BTreeMap;
+
+use actix_web::{web, HttpResponse};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{parse_json, ApiError, ErrorBody};
+use super::{id, ApiState, Authenticated};
+use crate::domain::{LockToken, MessageId, MessageState, Payload, Seq, WebhookId};
+use crate::store::messages::{self as store, LockedMessage, LockedRef};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route(
+        "/webhooks/{webhook_id}/messages/dequeue",
+        web::post().to(dequeue),
+    )
+    .route(
+        "/webhooks/{webhook_id}/messages/{message_id}",
+        web::get().to(get),
+    )
+    .route(
+        "/webhooks/{webhook_id}/messages/{message_id}/commit",
+        web::post().to(commit),
+    )
+    .route(
+        "/webhooks/{webhook_id}/messages/{message_id}/error",
+        web::post().to(error),
+    );
+}
+
+/// A locked message, decrypted for its consumer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveredMessage {
+    #[schema(value_type = String)]
+    pub id: MessageId,
+    #[schema(value_type = i64)]
+    pub seq: Seq,
+    pub status: MessageState,
+    /// Present it to commit or error, to prove the lock is still yours.
+    #[schema(value_type = String)]
+    pub lock_token: LockToken,
+    pub lock_expires_at: DateTime<Utc>,
+    pub retry_count: i32,
+    pub max_retries: i32,
+    pub received_at: DateTime<Utc>,
+    /// The request headers as received (hop-by-hop ones removed); repeated names joined by ", ".
+    pub headers: BTreeMap<String, String>,
+    pub content_type: Option<String>,
+    /// The body, when it is UTF-8 text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// The body in base64, when it is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommitRequest {
+    #[schema(value_type = Option<String>)]
+    pub lock_token: Option<LockToken>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ErrorRequest {
+    /// Why processing failed; kept as the message's last error (up to 2,000 characters).
+    pub reason: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub lock_token: Option<LockToken>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Committed {
+    #[schema(value_type = String)]
+    pub id: MessageId,
+    pub status: MessageState,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Errored {
+    #[schema(value_type = String)]
+    pub id: MessageId,
+    /// `queued` (it will be retried at its position) or `dead`.
+    pub status: MessageState,
+    pub retry_count: i32,
+    pub max_retries: i32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageStatus {
+    #[schema(value_type = String)]
+    pub id: MessageId,
+    #[schema(value_type = i64)]
+    pub seq: Seq,
+    pub status: MessageState,
+    pub retry_count: i32,
+    pub max_retries: i32,
+    pub last_error: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub lock_expires_at: Option<DateTime<Utc>>,
+    pub committed_at: Option<DateTime<Utc>>,
+    pub dead_at: Option<DateTime<Utc>>,
+}
+
+const MAX_REASON_CHARS: usize = 2000;
+
+/// Lock and receive the head of the queue; 204 when nothing can be delivered (empty, or
+/// the head message is locked by another consumer).
+#[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/dequeue", tag = "messages",
+    params(("webhook_id" = String, Path)), security(("api_key" = [])),
+    responses((status = 200, body = DeliveredMessage), (status = 204, description = "Nothing to deliver"),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 500, body = ErrorBody, description = "payload_unreadable: the message was dead-lettered")))]
+#[tracing::instrument(skip_all, fields(webhook_id = %path))]
+pub async fn dequeue(
+    auth: Authenticated,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let webhook: WebhookId = id(&path, "webhook")?;
+    match store::dequeue(&state.pool, auth.0.project, &webhook).await? {
+        None => Ok(HttpResponse::NoContent().finish()),
+        Some(locked) => Ok(HttpResponse::Ok().json(deliver(&state, &webhook, locked).await?)),
+    }
+}
+
+/// Opens a locked message for its consumer. One that cannot be opened goes to the
+/// dead-letter queue with the reason, so it neither returns garbage nor blocks the queue.
+async fn deliver(
+    state: &ApiState,
+    webhook: &WebhookId,
+    m: LockedMessage,
+) -> Result<DeliveredMessage, ApiError> {
+    let opened = state.keys.open(webhook, &m.id, &m.sealed);
+    let payload = match opened
+        .map_err(|e| e.to_string())
+        .and_then(|p| Payload::decode(&p).map_err(|e| e.to_string()))
+    {
+        Ok(payload) => payload,
+        Err(reason) => {
+            tracing::error!(message_id = %m.id, %reason, "stored payload cannot be opened");
+            store::bury(
+                &state.pool,
+                webhook,
+                &m.id,
+                &m.lock_token,
+                &format!("payload unreadable: {reason}"),
+            )
+            .await?;
+            return Err(ApiError::UnreadablePayload(m.id));
+        }
+    };
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in &payload.headers {
+        headers
+            .entry(name.clone())
+            .and_modify(|v| *v = format!("{v}, {value}"))
+            .or_insert_with(|| value.clone());
+    }
+    let content_type = payload.header("content-type").map(str::to_owned);
+    let (body, body_base64) = match String::from_utf8(payload.body) {
+        Ok(text) => (Some(text), None),
+        Err(raw) => (None, Some(BASE64.encode(raw.as_bytes()))),
+    };
+    Ok(DeliveredMessage {
+        id: m.id,
+        seq: m.seq,
+        status: MessageState::Locked,
+        lock_token: m.lock_token,
+        lock_expires_at: m.lock_expires_at,
+        retry_count: m.retry_count,
+        max_retries: m.max_retries,
+        received_at: m.received_at,
+        headers,
+        content_type,
+        body,
+        body_base64,
+    })
+}
+
+/// Acknowledge a locked message: it is done.
+#[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/{message_id}/commit", tag = "messages",
+    params(("webhook_id" = String, Path), ("message_id" = String, Path)), request_body(content = Option<CommitRequest>),
+    security(("api_key" = [])),
+    responses((status = 200, body = Committed), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "Not locked, or locked under another token")))]
+#[tracing::instrument(skip_all, fields(path = ?path))]
+pub async fn commit(
+    auth: Authenticated,
+    state: web::Data<ApiState>,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let (webhook, message) = ids(&path)?;
+    let req: CommitRequest = parse_json(&body, true)?;
+    let target = LockedRef {
+        project: auth.0.project,
+        webhook: &webhook,
+        message: &message,
+        token: req.lock_token.as_ref(),
+    };
+    let mut conn = state.pool.acquire().await?;
+    store::commit(&mut conn, &target).await?;
+    Ok(HttpResponse::Ok().json(Committed {
+        id: message,
+        status: MessageState::Committed,
+    }))
+}
+
+/// Report a failed attempt: the message returns to its position, or goes to the
+/// dead-letter queue when its retries are used up.
+#[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/{message_id}/error", tag = "messages",
+    params(("webhook_id" = String, Path), ("message_id" = String, Path)), request_body(content = Option<ErrorRequest>),
+    security(("api_key" = [])),
+    responses((status = 200, body = Errored), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "Not locked, or locked under another token")))]
+#[tracing::instrument(skip_all, fields(path = ?path))]
+pub async fn error(
+    auth: Authenticated,
+    state: web::Data<ApiState>,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let (webhook, message) = ids(&path)?;
+    let req: ErrorRequest = parse_json(&body, true)?;
+    let reason: Option<String> = req
+        .reason
+        .map(|r| r.chars().take(MAX_REASON_CHARS).collect());
+    let target = LockedRef {
+        project: auth.0.project,
+        webhook: &webhook,
+        message: &message,
+        token: req.lock_token.as_ref(),
+    };
+    let mut conn = state.pool.acquire().await?;
+    let outcome = store::error(&mut conn, &target, reason.as_deref()).await?;
+    Ok(HttpResponse::Ok().json(Errored {
+        id: message,
+        status: outcome.state,
+        retry_count: outcome.retry_count,
+        max_retries: outcome.max_retries,
+    }))
+}
+
+/// A message's state, counters, timestamps and last error.
+#[utoipa::path(get, path = "/api/webhooks/{webhook_id}/messages/{message_id}", tag = "messages",
+    params(("webhook_id" = String, Path), ("message_id" = String, Path)), security(("api_key" = [])),
+    responses((status = 200, body = MessageStatus), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    auth: Authenticated,
+    state: web::Data<ApiState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (webhook, message) = ids(&path)?;
+    let m = store::find(&state.pool, auth.0.project, &webhook, &message).await?;
+    Ok(HttpResponse::Ok().json(MessageStatus {
+        id: m.id,
+        seq: m.seq,
+        status: m.state,
+        retry_count: m.retry_count,
+        max_retries: m.max_retries,
+        last_error: m.last_error,
+        received_at: m.received_at,
+        expires_at: m.expires_at,
+        lock_expires_at: m.lock_expires_at,
+        committed_at: m.committed_at,
+        dead_at: m.dead_at,
+    }))
+}
+
+pub(super) fn ids(path: &(String, String)) -> Result<(WebhookId, MessageId), ApiError> {
+    Ok((id(&path.0, "webhook")?, id(&path.1, "message")?))
+}

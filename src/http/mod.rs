@@ -1,0 +1,119 @@
+//! HTTP: one module per resource. Handlers parse and authenticate, call the store, and map
+//! errors once (error.rs); they never write SQL.
+
+mod dead_letters;
+pub mod error;
+mod health;
+mod ingest;
+mod messages;
+pub mod openapi;
+mod webhooks;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use actix_web::dev::Payload;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use sqlx::PgPool;
+
+use crate::auth::{KeyVerifier, Principal};
+use crate::crypto::KeyRing;
+use error::ApiError;
+
+/// What every handler can reach.
+pub struct ApiState {
+    pub pool: PgPool,
+    pub keys: Arc<KeyRing>,
+    pub verifier: KeyVerifier,
+    pub max_body_bytes: usize,
+    /// Base of `ingestUrl`, without a trailing slash.
+    pub public_url: String,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .error_handler(|e, _| ApiError::BadRequest(format!("invalid JSON body: {e}")).into()),
+    )
+    .app_data(
+        web::QueryConfig::default()
+            .error_handler(|e, _| ApiError::BadRequest(format!("invalid query: {e}")).into()),
+    )
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|e, _| ApiError::BadRequest(format!("invalid path: {e}")).into()),
+    )
+    .configure(health::routes)
+    .configure(ingest::routes)
+    .service(
+        web::scope("/api")
+            .configure(webhooks::routes)
+            .configure(messages::routes)
+            .configure(dead_letters::routes),
+    )
+    .route("/openapi.json", web::get().to(openapi::serve));
+}
+
+/// Answers every unmatched route with the JSON error shape.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound("route"))
+}
+
+/// An authenticated request: the API key in `x-api-key` or `Authorization: Bearer` was valid.
+pub struct Authenticated(pub Principal);
+
+impl FromRequest for Authenticated {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<ApiState>>().cloned();
+        let presented = presented_key(req);
+        Box::pin(async move {
+            let state =
+                state.ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("ApiState missing")))?;
+            let presented = presented.ok_or(ApiError::Unauthorized)?;
+            Ok(Authenticated(state.verifier.verify(&presented).await?))
+        })
+    }
+}
+
+fn presented_key(req: &HttpRequest) -> Option<String> {
+    let headers = req.headers();
+    if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim().to_owned());
+    }
+    let auth = headers.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = auth.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// Cursor pagination parameters shared by list routes.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size, 1 to 100 (default 50).
+    pub limit: Option<i64>,
+    /// `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl PageQuery {
+    pub fn limit(&self) -> Result<i64, ApiError> {
+        match self.limit {
+            None => Ok(50),
+            Some(n @ 1..=100) => Ok(n),
+            Some(_) => Err(ApiError::Validation(
+                "limit must be between 1 and 100".into(),
+            )),
+        }
+    }
+}
+
+/// A path segment that must parse as a typed id. Unparseable ids are unknown ids (404).
+pub(crate) fn id<T: std::str::FromStr>(raw: &str, what: &'static str) -> Result<T, ApiError> {
+    error::parse_id(raw, what)
+}

@@ -1,0 +1,50 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations. The committed
+//! `openapi.json` must equal it (a test checks), so API changes show up in review.
+
+use actix_web::HttpResponse;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{dead_letters, error, health, ingest, messages, webhooks};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "hookline", description = "Webhook ingestion broker: per-webhook strict FIFO queues on PostgreSQL."),
+    paths(
+        health::healthz, health::readyz,
+        ingest::ingest,
+        webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,
+        messages::dequeue, messages::commit, messages::error, messages::get,
+        dead_letters::list, dead_letters::retry, dead_letters::discard,
+    ),
+    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    modifiers(&ApiKeyAuth),
+)]
+pub struct ApiDoc;
+
+struct ApiKeyAuth;
+
+impl Modify for ApiKeyAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "x-api-key",
+                "An API key from `hookline admin create-key`; `Authorization: Bearer <key>` also works.",
+            ))),
+        );
+    }
+}
+
+pub fn document() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes")
+}
+
+pub async fn serve() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(document())
+}

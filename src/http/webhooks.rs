@@ -1,0 +1,204 @@
+//! /api/webhooks: create, list, read, change and delete a project's webhooks.
+
+use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{parse_json, ApiError, ErrorBody};
+use super::{id, ApiState, Authenticated, PageQuery};
+use crate::domain::{LockTimeout, MaxRetries, TtlDays, WebhookId, WebhookName};
+use crate::store::webhooks::{self as store, NewWebhook, Webhook, WebhookChanges};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/webhooks")
+            .route(web::post().to(create))
+            .route(web::get().to(list)),
+    )
+    .service(
+        web::resource("/webhooks/{webhook_id}")
+            .route(web::get().to(get))
+            .route(web::patch().to(update))
+            .route(web::delete().to(delete)),
+    );
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateWebhook {
+    pub name: String,
+    /// 1 to 43200, default 300.
+    pub lock_timeout_seconds: Option<i64>,
+    /// 1 to 100, default 10.
+    pub max_retries: Option<i64>,
+    /// 1 to 365, default 7.
+    pub ttl_days: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateWebhook {
+    pub name: Option<String>,
+    pub lock_timeout_seconds: Option<i64>,
+    pub max_retries: Option<i64>,
+    pub ttl_days: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookResponse {
+    #[schema(value_type = String, example = "wh_0f8a3c2b9d4e4f6a8b1c2d3e4f5a6b7c")]
+    pub id: WebhookId,
+    pub name: String,
+    /// Where third parties POST; the webhook id in it is the secret.
+    pub ingest_url: String,
+    pub lock_timeout_seconds: i32,
+    pub max_retries: i32,
+    pub ttl_days: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookPage {
+    pub data: Vec<WebhookResponse>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn respond(state: &ApiState, w: Webhook) -> WebhookResponse {
+    WebhookResponse {
+        ingest_url: format!("{}/ingest/{}", state.public_url, w.id),
+        id: w.id,
+        name: w.name,
+        lock_timeout_seconds: w.lock_timeout_seconds,
+        max_retries: w.max_retries,
+        ttl_days: w.ttl_days,
+        created_at: w.created_at,
+        updated_at: w.updated_at,
+    }
+}
+
+/// Create a webhook and its queue.
+#[utoipa::path(post, path = "/api/webhooks", tag = "webhooks", request_body = CreateWebhook,
+    security(("api_key" = [])),
+    responses((status = 201, body = WebhookResponse), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(project = auth.0.project.0))]
+pub async fn create(
+    auth: Authenticated,
+    state: web::Data<ApiState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let req: CreateWebhook = parse_json(&body, false)?;
+    let new = NewWebhook {
+        name: WebhookName::parse(&req.name)?,
+        lock_timeout: req
+            .lock_timeout_seconds
+            .map(LockTimeout::parse)
+            .transpose()?
+            .unwrap_or(LockTimeout::DEFAULT),
+        max_retries: req
+            .max_retries
+            .map(MaxRetries::parse)
+            .transpose()?
+            .unwrap_or(MaxRetries::DEFAULT),
+        ttl_days: req
+            .ttl_days
+            .map(TtlDays::parse)
+            .transpose()?
+            .unwrap_or(TtlDays::DEFAULT),
+    };
+    let mut tx = state.pool.begin().await?;
+    let webhook = store::create(&mut tx, auth.0.project, &new).await?;
+    tx.commit().await?;
+    Ok(HttpResponse::Created().json(respond(&state, webhook)))
+}
+
+/// List the project's webhooks in creation order.
+#[utoipa::path(get, path = "/api/webhooks", tag = "webhooks", params(PageQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = WebhookPage), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn list(
+    auth: Authenticated,
+    state: web::Data<ApiState>,
+    page: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = page.limit()?;
+    let after: Option<WebhookId> = match &page.cursor {
+        None => None,
+        Some(c) => Some(
+            c.parse()
+                .map_err(|_| ApiError::BadRequest("cursor is not a webhook id".into()))?,
+        ),
+    };
+    let rows = store::list(&state.pool, auth.0.project, after.as_ref(), limit + 1).await?;
+    let more = rows.len() as i64 > limit;
+    let data: Vec<_> = rows
+        .into_iter()
+        .take(limit as usize)
+        .map(|w| respond(&state, w))
+        .collect();
+    let next_cursor = if more {
+        data.last().map(|w| w.id.to_string())
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(WebhookPage { data, next_cursor }))
+}
+
+/// Read one webhook.
+#[utoipa::path(get, path = "/api/webhooks/{webhook_id}", tag = "webhooks",
+    params(("webhook_id" = String, Path)), security(("api_key" = [])),
+    responses((status = 200, body = WebhookResponse), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    auth: Authenticated,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let webhook_id: WebhookId = id(&path, "webhook")?;
+    let webhook = store::get(&state.pool, auth.0.project, &webhook_id).await?;
+    Ok(HttpResponse::Ok().json(respond(&state, webhook)))
+}
+
+/// Change a webhook's settings; fields left out stay as they are.
+#[utoipa::path(patch, path = "/api/webhooks/{webhook_id}", tag = "webhooks", request_body = UpdateWebhook,
+    params(("webhook_id" = String, Path)), security(("api_key" = [])),
+    responses((status = 200, body = WebhookResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn update(
+    auth: Authenticated,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let webhook_id: WebhookId = id(&path, "webhook")?;
+    let req: UpdateWebhook = parse_json(&body, false)?;
+    let changes = WebhookChanges {
+        name: req.name.as_deref().map(WebhookName::parse).transpose()?,
+        lock_timeout: req
+            .lock_timeout_seconds
+            .map(LockTimeout::parse)
+            .transpose()?,
+        max_retries: req.max_retries.map(MaxRetries::parse).transpose()?,
+        ttl_days: req.ttl_days.map(TtlDays::parse).transpose()?,
+    };
+    let webhook = store::update(&state.pool, auth.0.project, &webhook_id, &changes).await?;
+    Ok(HttpResponse::Ok().json(respond(&state, webhook)))
+}
+
+/// Delete a webhook and every message in its queue.
+#[utoipa::path(delete, path = "/api/webhooks/{webhook_id}", tag = "webhooks",
+    params(("webhook_id" = String, Path)), security(("api_key" = [])),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete(
+    auth: Authenticated,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let webhook_id: WebhookId = id(&path, "webhook")?;
+    store::delete(&state.pool, auth.0.project, &webhook_id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,44 @@
+//! Deletes messages past their TTL, in every state, a bounded batch per transaction so a
+//! large backlog never becomes one huge delete.
+
+use futures_util::FutureExt as _;
+use sqlx::PgPool;
+
+#[derive(Clone)]
+pub struct TtlPurger {
+    pool: PgPool,
+    batch: i64,
+}
+
+impl TtlPurger {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool, batch: 5000 }
+    }
+
+    pub fn with_batch(mut self, batch: i64) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    /// Purges every message expired by now; returns how many.
+    #[tracing::instrument(skip_all, name = "ttl_purger")]
+    pub async fn run_once(&self) -> Result<u64, sqlx::Error> {
+        super::in_batches(&self.pool, super::PURGER_LOCK, self.batch, |tx, batch| {
+            async move {
+                let done = sqlx::query(
+                    "DELETE FROM messages m USING (
+                         SELECT webhook_id, seq FROM messages WHERE expires_at <= now()
+                         ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
+                     ) expired
+                     WHERE m.webhook_id = expired.webhook_id AND m.seq = expired.seq",
+                )
+                .bind(batch)
+                .execute(tx)
+                .await?;
+                Ok(done.rows_affected())
+            }
+            .boxed()
+        })
+        .await
+    }
+}

@@ -1,0 +1,102 @@
+//! Building and running the application: the same code starts the real server and the
+//! test server (which binds port 0 and drives the jobs itself).
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio_cron_scheduler::JobScheduler;
+use tracing_actix_web::TracingLogger;
+
+use crate::auth::KeyVerifier;
+use crate::config::Config;
+use crate::crypto::KeyRing;
+use crate::http::{self, ApiState};
+use crate::store;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    pool: PgPool,
+    scheduler: Option<JobScheduler>,
+}
+
+impl Application {
+    /// Connects, migrates, binds and schedules the jobs. `config` must carry a database URL
+    /// and an encryption key by now (main resolves the embedded default first).
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let url = config
+            .database_url
+            .as_deref()
+            .context("DATABASE_URL is not set")?;
+        let key = config.encryption_key.as_deref().context(
+            "HOOKLINE_ENCRYPTION_KEY is required when DATABASE_URL is set (base64 of 32 random bytes, \
+             e.g. `openssl rand -base64 32`)",
+        )?;
+        let keys = Arc::new(KeyRing::from_base64(key, &config.encryption_old_keys)?);
+        let pool = store::connect(url, config.db_max_connections)
+            .await
+            .context("connecting to PostgreSQL")?;
+        store::MIGRATOR
+            .run(&pool)
+            .await
+            .context("applying migrations")?;
+
+        let listener =
+            TcpListener::bind(&config.bind).with_context(|| format!("binding {}", config.bind))?;
+        let address = listener.local_addr()?;
+        let state = web::Data::new(ApiState {
+            pool: pool.clone(),
+            keys,
+            verifier: KeyVerifier::new(pool.clone(), config.api_key_cache_ttl),
+            max_body_bytes: config.max_body_bytes,
+            public_url: config
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{address}")),
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(TracingLogger::default())
+                .app_data(state.clone())
+                .configure(http::routes)
+                .default_service(web::to(http::not_found))
+        })
+        .listen(listener)?
+        .run();
+        let scheduler = if config.run_jobs {
+            Some(crate::jobs::start(pool.clone()).await?)
+        } else {
+            None
+        };
+        tracing::info!(%address, "hookline listening");
+        Ok(Self {
+            port: address.port(),
+            server,
+            pool,
+            scheduler,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Serves until SIGINT/SIGTERM: stops accepting, drains in-flight requests, then stops
+    /// the jobs. A lock in flight is committed by its consumer or left to expire.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.server.await?;
+        if let Some(mut scheduler) = self.scheduler {
+            scheduler.shutdown().await?;
+        }
+        self.pool.close().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,116 @@
+//! The dead-letter queue: messages whose retries ran out, inspected, redriven or discarded.
+//! A dead message keeps its seq, so a retried one goes back to its original position.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use super::{StoreError, StoreResult};
+use crate::domain::{MessageId, MessageState, ProjectId, Seq, WebhookId};
+
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub id: MessageId,
+    pub seq: Seq,
+    pub last_error: Option<String>,
+    pub retry_count: i32,
+    pub received_at: DateTime<Utc>,
+    pub dead_at: DateTime<Utc>,
+}
+
+/// A page in seq order after the seq `after`. Checks the webhook belongs to the project.
+pub async fn list(
+    db: &mut PgConnection,
+    project: ProjectId,
+    webhook: &WebhookId,
+    after: Option<Seq>,
+    limit: i64,
+) -> StoreResult<Vec<DeadLetter>> {
+    super::webhooks::get(&mut *db, project, webhook).await?;
+    let rows: Vec<(Uuid, i64, Option<String>, i32, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, seq, last_error, retry_count, received_at, dead_at FROM messages
+         WHERE webhook_id = $1 AND state = 'dead' AND seq > $2
+         ORDER BY seq LIMIT $3",
+    )
+    .bind(webhook.as_uuid())
+    .bind(after.map_or(0, |s| s.0))
+    .bind(limit)
+    .fetch_all(&mut *db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, seq, last_error, retry_count, received_at, dead_at)| DeadLetter {
+                id: MessageId::from_uuid(id),
+                seq: Seq(seq),
+                last_error,
+                retry_count,
+                received_at,
+                dead_at,
+            },
+        )
+        .collect())
+}
+
+/// dead -> queued with its retry counter reset, at its original seq.
+pub async fn retry(
+    db: &mut PgConnection,
+    project: ProjectId,
+    webhook: &WebhookId,
+    message: &MessageId,
+) -> StoreResult<()> {
+    let done = sqlx::query(
+        "UPDATE messages m SET state = 'queued', retry_count = 0, dead_at = NULL
+         FROM webhooks w
+         WHERE w.id = $1 AND w.project_id = $2 AND m.webhook_id = w.id AND m.id = $3 AND m.state = 'dead'",
+    )
+    .bind(webhook.as_uuid())
+    .bind(project)
+    .bind(message.as_uuid())
+    .execute(&mut *db)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(not_dead(db, project, webhook, message).await);
+    }
+    Ok(())
+}
+
+/// dead -> gone.
+pub async fn discard(
+    db: &mut PgConnection,
+    project: ProjectId,
+    webhook: &WebhookId,
+    message: &MessageId,
+) -> StoreResult<()> {
+    let done = sqlx::query(
+        "DELETE FROM messages m USING webhooks w
+         WHERE w.id = $1 AND w.project_id = $2 AND m.webhook_id = w.id AND m.id = $3 AND m.state = 'dead'",
+    )
+    .bind(webhook.as_uuid())
+    .bind(project)
+    .bind(message.as_uuid())
+    .execute(&mut *db)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(not_dead(db, project, webhook, message).await);
+    }
+    Ok(())
+}
+
+async fn not_dead(
+    db: impl PgExecutor<'_>,
+    project: ProjectId,
+    webhook: &WebhookId,
+    message: &MessageId,
+) -> StoreError {
+    match super::messages::find(db, project, webhook, message).await {
+        Err(e) => e,
+        Ok(m) if m.state == MessageState::Dead => {
+            StoreError::Conflict("message changed concurrently".into())
+        }
+        Ok(m) => StoreError::Conflict(format!(
+            "message is {}, not dead",
+            super::messages::state_name(m.state)
+        )),
+    }
+}

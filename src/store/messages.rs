@@ -1,0 +1,312 @@
+//! Messages: ingestion (a batch per transaction), the strict-FIFO dequeue, and the
+//! commit / error transitions of a locked message.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use super::{not_found_as, StoreError, StoreResult};
+use crate::crypto::{KeyId, Sealed};
+use crate::domain::{LockToken, MessageId, MessageState, ProjectId, Seq, WebhookId};
+
+/// A message ready to insert: its id chosen and its payload sealed by the caller.
+pub struct NewMessage {
+    pub id: MessageId,
+    pub sealed: Sealed,
+}
+
+/// Inserts messages into one webhook's queue in one statement, taking a contiguous seq
+/// range from the webhook's counter row (whose row lock orders concurrent writers).
+/// Returns the seqs in input order, or NotFound if the webhook does not exist.
+pub async fn insert_batch(
+    db: &mut PgConnection,
+    webhook: &WebhookId,
+    batch: &[NewMessage],
+) -> StoreResult<Vec<Seq>> {
+    let ids: Vec<Uuid> = batch.iter().map(|m| *m.id.as_uuid()).collect();
+    let key_ids: Vec<i32> = batch.iter().map(|m| m.sealed.key_id.0).collect();
+    let nonces: Vec<&[u8]> = batch.iter().map(|m| m.sealed.nonce.as_slice()).collect();
+    let ciphertexts: Vec<&[u8]> = batch
+        .iter()
+        .map(|m| m.sealed.ciphertext.as_slice())
+        .collect();
+    let rows: Vec<(i64,)> = sqlx::query_as(
+        "WITH counter AS (
+             UPDATE webhook_sequences SET last_seq = last_seq + cardinality($2::uuid[])
+             WHERE webhook_id = $1
+             RETURNING last_seq - cardinality($2::uuid[]) AS base
+         )
+         INSERT INTO messages (webhook_id, seq, id, expires_at, key_id, nonce, ciphertext)
+         SELECT $1, counter.base + item.ord, item.id, now() + make_interval(days => w.ttl_days),
+                item.key_id, item.nonce, item.ciphertext
+         FROM counter
+         JOIN webhooks w ON w.id = $1
+         CROSS JOIN unnest($2::uuid[], $3::int4[], $4::bytea[], $5::bytea[])
+              WITH ORDINALITY AS item(id, key_id, nonce, ciphertext, ord)
+         ORDER BY item.ord
+         RETURNING seq",
+    )
+    .bind(webhook.as_uuid())
+    .bind(&ids)
+    .bind(&key_ids)
+    .bind(&nonces)
+    .bind(&ciphertexts)
+    .fetch_all(db)
+    .await?;
+    if rows.is_empty() && !batch.is_empty() {
+        return Err(StoreError::NotFound("webhook"));
+    }
+    let mut seqs: Vec<Seq> = rows.into_iter().map(|(s,)| Seq(s)).collect();
+    // RETURNING order is not guaranteed; seqs were assigned in input order.
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// A message handed out by dequeue, still sealed.
+pub struct LockedMessage {
+    pub id: MessageId,
+    pub seq: Seq,
+    pub retry_count: i32,
+    pub max_retries: i32,
+    pub lock_token: LockToken,
+    pub lock_expires_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub sealed: Sealed,
+}
+
+#[derive(sqlx::FromRow)]
+struct LockedRow {
+    id: Uuid,
+    seq: i64,
+    retry_count: i32,
+    max_retries: i32,
+    lock_token: Uuid,
+    lock_expires_at: DateTime<Utc>,
+    received_at: DateTime<Utc>,
+    key_id: i32,
+    nonce: Vec<u8>,
+    ciphertext: Vec<u8>,
+}
+
+/// Locks and returns the head of the queue, or None when nothing can be delivered
+/// (empty, or the head is locked).
+pub async fn dequeue(
+    db: impl PgExecutor<'_>,
+    project: ProjectId,
+    webhook: &WebhookId,
+) -> StoreResult<Option<LockedMessage>> {
+    let row: Option<LockedRow> = sqlx::query_as("SELECT * FROM hookline_dequeue($1, $2)")
+        .bind(webhook.as_uuid())
+        .bind(project)
+        .fetch_optional(db)
+        .await
+        .map_err(|e| not_found_as(e, "webhook"))?;
+    Ok(row.map(|r| LockedMessage {
+        id: MessageId::from_uuid(r.id),
+        seq: Seq(r.seq),
+        retry_count: r.retry_count,
+        max_retries: r.max_retries,
+        lock_token: LockToken::from_uuid(r.lock_token),
+        lock_expires_at: r.lock_expires_at,
+        received_at: r.received_at,
+        sealed: Sealed {
+            key_id: KeyId(r.key_id),
+            nonce: r.nonce,
+            ciphertext: r.ciphertext,
+        },
+    }))
+}
+
+/// Which message a transition is for, and the lock the caller claims to hold (if it says).
+pub struct LockedRef<'a> {
+    pub project: ProjectId,
+    pub webhook: &'a WebhookId,
+    pub message: &'a MessageId,
+    pub token: Option<&'a LockToken>,
+}
+
+/// locked -> committed.
+pub async fn commit(db: &mut PgConnection, target: &LockedRef<'_>) -> StoreResult<()> {
+    let done = sqlx::query(
+        "UPDATE messages m
+         SET state = 'committed', committed_at = now(), lock_token = NULL, lock_expires_at = NULL
+         FROM webhooks w
+         WHERE w.id = $1 AND w.project_id = $2 AND m.webhook_id = w.id AND m.id = $3
+           AND m.state = 'locked' AND ($4::uuid IS NULL OR m.lock_token = $4)",
+    )
+    .bind(target.webhook.as_uuid())
+    .bind(target.project)
+    .bind(target.message.as_uuid())
+    .bind(target.token.map(|t| *t.as_uuid()))
+    .execute(&mut *db)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(explain_refusal(db, target).await);
+    }
+    Ok(())
+}
+
+/// What an error (NACK) did to the message.
+pub struct ErrorOutcome {
+    pub state: MessageState,
+    pub retry_count: i32,
+    pub max_retries: i32,
+}
+
+/// locked -> queued at the same position (retry_count + 1), or dead at max_retries.
+pub async fn error(
+    db: &mut PgConnection,
+    target: &LockedRef<'_>,
+    reason: Option<&str>,
+) -> StoreResult<ErrorOutcome> {
+    let row: Option<(MessageState, i32, i32)> = sqlx::query_as(
+        "UPDATE messages m
+         SET state = CASE WHEN m.retry_count + 1 >= w.max_retries
+                          THEN 'dead'::message_state ELSE 'queued'::message_state END,
+             dead_at = CASE WHEN m.retry_count + 1 >= w.max_retries THEN now() END,
+             retry_count = m.retry_count + 1,
+             last_error = $5,
+             lock_token = NULL,
+             lock_expires_at = NULL
+         FROM webhooks w
+         WHERE w.id = $1 AND w.project_id = $2 AND m.webhook_id = w.id AND m.id = $3
+           AND m.state = 'locked' AND ($4::uuid IS NULL OR m.lock_token = $4)
+         RETURNING m.state, m.retry_count, w.max_retries",
+    )
+    .bind(target.webhook.as_uuid())
+    .bind(target.project)
+    .bind(target.message.as_uuid())
+    .bind(target.token.map(|t| *t.as_uuid()))
+    .bind(reason)
+    .fetch_optional(&mut *db)
+    .await?;
+    match row {
+        Some((state, retry_count, max_retries)) => Ok(ErrorOutcome {
+            state,
+            retry_count,
+            max_retries,
+        }),
+        None => Err(explain_refusal(db, target).await),
+    }
+}
+
+/// Why a transition on a locked message changed nothing: 404 or which 409.
+async fn explain_refusal(db: &mut PgConnection, target: &LockedRef<'_>) -> StoreError {
+    let found = find(&mut *db, target.project, target.webhook, target.message).await;
+    match found {
+        Err(e) => e,
+        Ok(m) if m.state != MessageState::Locked => {
+            StoreError::Conflict(format!("message is {}, not locked", state_name(m.state)))
+        }
+        Ok(_) => StoreError::Conflict(
+            "lock token does not match: the lock expired and was handed out again".into(),
+        ),
+    }
+}
+
+pub fn state_name(state: MessageState) -> &'static str {
+    match state {
+        MessageState::Queued => "queued",
+        MessageState::Locked => "locked",
+        MessageState::Committed => "committed",
+        MessageState::Dead => "dead",
+    }
+}
+
+/// A message's state, counters and timestamps (its payload stays sealed).
+#[derive(Debug)]
+pub struct MessageInfo {
+    pub id: MessageId,
+    pub seq: Seq,
+    pub state: MessageState,
+    pub retry_count: i32,
+    pub max_retries: i32,
+    pub last_error: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub lock_expires_at: Option<DateTime<Utc>>,
+    pub committed_at: Option<DateTime<Utc>>,
+    pub dead_at: Option<DateTime<Utc>>,
+}
+
+/// The webhook always, the message if it exists: tells "no webhook" from "no message".
+#[derive(sqlx::FromRow)]
+struct FindRow {
+    max_retries: i32,
+    id: Option<Uuid>,
+    seq: Option<i64>,
+    state: Option<MessageState>,
+    retry_count: Option<i32>,
+    last_error: Option<String>,
+    received_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
+    lock_expires_at: Option<DateTime<Utc>>,
+    committed_at: Option<DateTime<Utc>>,
+    dead_at: Option<DateTime<Utc>>,
+}
+
+pub async fn find(
+    db: impl PgExecutor<'_>,
+    project: ProjectId,
+    webhook: &WebhookId,
+    message: &MessageId,
+) -> StoreResult<MessageInfo> {
+    let row: Option<FindRow> = sqlx::query_as(
+        "SELECT w.max_retries, m.id, m.seq, m.state, m.retry_count, m.last_error, m.received_at,
+                m.expires_at, m.lock_expires_at, m.committed_at, m.dead_at
+         FROM webhooks w
+         LEFT JOIN messages m ON m.webhook_id = w.id AND m.id = $3
+         WHERE w.id = $1 AND w.project_id = $2",
+    )
+    .bind(webhook.as_uuid())
+    .bind(project)
+    .bind(message.as_uuid())
+    .fetch_optional(db)
+    .await?;
+    let row = row.ok_or(StoreError::NotFound("webhook"))?;
+    let (Some(id), Some(seq), Some(state), Some(retry_count), Some(received_at), Some(expires_at)) = (
+        row.id,
+        row.seq,
+        row.state,
+        row.retry_count,
+        row.received_at,
+        row.expires_at,
+    ) else {
+        return Err(StoreError::NotFound("message"));
+    };
+    Ok(MessageInfo {
+        id: MessageId::from_uuid(id),
+        seq: Seq(seq),
+        state,
+        retry_count,
+        max_retries: row.max_retries,
+        last_error: row.last_error,
+        received_at,
+        expires_at,
+        lock_expires_at: row.lock_expires_at,
+        committed_at: row.committed_at,
+        dead_at: row.dead_at,
+    })
+}
+
+/// locked -> dead at once, for a message whose payload cannot be opened: it would fail
+/// every retry, and must not block the queue behind it.
+pub async fn bury(
+    db: impl PgExecutor<'_>,
+    webhook: &WebhookId,
+    message: &MessageId,
+    token: &LockToken,
+    reason: &str,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE messages SET state = 'dead', dead_at = now(), last_error = $4, lock_token = NULL, lock_expires_at = NULL
+         WHERE webhook_id = $1 AND id = $2 AND state = 'locked' AND lock_token = $3",
+    )
+    .bind(webhook.as_uuid())
+    .bind(message.as_uuid())
+    .bind(token.as_uuid())
+    .bind(reason)
+    .execute(db)
+    .await?;
+    Ok(())
+}

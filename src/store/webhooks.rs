@@ -1,0 +1,172 @@
+//! Webhooks: a project's endpoints and their queue settings.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use super::{StoreError, StoreResult};
+use crate::domain::{LockTimeout, MaxRetries, ProjectId, TtlDays, WebhookId, WebhookName};
+
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub id: WebhookId,
+    pub name: String,
+    pub lock_timeout_seconds: i32,
+    pub max_retries: i32,
+    pub ttl_days: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    name: String,
+    lock_timeout_seconds: i32,
+    max_retries: i32,
+    ttl_days: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<Row> for Webhook {
+    fn from(r: Row) -> Self {
+        Self {
+            id: WebhookId::from_uuid(r.id),
+            name: r.name,
+            lock_timeout_seconds: r.lock_timeout_seconds,
+            max_retries: r.max_retries,
+            ttl_days: r.ttl_days,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+const COLUMNS: &str =
+    "id, name, lock_timeout_seconds, max_retries, ttl_days, created_at, updated_at";
+
+pub struct NewWebhook {
+    pub name: WebhookName,
+    pub lock_timeout: LockTimeout,
+    pub max_retries: MaxRetries,
+    pub ttl_days: TtlDays,
+}
+
+/// Creates the webhook and its sequence counter together.
+pub async fn create(
+    tx: &mut PgConnection,
+    project: ProjectId,
+    new: &NewWebhook,
+) -> StoreResult<Webhook> {
+    let row: Row = sqlx::query_as(&format!(
+        "INSERT INTO webhooks (id, project_id, name, lock_timeout_seconds, max_retries, ttl_days)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
+    ))
+    .bind(WebhookId::new_random().as_uuid())
+    .bind(project)
+    .bind(new.name.as_str())
+    .bind(new.lock_timeout.get())
+    .bind(new.max_retries.get())
+    .bind(new.ttl_days.get())
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO webhook_sequences (webhook_id) VALUES ($1)")
+        .bind(row.id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(row.into())
+}
+
+pub async fn get(
+    db: impl PgExecutor<'_>,
+    project: ProjectId,
+    id: &WebhookId,
+) -> StoreResult<Webhook> {
+    let row: Option<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM webhooks WHERE id = $1 AND project_id = $2"
+    ))
+    .bind(id.as_uuid())
+    .bind(project)
+    .fetch_optional(db)
+    .await?;
+    row.map(Webhook::from)
+        .ok_or(StoreError::NotFound("webhook"))
+}
+
+/// A page in creation order, starting after the webhook `after` (a cursor).
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    project: ProjectId,
+    after: Option<&WebhookId>,
+    limit: i64,
+) -> StoreResult<Vec<Webhook>> {
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM webhooks
+         WHERE project_id = $1
+           AND ($2::uuid IS NULL OR (created_at, id) >
+                (SELECT c.created_at, c.id FROM webhooks c WHERE c.id = $2 AND c.project_id = $1))
+         ORDER BY created_at, id
+         LIMIT $3"
+    ))
+    .bind(project)
+    .bind(after.map(|a| *a.as_uuid()))
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(Webhook::from).collect())
+}
+
+#[derive(Default)]
+pub struct WebhookChanges {
+    pub name: Option<WebhookName>,
+    pub lock_timeout: Option<LockTimeout>,
+    pub max_retries: Option<MaxRetries>,
+    pub ttl_days: Option<TtlDays>,
+}
+
+/// Changes apply to messages from now on; a message's TTL was fixed when it arrived.
+pub async fn update(
+    db: impl PgExecutor<'_>,
+    project: ProjectId,
+    id: &WebhookId,
+    changes: &WebhookChanges,
+) -> StoreResult<Webhook> {
+    let row: Option<Row> = sqlx::query_as(&format!(
+        "UPDATE webhooks SET
+             name = COALESCE($3, name),
+             lock_timeout_seconds = COALESCE($4, lock_timeout_seconds),
+             max_retries = COALESCE($5, max_retries),
+             ttl_days = COALESCE($6, ttl_days),
+             updated_at = now()
+         WHERE id = $1 AND project_id = $2
+         RETURNING {COLUMNS}"
+    ))
+    .bind(id.as_uuid())
+    .bind(project)
+    .bind(changes.name.as_ref().map(WebhookName::as_str))
+    .bind(changes.lock_timeout.map(LockTimeout::get))
+    .bind(changes.max_retries.map(MaxRetries::get))
+    .bind(changes.ttl_days.map(TtlDays::get))
+    .fetch_optional(db)
+    .await?;
+    row.map(Webhook::from)
+        .ok_or(StoreError::NotFound("webhook"))
+}
+
+/// Deletes the webhook with every message in its queue.
+pub async fn delete(
+    db: impl PgExecutor<'_>,
+    project: ProjectId,
+    id: &WebhookId,
+) -> StoreResult<()> {
+    let done = sqlx::query("DELETE FROM webhooks WHERE id = $1 AND project_id = $2")
+        .bind(id.as_uuid())
+        .bind(project)
+        .execute(db)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound("webhook"));
+    }
+    Ok(())
+}
