@@ -73,11 +73,7 @@ pub struct KeyVerifier {
 
 impl KeyVerifier {
     pub fn new(pool: PgPool, ttl: Duration) -> Self {
-        Self {
-            pool,
-            ttl,
-            cache: Mutex::new(HashMap::new()),
-        }
+        Self { pool, ttl, cache: Mutex::new(HashMap::new()) }
     }
 
     pub async fn verify(&self, presented: &str) -> Result<Principal, AuthError> {
@@ -90,18 +86,11 @@ impl KeyVerifier {
             None => None,
         };
         // An unknown prefix still pays one argon2 verification, so timing does not tell.
-        let hash = stored
-            .as_ref()
-            .map_or_else(|| dummy_hash().to_owned(), |s| s.hash.clone());
+        let hash = stored.as_ref().map_or_else(|| dummy_hash().to_owned(), |s| s.hash.clone());
         let presented = presented.to_owned();
-        let matches = tokio::task::spawn_blocking(move || verify_hash(&presented, &hash))
-            .await
-            .unwrap_or(false);
+        let matches = tokio::task::spawn_blocking(move || verify_hash(&presented, &hash)).await.unwrap_or(false);
         let stored = stored.filter(|_| matches).ok_or(AuthError::InvalidKey)?;
-        let principal = Principal {
-            project: stored.project_id,
-            key: stored.id,
-        };
+        let principal = Principal { project: stored.project_id, key: stored.id };
         store::keys::touch(&self.pool, stored.id).await?;
         self.remember(digest, principal);
         Ok(principal)
@@ -109,10 +98,7 @@ impl KeyVerifier {
 
     fn cached(&self, digest: &[u8; 32]) -> Option<Principal> {
         let cache = self.cache.lock().expect("key cache poisoned");
-        cache
-            .get(digest)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
-            .map(|(p, _)| *p)
+        cache.get(digest).filter(|(_, at)| at.elapsed() < self.ttl).map(|(p, _)| *p)
     }
 
     fn remember(&self, digest: [u8; 32], principal: Principal) {
@@ -128,18 +114,11 @@ impl KeyVerifier {
 }
 
 /// Mints a key for the project (created if needed); the key is shown only now.
-pub async fn create_key(
-    pool: &PgPool,
-    project_name: &str,
-) -> Result<(ProjectId, ApiKey), StoreError> {
+pub async fn create_key(pool: &PgPool, project_name: &str) -> Result<(ProjectId, ApiKey), StoreError> {
     let key = ApiKey::generate();
-    let prefix = ApiKey::prefix(key.expose())
-        .expect("generated keys are well formed")
-        .to_owned();
+    let prefix = ApiKey::prefix(key.expose()).expect("generated keys are well formed").to_owned();
     let secret = key.expose().to_owned();
-    let hash = tokio::task::spawn_blocking(move || hash_secret(&secret))
-        .await
-        .expect("argon2 hashing does not panic");
+    let hash = tokio::task::spawn_blocking(move || hash_secret(&secret)).await.expect("argon2 hashing does not panic");
     let mut tx = pool.begin().await?;
     let project = store::projects::ensure(&mut *tx, project_name).await?;
     store::keys::insert(&mut *tx, project, &prefix, &hash).await?;
@@ -156,11 +135,7 @@ fn hash_secret(secret: &str) -> String {
 }
 
 fn verify_hash(secret: &str, hash: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| {
-        Argon2::default()
-            .verify_password(secret.as_bytes(), &h)
-            .is_ok()
-    })
+    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(secret.as_bytes(), &h).is_ok())
 }
 
 fn dummy_hash() -> &'static str {

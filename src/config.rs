@@ -37,10 +37,7 @@ impl std::fmt::Debug for Config {
             .field("database_url", &self.database_url.as_ref().map(|_| "<set>"))
             .field("bind", &self.bind)
             .field("public_url", &self.public_url)
-            .field(
-                "encryption_key",
-                &self.encryption_key.as_ref().map(|_| "<set>"),
-            )
+            .field("encryption_key", &self.encryption_key.as_ref().map(|_| "<set>"))
             .field("encryption_old_keys", &self.encryption_old_keys.len())
             .field("max_body_bytes", &self.max_body_bytes)
             .field("data_dir", &self.data_dir)
@@ -57,10 +54,7 @@ impl Config {
         let number = |name: &str, default: u64| -> anyhow::Result<u64> {
             match var(name) {
                 None => Ok(default),
-                Some(v) => v
-                    .trim()
-                    .parse()
-                    .with_context(|| format!("{name} must be a whole number, got {v:?}")),
+                Some(v) => v.trim().parse().with_context(|| format!("{name} must be a whole number, got {v:?}")),
             }
         };
         let max_body_bytes = number("HOOKLINE_MAX_BODY_BYTES", 1024 * 1024)? as usize;
@@ -73,23 +67,13 @@ impl Config {
             public_url: var("HOOKLINE_PUBLIC_URL").map(|u| u.trim_end_matches('/').to_owned()),
             encryption_key: var("HOOKLINE_ENCRYPTION_KEY"),
             encryption_old_keys: var("HOOKLINE_ENCRYPTION_OLD_KEYS")
-                .map(|v| {
-                    v.split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(String::from)
-                        .collect()
-                })
+                .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
                 .unwrap_or_default(),
             max_body_bytes,
-            data_dir: var("HOOKLINE_DATA_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(default_data_dir),
+            data_dir: var("HOOKLINE_DATA_DIR").map(PathBuf::from).unwrap_or_else(default_data_dir),
             db_max_connections: number("HOOKLINE_DB_MAX_CONNECTIONS", 32)? as u32,
             api_key_cache_ttl: Duration::from_secs(number("HOOKLINE_API_KEY_CACHE_SECONDS", 30)?),
-            run_jobs: var("HOOKLINE_RUN_JOBS")
-                .map(|v| v != "false" && v != "0")
-                .unwrap_or(true),
+            run_jobs: var("HOOKLINE_RUN_JOBS").map(|v| v != "false" && v != "0").unwrap_or(true),
         })
     }
 }
@@ -99,9 +83,9 @@ fn default_data_dir() -> PathBuf {
     if crate::local_pg::running_as_root() {
         return PathBuf::from("/var/lib/hookline");
     }
-    match std::env::var_os("XDG_DATA_HOME").or_else(|| {
-        std::env::var_os("HOME").map(|h| format!("{}/.local/share", h.to_string_lossy()).into())
-    }) {
+    match std::env::var_os("XDG_DATA_HOME")
+        .or_else(|| std::env::var_os("HOME").map(|h| format!("{}/.local/share", h.to_string_lossy()).into()))
+    {
         Some(base) => PathBuf::from(base).join("hookline"),
         None => PathBuf::from(".hookline"),
     }

@@ -69,44 +69,19 @@ impl KeyRing {
         let aad = associated_data(webhook, message, key.id);
         let ciphertext = key
             .cipher
-            .encrypt(
-                &nonce,
-                AeadPayload {
-                    msg: plaintext,
-                    aad: &aad,
-                },
-            )
+            .encrypt(&nonce, AeadPayload { msg: plaintext, aad: &aad })
             .expect("AES-GCM encryption of an in-memory buffer cannot fail");
-        Sealed {
-            key_id: key.id,
-            nonce: nonce.to_vec(),
-            ciphertext,
-        }
+        Sealed { key_id: key.id, nonce: nonce.to_vec(), ciphertext }
     }
 
-    pub fn open(
-        &self,
-        webhook: &WebhookId,
-        message: &MessageId,
-        sealed: &Sealed,
-    ) -> Result<Vec<u8>, CryptoError> {
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.id == sealed.key_id)
-            .ok_or(CryptoError::UnknownKey(sealed.key_id.0))?;
+    pub fn open(&self, webhook: &WebhookId, message: &MessageId, sealed: &Sealed) -> Result<Vec<u8>, CryptoError> {
+        let key = self.keys.iter().find(|k| k.id == sealed.key_id).ok_or(CryptoError::UnknownKey(sealed.key_id.0))?;
         if sealed.nonce.len() != 12 {
             return Err(CryptoError::Tampered);
         }
         let aad = associated_data(webhook, message, key.id);
         key.cipher
-            .decrypt(
-                Nonce::from_slice(&sealed.nonce),
-                AeadPayload {
-                    msg: &sealed.ciphertext,
-                    aad: &aad,
-                },
-            )
+            .decrypt(Nonce::from_slice(&sealed.nonce), AeadPayload { msg: &sealed.ciphertext, aad: &aad })
             .map_err(|_| CryptoError::Tampered)
     }
 }
@@ -119,19 +94,12 @@ impl fmt::Debug for KeyRing {
 }
 
 fn parse_key(b64: &str, var: &str) -> Result<Key, CryptoError> {
-    let bytes = BASE64
-        .decode(b64.trim())
-        .map_err(|_| CryptoError::InvalidKey(format!("{var} is not valid base64")))?;
+    let bytes = BASE64.decode(b64.trim()).map_err(|_| CryptoError::InvalidKey(format!("{var} is not valid base64")))?;
     if bytes.len() != 32 {
-        return Err(CryptoError::InvalidKey(format!(
-            "{var} must be base64 of 32 bytes, got {} bytes",
-            bytes.len()
-        )));
+        return Err(CryptoError::InvalidKey(format!("{var} must be base64 of 32 bytes, got {} bytes", bytes.len())));
     }
     let digest = Blake2s256::digest(&bytes);
-    let id = KeyId(i32::from_be_bytes([
-        digest[0], digest[1], digest[2], digest[3],
-    ]));
+    let id = KeyId(i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]));
     let cipher = Aes256Gcm::new_from_slice(&bytes).expect("length checked above");
     Ok(Key { id, cipher })
 }
@@ -150,11 +118,7 @@ mod tests {
     use super::*;
 
     fn ring(current: &str, old: &[&str]) -> KeyRing {
-        KeyRing::from_base64(
-            current,
-            &old.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-        )
-        .unwrap()
+        KeyRing::from_base64(current, &old.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
     }
 
     #[test]
@@ -165,16 +129,10 @@ mod tests {
         let sealed = r.seal(&w, &m, b"hello");
         assert_ne!(sealed.ciphertext, b"hello");
         assert_eq!(r.open(&w, &m, &sealed).unwrap(), b"hello");
-        assert!(matches!(
-            r.open(&w, &MessageId::new_random(), &sealed),
-            Err(CryptoError::Tampered)
-        ));
+        assert!(matches!(r.open(&w, &MessageId::new_random(), &sealed), Err(CryptoError::Tampered)));
         let mut flipped = sealed.clone();
         flipped.ciphertext[0] ^= 1;
-        assert!(matches!(
-            r.open(&w, &m, &flipped),
-            Err(CryptoError::Tampered)
-        ));
+        assert!(matches!(r.open(&w, &m, &flipped), Err(CryptoError::Tampered)));
     }
 
     #[test]
@@ -183,10 +141,7 @@ mod tests {
         let (w, m) = (WebhookId::new_random(), MessageId::new_random());
         let sealed = ring(&old, &[]).seal(&w, &m, b"x");
         assert_eq!(ring(&new, &[&old]).open(&w, &m, &sealed).unwrap(), b"x");
-        assert!(matches!(
-            ring(&new, &[]).open(&w, &m, &sealed),
-            Err(CryptoError::UnknownKey(_))
-        ));
+        assert!(matches!(ring(&new, &[]).open(&w, &m, &sealed), Err(CryptoError::UnknownKey(_))));
     }
 
     #[test]

@@ -31,41 +31,17 @@ impl LocalPostgres {
         let run_as = running_as_root().then_some(SERVICE_USER);
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir.canonicalize()?;
-        let mut pg = Self {
-            bin_dir,
-            dir,
-            run_as,
-            started_here: false,
-        };
+        let mut pg = Self { bin_dir, dir, run_as, started_here: false };
         if let Some(user) = run_as {
-            pg.check(
-                Command::new("chown")
-                    .arg("-R")
-                    .arg(format!("{user}:"))
-                    .arg(&pg.dir),
-            )
-            .with_context(|| {
-                format!(
-                    "giving {} to the `{user}` user (does it exist?)",
-                    pg.dir.display()
-                )
-            })?;
+            pg.check(Command::new("chown").arg("-R").arg(format!("{user}:")).arg(&pg.dir))
+                .with_context(|| format!("giving {} to the `{user}` user (does it exist?)", pg.dir.display()))?;
         }
         pg.check(pg.command("chmod").arg("700").arg(&pg.dir))?;
         if !pg.dir.join("PG_VERSION").exists() {
             tracing::info!(dir = %pg.dir.display(), "initializing a local PostgreSQL cluster");
             pg.check(
                 pg.command(&pg.tool("initdb"))
-                    .args([
-                        "-U",
-                        "postgres",
-                        "-A",
-                        "trust",
-                        "-E",
-                        "UTF8",
-                        "--locale=C",
-                        "-D",
-                    ])
+                    .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "-D"])
                     .arg(&pg.dir),
             )
             .context("initdb failed")?;
@@ -73,10 +49,8 @@ impl LocalPostgres {
         if pg.is_running() {
             return Ok(pg);
         }
-        let mut options = format!(
-            "-c listen_addresses='' -c unix_socket_directories='{}' -p {SOCKET_PORT}",
-            pg.dir.display()
-        );
+        let mut options =
+            format!("-c listen_addresses='' -c unix_socket_directories='{}' -p {SOCKET_PORT}", pg.dir.display());
         for s in settings {
             options.push_str(" -c ");
             options.push_str(s);
@@ -109,10 +83,7 @@ impl LocalPostgres {
 
     /// A connection URL for `database` over the cluster's socket.
     pub fn url(&self, database: &str) -> String {
-        format!(
-            "postgres://postgres@localhost/{database}?host={}&port={SOCKET_PORT}",
-            self.dir.display()
-        )
+        format!("postgres://postgres@localhost/{database}?host={}&port={SOCKET_PORT}", self.dir.display())
     }
 
     pub fn dir(&self) -> &Path {
@@ -122,22 +93,14 @@ impl LocalPostgres {
     /// Stops the cluster if this process started it.
     pub fn stop_if_started_here(&self) {
         if self.started_here {
-            let _ = self.run(
-                self.command(&self.tool("pg_ctl"))
-                    .args(["stop", "-m", "fast", "-w", "-D"])
-                    .arg(&self.dir),
-            );
+            let _ =
+                self.run(self.command(&self.tool("pg_ctl")).args(["stop", "-m", "fast", "-w", "-D"]).arg(&self.dir));
         }
     }
 
     fn is_running(&self) -> bool {
-        self.run(
-            self.command(&self.tool("pg_ctl"))
-                .arg("status")
-                .arg("-D")
-                .arg(&self.dir),
-        )
-        .is_ok_and(|o| o.status.success())
+        self.run(self.command(&self.tool("pg_ctl")).arg("status").arg("-D").arg(&self.dir))
+            .is_ok_and(|o| o.status.success())
     }
 
     fn tool(&self, name: &str) -> PathBuf {
@@ -165,10 +128,7 @@ impl LocalPostgres {
     fn check(&self, cmd: &mut Command) -> anyhow::Result<()> {
         let out = self.run(cmd)?;
         if !out.status.success() {
-            bail!(
-                "{cmd:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(())
     }
@@ -177,21 +137,14 @@ impl LocalPostgres {
 /// Creates `name` on the server behind `admin_url` if it does not exist.
 pub async fn ensure_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
     use sqlx::Connection as _;
-    let mut conn = sqlx::PgConnection::connect(admin_url)
-        .await
-        .context("connecting to the local PostgreSQL")?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(name)
-            .fetch_one(&mut conn)
-            .await?;
+    let mut conn = sqlx::PgConnection::connect(admin_url).await.context("connecting to the local PostgreSQL")?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await?;
     if !exists {
-        let created = sqlx::query(&format!(
-            "CREATE DATABASE \"{}\"",
-            name.replace('"', "\"\"")
-        ))
-        .execute(&mut conn)
-        .await;
+        let created =
+            sqlx::query(&format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""))).execute(&mut conn).await;
         // A concurrent creator is fine; anything else is not.
         if let Err(e) = created {
             if !matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42P04")) {
@@ -222,14 +175,8 @@ pub fn find_bin_dir() -> Option<PathBuf> {
         return Some(bin);
     }
     let mut candidates = vec![PathBuf::from("/usr/local/pgsql/bin")];
-    candidates.extend(
-        std::env::var_os("PATH")
-            .iter()
-            .flat_map(std::env::split_paths),
-    );
-    candidates
-        .into_iter()
-        .find(|d| d.join("initdb").exists() && d.join("pg_ctl").exists())
+    candidates.extend(std::env::var_os("PATH").iter().flat_map(std::env::split_paths));
+    candidates.into_iter().find(|d| d.join("initdb").exists() && d.join("pg_ctl").exists())
 }
 
 /// Whether this process runs as root (uid 0), read from /proc so no unsafe call is needed.

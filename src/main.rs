@@ -9,11 +9,7 @@ use hookline::local_pg::{self, LocalPostgres};
 use hookline::{auth, crypto::KeyRing, store, telemetry, Application, Config};
 
 #[derive(Parser)]
-#[command(
-    name = "hookline",
-    version,
-    about = "Webhook ingestion broker: per-webhook strict FIFO queues on PostgreSQL"
-)]
+#[command(name = "hookline", version, about = "Webhook ingestion broker: per-webhook strict FIFO queues on PostgreSQL")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,8 +53,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => {
             if config.database_url.is_none() {
                 let key_file = config.data_dir.join("encryption.key");
-                config.encryption_key =
-                    Some(load_or_create_key(&key_file, config.encryption_key.take())?);
+                config.encryption_key = Some(load_or_create_key(&key_file, config.encryption_key.take())?);
             } else if config.encryption_key.is_none() {
                 anyhow::bail!(
                     "HOOKLINE_ENCRYPTION_KEY is required when DATABASE_URL is set: base64 of 32 random bytes \
@@ -66,8 +61,7 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             let local = resolve_database(&mut config).await?;
-            let result =
-                async { Application::build(&config).await?.run_until_stopped().await }.await;
+            let result = async { Application::build(&config).await?.run_until_stopped().await }.await;
             if let Some(pg) = local {
                 pg.stop_if_started_here();
             }
@@ -75,25 +69,15 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let local = resolve_database(&mut config).await?;
-            let pool =
-                store::connect(config.database_url.as_deref().unwrap_or_default(), 2).await?;
-            store::MIGRATOR
-                .run(&pool)
-                .await
-                .context("applying migrations")?;
+            let pool = store::connect(config.database_url.as_deref().unwrap_or_default(), 2).await?;
+            store::MIGRATOR.run(&pool).await.context("applying migrations")?;
             println!("migrations applied");
             local.inspect(|pg| pg.stop_if_started_here());
         }
-        Command::Admin {
-            task: AdminTask::CreateKey { project },
-        } => {
+        Command::Admin { task: AdminTask::CreateKey { project } } => {
             let local = resolve_database(&mut config).await?;
-            let pool =
-                store::connect(config.database_url.as_deref().unwrap_or_default(), 2).await?;
-            store::MIGRATOR
-                .run(&pool)
-                .await
-                .context("applying migrations")?;
+            let pool = store::connect(config.database_url.as_deref().unwrap_or_default(), 2).await?;
+            store::MIGRATOR.run(&pool).await.context("applying migrations")?;
             let (_, key) = auth::create_key(&pool, &project).await?;
             local.inspect(|pg| pg.stop_if_started_here());
             println!("Created an API key for project {project:?}. It is shown only once:");
@@ -138,10 +122,6 @@ fn load_or_create_key(path: &Path, from_env: Option<String>) -> anyhow::Result<S
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     file.write_all(contents.as_bytes())
 }

@@ -28,35 +28,23 @@ impl Application {
     /// Connects, migrates, binds and schedules the jobs. `config` must carry a database URL
     /// and an encryption key by now (main resolves the embedded default first).
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let url = config
-            .database_url
-            .as_deref()
-            .context("DATABASE_URL is not set")?;
+        let url = config.database_url.as_deref().context("DATABASE_URL is not set")?;
         let key = config.encryption_key.as_deref().context(
             "HOOKLINE_ENCRYPTION_KEY is required when DATABASE_URL is set (base64 of 32 random bytes, \
              e.g. `openssl rand -base64 32`)",
         )?;
         let keys = Arc::new(KeyRing::from_base64(key, &config.encryption_old_keys)?);
-        let pool = store::connect(url, config.db_max_connections)
-            .await
-            .context("connecting to PostgreSQL")?;
-        store::MIGRATOR
-            .run(&pool)
-            .await
-            .context("applying migrations")?;
+        let pool = store::connect(url, config.db_max_connections).await.context("connecting to PostgreSQL")?;
+        store::MIGRATOR.run(&pool).await.context("applying migrations")?;
 
-        let listener =
-            TcpListener::bind(&config.bind).with_context(|| format!("binding {}", config.bind))?;
+        let listener = TcpListener::bind(&config.bind).with_context(|| format!("binding {}", config.bind))?;
         let address = listener.local_addr()?;
         let state = web::Data::new(ApiState {
             pool: pool.clone(),
             keys,
             verifier: KeyVerifier::new(pool.clone(), config.api_key_cache_ttl),
             max_body_bytes: config.max_body_bytes,
-            public_url: config
-                .public_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{address}")),
+            public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{address}")),
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -67,18 +55,9 @@ impl Application {
         })
         .listen(listener)?
         .run();
-        let scheduler = if config.run_jobs {
-            Some(crate::jobs::start(pool.clone()).await?)
-        } else {
-            None
-        };
+        let scheduler = if config.run_jobs { Some(crate::jobs::start(pool.clone()).await?) } else { None };
         tracing::info!(%address, "hookline listening");
-        Ok(Self {
-            port: address.port(),
-            server,
-            pool,
-            scheduler,
-        })
+        Ok(Self { port: address.port(), server, pool, scheduler })
     }
 
     pub fn port(&self) -> u16 {

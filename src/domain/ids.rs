@@ -119,14 +119,8 @@ mod tests {
         let hex = id.as_uuid().simple().to_string();
         assert_eq!(format!("wh_{hex}").parse::<MessageId>(), Err(InvalidId));
         assert_eq!(hex.parse::<MessageId>(), Err(InvalidId));
-        assert_eq!(
-            format!("msg_{}", hex.to_uppercase()).parse::<MessageId>(),
-            Err(InvalidId)
-        );
-        assert_eq!(
-            format!("msg_{}", id.as_uuid().hyphenated()).parse::<MessageId>(),
-            Err(InvalidId)
-        );
+        assert_eq!(format!("msg_{}", hex.to_uppercase()).parse::<MessageId>(), Err(InvalidId));
+        assert_eq!(format!("msg_{}", id.as_uuid().hyphenated()).parse::<MessageId>(), Err(InvalidId));
         assert_eq!("msg_".parse::<MessageId>(), Err(InvalidId));
     }
 }

@@ -3,17 +3,13 @@
 use serde::{Deserialize, Serialize};
 
 /// Per-webhook sequence number: strictly increasing, and the delivery order.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, sqlx::Type,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, sqlx::Type)]
 #[sqlx(transparent)]
 pub struct Seq(pub i64);
 
 /// The life cycle: queued -> locked -> committed | queued (retry) | dead; dead -> queued.
 /// Mirrors the `message_state` enum in the schema.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
 #[sqlx(type_name = "message_state", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum MessageState {

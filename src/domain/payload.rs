@@ -32,18 +32,12 @@ impl Payload {
         }
         let (headers, body) = rest.split_at(len);
         let headers = serde_json::from_slice(headers).map_err(|_| PayloadError)?;
-        Ok(Self {
-            headers,
-            body: body.to_vec(),
-        })
+        Ok(Self { headers, body: body.to_vec() })
     }
 
     /// The first value of a header, by lowercase name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -53,10 +47,8 @@ mod tests {
 
     #[test]
     fn encodes_and_decodes() {
-        let p = Payload {
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: b"{\"a\":1}".to_vec(),
-        };
+        let p =
+            Payload { headers: vec![("content-type".into(), "application/json".into())], body: b"{\"a\":1}".to_vec() };
         assert_eq!(Payload::decode(&p.encode()).unwrap(), p);
         assert!(Payload::decode(&[0, 0, 0, 9, b'[']).is_err());
         assert!(Payload::decode(&[]).is_err());

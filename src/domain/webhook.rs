@@ -57,10 +57,7 @@ impl WebhookName {
     pub fn parse(name: &str) -> Result<Self, SettingError> {
         let trimmed = name.trim();
         if trimmed.is_empty() || trimmed.chars().count() > 200 {
-            return Err(SettingError {
-                field: "name",
-                rule: "1 to 200 characters, not blank".into(),
-            });
+            return Err(SettingError { field: "name", rule: "1 to 200 characters, not blank".into() });
         }
         Ok(Self(trimmed.to_owned()))
     }
@@ -88,10 +85,7 @@ mod tests {
         assert!(LockTimeout::parse(43_201).is_err());
         assert!(MaxRetries::parse(101).is_err());
         assert!(TtlDays::parse(i64::MAX).is_err());
-        assert_eq!(
-            MaxRetries::parse(0).unwrap_err().to_string(),
-            "maxRetries must be between 1 and 100"
-        );
+        assert_eq!(MaxRetries::parse(0).unwrap_err().to_string(), "maxRetries must be between 1 and 100");
     }
 
     #[test]

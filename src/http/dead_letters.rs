@@ -13,14 +13,8 @@ use crate::store::dead_letters as store;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/webhooks/{webhook_id}/errors", web::get().to(list))
-        .route(
-            "/webhooks/{webhook_id}/errors/{message_id}/retry",
-            web::post().to(retry),
-        )
-        .route(
-            "/webhooks/{webhook_id}/errors/{message_id}",
-            web::delete().to(discard),
-        );
+        .route("/webhooks/{webhook_id}/errors/{message_id}/retry", web::post().to(retry))
+        .route("/webhooks/{webhook_id}/errors/{message_id}", web::delete().to(discard));
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -67,9 +61,9 @@ pub async fn list(
     let limit = page.limit()?;
     let after = match &page.cursor {
         None => None,
-        Some(c) => Some(Seq(c.parse().map_err(|_| {
-            ApiError::BadRequest("cursor is not a dead-letter cursor".into())
-        })?)),
+        Some(c) => {
+            Some(Seq(c.parse().map_err(|_| ApiError::BadRequest("cursor is not a dead-letter cursor".into()))?))
+        }
     };
     let mut conn = state.pool.acquire().await?;
     let rows = store::list(&mut conn, auth.0.project, &webhook, after, limit + 1).await?;
@@ -86,11 +80,7 @@ pub async fn list(
             dead_at: d.dead_at,
         })
         .collect();
-    let next_cursor = if more {
-        data.last().map(|d| d.seq.0.to_string())
-    } else {
-        None
-    };
+    let next_cursor = if more { data.last().map(|d| d.seq.0.to_string()) } else { None };
     Ok(HttpResponse::Ok().json(DeadLetterPage { data, next_cursor }))
 }
 
@@ -107,10 +97,7 @@ pub async fn retry(
     let (webhook, message) = ids(&path)?;
     let mut conn = state.pool.acquire().await?;
     store::retry(&mut conn, auth.0.project, &webhook, &message).await?;
-    Ok(HttpResponse::Ok().json(Redriven {
-        id: message,
-        status: MessageState::Queued,
-    }))
+    Ok(HttpResponse::Ok().json(Redriven { id: message, status: MessageState::Queued }))
 }
 
 /// Delete a dead letter for good.

@@ -78,12 +78,7 @@ impl ResponseError for ApiError {
         if let Self::Unexpected(cause) = self {
             tracing::error!(error = ?cause, "request failed");
         }
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code().into(),
-                message: self.to_string(),
-            },
-        };
+        let body = ErrorBody { error: ErrorDetail { code: self.code().into(), message: self.to_string() } };
         let mut response = HttpResponse::build(self.status_code());
         if matches!(self, Self::Unauthorized) {
             response.insert_header(("WWW-Authenticate", "Bearer"));
@@ -97,9 +92,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(what) => Self::NotFound(what),
             StoreError::Conflict(why) => Self::Conflict(why),
-            StoreError::Database(db) => {
-                Self::Unexpected(anyhow::Error::new(db).context("database"))
-            }
+            StoreError::Database(db) => Self::Unexpected(anyhow::Error::new(db).context("database")),
         }
     }
 }
@@ -126,19 +119,11 @@ impl From<sqlx::Error> for ApiError {
 }
 
 /// Parses a JSON request body; an empty body counts as `{}` where the caller allows it.
-pub fn parse_json<T: serde::de::DeserializeOwned + Default>(
-    body: &[u8],
-    empty_ok: bool,
-) -> Result<T, ApiError> {
+pub fn parse_json<T: serde::de::DeserializeOwned + Default>(body: &[u8], empty_ok: bool) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return if empty_ok {
-            Ok(T::default())
-        } else {
-            Err(ApiError::BadRequest("request body must be JSON".into()))
-        };
+        return if empty_ok { Ok(T::default()) } else { Err(ApiError::BadRequest("request body must be JSON".into())) };
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 /// Path ids that do not parse name nothing that exists: 404, like an unknown id.

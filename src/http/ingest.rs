@@ -56,51 +56,25 @@ pub async fn ingest(
         .headers()
         .iter()
         .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()))
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
         .collect();
     let message = MessageId::new_random();
-    let sealed = state
-        .keys
-        .seal(&webhook, &message, &Payload { headers, body }.encode());
+    let sealed = state.keys.seal(&webhook, &message, &Payload { headers, body }.encode());
     let mut conn = state.pool.acquire().await?;
-    let seqs = store::insert_batch(
-        &mut conn,
-        &webhook,
-        &[NewMessage {
-            id: message,
-            sealed,
-        }],
-    )
-    .await?;
-    Ok(HttpResponse::Accepted().json(Accepted {
-        id: message,
-        seq: seqs[0],
-    }))
+    let seqs = store::insert_batch(&mut conn, &webhook, &[NewMessage { id: message, sealed }]).await?;
+    Ok(HttpResponse::Accepted().json(Accepted { id: message, seq: seqs[0] }))
 }
 
 /// Reads the body, refusing (413) as soon as it passes `limit`.
-async fn read_limited(
-    req: &HttpRequest,
-    mut body: web::Payload,
-    limit: usize,
-) -> Result<Vec<u8>, ApiError> {
-    let declared = req
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+async fn read_limited(req: &HttpRequest, mut body: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let declared =
+        req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge(limit));
     }
     let mut out = Vec::with_capacity(declared.unwrap_or(0));
     while let Some(chunk) = body.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::BadRequest(format!("could not read the request body: {e}")))?;
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("could not read the request body: {e}")))?;
         if out.len() + chunk.len() > limit {
             return Err(ApiError::PayloadTooLarge(limit));
         }

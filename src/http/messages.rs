@@ -16,22 +16,10 @@ use crate::domain::{LockToken, MessageId, MessageState, Payload, Seq, WebhookId}
 use crate::store::messages::{self as store, LockedMessage, LockedRef};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route(
-        "/webhooks/{webhook_id}/messages/dequeue",
-        web::post().to(dequeue),
-    )
-    .route(
-        "/webhooks/{webhook_id}/messages/{message_id}",
-        web::get().to(get),
-    )
-    .route(
-        "/webhooks/{webhook_id}/messages/{message_id}/commit",
-        web::post().to(commit),
-    )
-    .route(
-        "/webhooks/{webhook_id}/messages/{message_id}/error",
-        web::post().to(error),
-    );
+    cfg.route("/webhooks/{webhook_id}/messages/dequeue", web::post().to(dequeue))
+        .route("/webhooks/{webhook_id}/messages/{message_id}", web::get().to(get))
+        .route("/webhooks/{webhook_id}/messages/{message_id}/commit", web::post().to(commit))
+        .route("/webhooks/{webhook_id}/messages/{message_id}/error", web::post().to(error));
 }
 
 /// A locked message, decrypted for its consumer.
@@ -138,36 +126,19 @@ pub async fn dequeue(
 
 /// Opens a locked message for its consumer. One that cannot be opened goes to the
 /// dead-letter queue with the reason, so it neither returns garbage nor blocks the queue.
-async fn deliver(
-    state: &ApiState,
-    webhook: &WebhookId,
-    m: LockedMessage,
-) -> Result<DeliveredMessage, ApiError> {
+async fn deliver(state: &ApiState, webhook: &WebhookId, m: LockedMessage) -> Result<DeliveredMessage, ApiError> {
     let opened = state.keys.open(webhook, &m.id, &m.sealed);
-    let payload = match opened
-        .map_err(|e| e.to_string())
-        .and_then(|p| Payload::decode(&p).map_err(|e| e.to_string()))
-    {
+    let payload = match opened.map_err(|e| e.to_string()).and_then(|p| Payload::decode(&p).map_err(|e| e.to_string())) {
         Ok(payload) => payload,
         Err(reason) => {
             tracing::error!(message_id = %m.id, %reason, "stored payload cannot be opened");
-            store::bury(
-                &state.pool,
-                webhook,
-                &m.id,
-                &m.lock_token,
-                &format!("payload unreadable: {reason}"),
-            )
-            .await?;
+            store::bury(&state.pool, webhook, &m.id, &m.lock_token, &format!("payload unreadable: {reason}")).await?;
             return Err(ApiError::UnreadablePayload(m.id));
         }
     };
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in &payload.headers {
-        headers
-            .entry(name.clone())
-            .and_modify(|v| *v = format!("{v}, {value}"))
-            .or_insert_with(|| value.clone());
+        headers.entry(name.clone()).and_modify(|v| *v = format!("{v}, {value}")).or_insert_with(|| value.clone());
     }
     let content_type = payload.header("content-type").map(str::to_owned);
     let (body, body_base64) = match String::from_utf8(payload.body) {
@@ -206,18 +177,11 @@ pub async fn commit(
 ) -> Result<HttpResponse, ApiError> {
     let (webhook, message) = ids(&path)?;
     let req: CommitRequest = parse_json(&body, true)?;
-    let target = LockedRef {
-        project: auth.0.project,
-        webhook: &webhook,
-        message: &message,
-        token: req.lock_token.as_ref(),
-    };
+    let target =
+        LockedRef { project: auth.0.project, webhook: &webhook, message: &message, token: req.lock_token.as_ref() };
     let mut conn = state.pool.acquire().await?;
     store::commit(&mut conn, &target).await?;
-    Ok(HttpResponse::Ok().json(Committed {
-        id: message,
-        status: MessageState::Committed,
-    }))
+    Ok(HttpResponse::Ok().json(Committed { id: message, status: MessageState::Committed }))
 }
 
 /// Report a failed attempt: the message returns to its position, or goes to the
@@ -237,15 +201,9 @@ pub async fn error(
 ) -> Result<HttpResponse, ApiError> {
     let (webhook, message) = ids(&path)?;
     let req: ErrorRequest = parse_json(&body, true)?;
-    let reason: Option<String> = req
-        .reason
-        .map(|r| r.chars().take(MAX_REASON_CHARS).collect());
-    let target = LockedRef {
-        project: auth.0.project,
-        webhook: &webhook,
-        message: &message,
-        token: req.lock_token.as_ref(),
-    };
+    let reason: Option<String> = req.reason.map(|r| r.chars().take(MAX_REASON_CHARS).collect());
+    let target =
+        LockedRef { project: auth.0.project, webhook: &webhook, message: &message, token: req.lock_token.as_ref() };
     let mut conn = state.pool.acquire().await?;
     let outcome = store::error(&mut conn, &target, reason.as_deref()).await?;
     Ok(HttpResponse::Ok().json(Errored {

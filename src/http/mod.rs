@@ -32,25 +32,17 @@ pub struct ApiState {
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
-        web::JsonConfig::default()
-            .error_handler(|e, _| ApiError::BadRequest(format!("invalid JSON body: {e}")).into()),
+        web::JsonConfig::default().error_handler(|e, _| ApiError::BadRequest(format!("invalid JSON body: {e}")).into()),
     )
     .app_data(
-        web::QueryConfig::default()
-            .error_handler(|e, _| ApiError::BadRequest(format!("invalid query: {e}")).into()),
+        web::QueryConfig::default().error_handler(|e, _| ApiError::BadRequest(format!("invalid query: {e}")).into()),
     )
     .app_data(
-        web::PathConfig::default()
-            .error_handler(|e, _| ApiError::BadRequest(format!("invalid path: {e}")).into()),
+        web::PathConfig::default().error_handler(|e, _| ApiError::BadRequest(format!("invalid path: {e}")).into()),
     )
     .configure(health::routes)
     .configure(ingest::routes)
-    .service(
-        web::scope("/api")
-            .configure(webhooks::routes)
-            .configure(messages::routes)
-            .configure(dead_letters::routes),
-    )
+    .service(web::scope("/api").configure(webhooks::routes).configure(messages::routes).configure(dead_letters::routes))
     .route("/openapi.json", web::get().to(openapi::serve));
 }
 
@@ -70,8 +62,7 @@ impl FromRequest for Authenticated {
         let state = req.app_data::<web::Data<ApiState>>().cloned();
         let presented = presented_key(req);
         Box::pin(async move {
-            let state =
-                state.ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("ApiState missing")))?;
+            let state = state.ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("ApiState missing")))?;
             let presented = presented.ok_or(ApiError::Unauthorized)?;
             Ok(Authenticated(state.verifier.verify(&presented).await?))
         })
@@ -85,9 +76,7 @@ fn presented_key(req: &HttpRequest) -> Option<String> {
     }
     let auth = headers.get("authorization")?.to_str().ok()?;
     let (scheme, token) = auth.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
 }
 
 /// Cursor pagination parameters shared by list routes.
@@ -106,9 +95,7 @@ impl PageQuery {
         match self.limit {
             None => Ok(50),
             Some(n @ 1..=100) => Ok(n),
-            Some(_) => Err(ApiError::Validation(
-                "limit must be between 1 and 100".into(),
-            )),
+            Some(_) => Err(ApiError::Validation("limit must be between 1 and 100".into())),
         }
     }
 }

@@ -38,13 +38,9 @@ impl Modify for ApiKeyAuth {
 }
 
 pub fn document() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the OpenAPI document serializes")
+    ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serializes")
 }
 
 pub async fn serve() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(document())
+    HttpResponse::Ok().content_type("application/json").body(document())
 }

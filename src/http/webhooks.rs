@@ -11,12 +11,7 @@ use crate::domain::{LockTimeout, MaxRetries, TtlDays, WebhookId, WebhookName};
 use crate::store::webhooks::{self as store, NewWebhook, Webhook, WebhookChanges};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/webhooks")
-            .route(web::post().to(create))
-            .route(web::get().to(list)),
-    )
-    .service(
+    cfg.service(web::resource("/webhooks").route(web::post().to(create)).route(web::get().to(list))).service(
         web::resource("/webhooks/{webhook_id}")
             .route(web::get().to(get))
             .route(web::patch().to(update))
@@ -95,21 +90,9 @@ pub async fn create(
     let req: CreateWebhook = parse_json(&body, false)?;
     let new = NewWebhook {
         name: WebhookName::parse(&req.name)?,
-        lock_timeout: req
-            .lock_timeout_seconds
-            .map(LockTimeout::parse)
-            .transpose()?
-            .unwrap_or(LockTimeout::DEFAULT),
-        max_retries: req
-            .max_retries
-            .map(MaxRetries::parse)
-            .transpose()?
-            .unwrap_or(MaxRetries::DEFAULT),
-        ttl_days: req
-            .ttl_days
-            .map(TtlDays::parse)
-            .transpose()?
-            .unwrap_or(TtlDays::DEFAULT),
+        lock_timeout: req.lock_timeout_seconds.map(LockTimeout::parse).transpose()?.unwrap_or(LockTimeout::DEFAULT),
+        max_retries: req.max_retries.map(MaxRetries::parse).transpose()?.unwrap_or(MaxRetries::DEFAULT),
+        ttl_days: req.ttl_days.map(TtlDays::parse).transpose()?.unwrap_or(TtlDays::DEFAULT),
     };
     let mut tx = state.pool.begin().await?;
     let webhook = store::create(&mut tx, auth.0.project, &new).await?;
@@ -129,23 +112,12 @@ pub async fn list(
     let limit = page.limit()?;
     let after: Option<WebhookId> = match &page.cursor {
         None => None,
-        Some(c) => Some(
-            c.parse()
-                .map_err(|_| ApiError::BadRequest("cursor is not a webhook id".into()))?,
-        ),
+        Some(c) => Some(c.parse().map_err(|_| ApiError::BadRequest("cursor is not a webhook id".into()))?),
     };
     let rows = store::list(&state.pool, auth.0.project, after.as_ref(), limit + 1).await?;
     let more = rows.len() as i64 > limit;
-    let data: Vec<_> = rows
-        .into_iter()
-        .take(limit as usize)
-        .map(|w| respond(&state, w))
-        .collect();
-    let next_cursor = if more {
-        data.last().map(|w| w.id.to_string())
-    } else {
-        None
-    };
+    let data: Vec<_> = rows.into_iter().take(limit as usize).map(|w| respond(&state, w)).collect();
+    let next_cursor = if more { data.last().map(|w| w.id.to_string()) } else { None };
     Ok(HttpResponse::Ok().json(WebhookPage { data, next_cursor }))
 }
 
@@ -178,10 +150,7 @@ pub async fn update(
     let req: UpdateWebhook = parse_json(&body, false)?;
     let changes = WebhookChanges {
         name: req.name.as_deref().map(WebhookName::parse).transpose()?,
-        lock_timeout: req
-            .lock_timeout_seconds
-            .map(LockTimeout::parse)
-            .transpose()?,
+        lock_timeout: req.lock_timeout_seconds.map(LockTimeout::parse).transpose()?,
         max_retries: req.max_retries.map(MaxRetries::parse).transpose()?,
         ttl_days: req.ttl_days.map(TtlDays::parse).transpose()?,
     };

@@ -55,25 +55,15 @@ pub async fn start(pool: PgPool) -> anyhow::Result<JobScheduler> {
 /// Runs `step` in batches, each in its own short transaction holding the job's advisory
 /// lock, until a batch comes back short. Returns the rows handled, 0 if another replica
 /// holds the lock.
-async fn in_batches<F>(
-    pool: &PgPool,
-    lock_key: i64,
-    batch: i64,
-    step: F,
-) -> Result<u64, sqlx::Error>
+async fn in_batches<F>(pool: &PgPool, lock_key: i64, batch: i64, step: F) -> Result<u64, sqlx::Error>
 where
-    F: for<'c> Fn(
-        &'c mut sqlx::PgConnection,
-        i64,
-    ) -> futures_util::future::BoxFuture<'c, Result<u64, sqlx::Error>>,
+    F: for<'c> Fn(&'c mut sqlx::PgConnection, i64) -> futures_util::future::BoxFuture<'c, Result<u64, sqlx::Error>>,
 {
     let mut total = 0;
     loop {
         let mut tx = pool.begin().await?;
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(lock_key)
-            .fetch_one(&mut *tx)
-            .await?;
+        let got: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(lock_key).fetch_one(&mut *tx).await?;
         if !got {
             return Ok(total);
         }

@@ -39,16 +39,14 @@ pub async fn list(
     .await?;
     Ok(rows
         .into_iter()
-        .map(
-            |(id, seq, last_error, retry_count, received_at, dead_at)| DeadLetter {
-                id: MessageId::from_uuid(id),
-                seq: Seq(seq),
-                last_error,
-                retry_count,
-                received_at,
-                dead_at,
-            },
-        )
+        .map(|(id, seq, last_error, retry_count, received_at, dead_at)| DeadLetter {
+            id: MessageId::from_uuid(id),
+            seq: Seq(seq),
+            last_error,
+            retry_count,
+            received_at,
+            dead_at,
+        })
         .collect())
 }
 
@@ -97,20 +95,10 @@ pub async fn discard(
     Ok(())
 }
 
-async fn not_dead(
-    db: impl PgExecutor<'_>,
-    project: ProjectId,
-    webhook: &WebhookId,
-    message: &MessageId,
-) -> StoreError {
+async fn not_dead(db: impl PgExecutor<'_>, project: ProjectId, webhook: &WebhookId, message: &MessageId) -> StoreError {
     match super::messages::find(db, project, webhook, message).await {
         Err(e) => e,
-        Ok(m) if m.state == MessageState::Dead => {
-            StoreError::Conflict("message changed concurrently".into())
-        }
-        Ok(m) => StoreError::Conflict(format!(
-            "message is {}, not dead",
-            super::messages::state_name(m.state)
-        )),
+        Ok(m) if m.state == MessageState::Dead => StoreError::Conflict("message changed concurrently".into()),
+        Ok(m) => StoreError::Conflict(format!("message is {}, not dead", super::messages::state_name(m.state))),
     }
 }

@@ -18,18 +18,11 @@ pub struct NewMessage {
 /// Inserts messages into one webhook's queue in one statement, taking a contiguous seq
 /// range from the webhook's counter row (whose row lock orders concurrent writers).
 /// Returns the seqs in input order, or NotFound if the webhook does not exist.
-pub async fn insert_batch(
-    db: &mut PgConnection,
-    webhook: &WebhookId,
-    batch: &[NewMessage],
-) -> StoreResult<Vec<Seq>> {
+pub async fn insert_batch(db: &mut PgConnection, webhook: &WebhookId, batch: &[NewMessage]) -> StoreResult<Vec<Seq>> {
     let ids: Vec<Uuid> = batch.iter().map(|m| *m.id.as_uuid()).collect();
     let key_ids: Vec<i32> = batch.iter().map(|m| m.sealed.key_id.0).collect();
     let nonces: Vec<&[u8]> = batch.iter().map(|m| m.sealed.nonce.as_slice()).collect();
-    let ciphertexts: Vec<&[u8]> = batch
-        .iter()
-        .map(|m| m.sealed.ciphertext.as_slice())
-        .collect();
+    let ciphertexts: Vec<&[u8]> = batch.iter().map(|m| m.sealed.ciphertext.as_slice()).collect();
     let rows: Vec<(i64,)> = sqlx::query_as(
         "WITH counter AS (
              UPDATE webhook_sequences SET last_seq = last_seq + cardinality($2::uuid[])
@@ -109,11 +102,7 @@ pub async fn dequeue(
         lock_token: LockToken::from_uuid(r.lock_token),
         lock_expires_at: r.lock_expires_at,
         received_at: r.received_at,
-        sealed: Sealed {
-            key_id: KeyId(r.key_id),
-            nonce: r.nonce,
-            ciphertext: r.ciphertext,
-        },
+        sealed: Sealed { key_id: KeyId(r.key_id), nonce: r.nonce, ciphertext: r.ciphertext },
     }))
 }
 
@@ -154,11 +143,7 @@ pub struct ErrorOutcome {
 }
 
 /// locked -> queued at the same position (retry_count + 1), or dead at max_retries.
-pub async fn error(
-    db: &mut PgConnection,
-    target: &LockedRef<'_>,
-    reason: Option<&str>,
-) -> StoreResult<ErrorOutcome> {
+pub async fn error(db: &mut PgConnection, target: &LockedRef<'_>, reason: Option<&str>) -> StoreResult<ErrorOutcome> {
     let row: Option<(MessageState, i32, i32)> = sqlx::query_as(
         "UPDATE messages m
          SET state = CASE WHEN m.retry_count + 1 >= w.max_retries
@@ -181,11 +166,7 @@ pub async fn error(
     .fetch_optional(&mut *db)
     .await?;
     match row {
-        Some((state, retry_count, max_retries)) => Ok(ErrorOutcome {
-            state,
-            retry_count,
-            max_retries,
-        }),
+        Some((state, retry_count, max_retries)) => Ok(ErrorOutcome { state, retry_count, max_retries }),
         None => Err(explain_refusal(db, target).await),
     }
 }
@@ -198,9 +179,7 @@ async fn explain_refusal(db: &mut PgConnection, target: &LockedRef<'_>) -> Store
         Ok(m) if m.state != MessageState::Locked => {
             StoreError::Conflict(format!("message is {}, not locked", state_name(m.state)))
         }
-        Ok(_) => StoreError::Conflict(
-            "lock token does not match: the lock expired and was handed out again".into(),
-        ),
+        Ok(_) => StoreError::Conflict("lock token does not match: the lock expired and was handed out again".into()),
     }
 }
 
@@ -264,14 +243,9 @@ pub async fn find(
     .fetch_optional(db)
     .await?;
     let row = row.ok_or(StoreError::NotFound("webhook"))?;
-    let (Some(id), Some(seq), Some(state), Some(retry_count), Some(received_at), Some(expires_at)) = (
-        row.id,
-        row.seq,
-        row.state,
-        row.retry_count,
-        row.received_at,
-        row.expires_at,
-    ) else {
+    let (Some(id), Some(seq), Some(state), Some(retry_count), Some(received_at), Some(expires_at)) =
+        (row.id, row.seq, row.state, row.retry_count, row.received_at, row.expires_at)
+    else {
         return Err(StoreError::NotFound("message"));
     };
     Ok(MessageInfo {

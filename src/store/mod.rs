@@ -38,9 +38,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
 /// Maps the SQLSTATE a plpgsql function raises for a missing row.
 pub(crate) fn not_found_as(err: sqlx::Error, what: &'static str) -> StoreError {
     match &err {
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("P0002") => {
-            StoreError::NotFound(what)
-        }
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("P0002") => StoreError::NotFound(what),
         _ => StoreError::Database(err),
     }
 }

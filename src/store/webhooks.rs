@@ -43,8 +43,7 @@ impl From<Row> for Webhook {
     }
 }
 
-const COLUMNS: &str =
-    "id, name, lock_timeout_seconds, max_retries, ttl_days, created_at, updated_at";
+const COLUMNS: &str = "id, name, lock_timeout_seconds, max_retries, ttl_days, created_at, updated_at";
 
 pub struct NewWebhook {
     pub name: WebhookName,
@@ -54,11 +53,7 @@ pub struct NewWebhook {
 }
 
 /// Creates the webhook and its sequence counter together.
-pub async fn create(
-    tx: &mut PgConnection,
-    project: ProjectId,
-    new: &NewWebhook,
-) -> StoreResult<Webhook> {
+pub async fn create(tx: &mut PgConnection, project: ProjectId, new: &NewWebhook) -> StoreResult<Webhook> {
     let row: Row = sqlx::query_as(&format!(
         "INSERT INTO webhooks (id, project_id, name, lock_timeout_seconds, max_retries, ttl_days)
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
@@ -71,27 +66,17 @@ pub async fn create(
     .bind(new.ttl_days.get())
     .fetch_one(&mut *tx)
     .await?;
-    sqlx::query("INSERT INTO webhook_sequences (webhook_id) VALUES ($1)")
-        .bind(row.id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("INSERT INTO webhook_sequences (webhook_id) VALUES ($1)").bind(row.id).execute(&mut *tx).await?;
     Ok(row.into())
 }
 
-pub async fn get(
-    db: impl PgExecutor<'_>,
-    project: ProjectId,
-    id: &WebhookId,
-) -> StoreResult<Webhook> {
-    let row: Option<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM webhooks WHERE id = $1 AND project_id = $2"
-    ))
-    .bind(id.as_uuid())
-    .bind(project)
-    .fetch_optional(db)
-    .await?;
-    row.map(Webhook::from)
-        .ok_or(StoreError::NotFound("webhook"))
+pub async fn get(db: impl PgExecutor<'_>, project: ProjectId, id: &WebhookId) -> StoreResult<Webhook> {
+    let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM webhooks WHERE id = $1 AND project_id = $2"))
+        .bind(id.as_uuid())
+        .bind(project)
+        .fetch_optional(db)
+        .await?;
+    row.map(Webhook::from).ok_or(StoreError::NotFound("webhook"))
 }
 
 /// A page in creation order, starting after the webhook `after` (a cursor).
@@ -150,16 +135,11 @@ pub async fn update(
     .bind(changes.ttl_days.map(TtlDays::get))
     .fetch_optional(db)
     .await?;
-    row.map(Webhook::from)
-        .ok_or(StoreError::NotFound("webhook"))
+    row.map(Webhook::from).ok_or(StoreError::NotFound("webhook"))
 }
 
 /// Deletes the webhook with every message in its queue.
-pub async fn delete(
-    db: impl PgExecutor<'_>,
-    project: ProjectId,
-    id: &WebhookId,
-) -> StoreResult<()> {
+pub async fn delete(db: impl PgExecutor<'_>, project: ProjectId, id: &WebhookId) -> StoreResult<()> {
     let done = sqlx::query("DELETE FROM webhooks WHERE id = $1 AND project_id = $2")
         .bind(id.as_uuid())
         .bind(project)
