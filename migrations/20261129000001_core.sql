@@ -104,24 +104,19 @@ RETURNS integer LANGUAGE sql AS $$
     SELECT count(*)::integer FROM released
 $$;
 
--- Strict-FIFO dequeue in one round trip. The webhook row lock serializes dequeues of one
--- webhook across every broker replica; the head is the lowest queued seq, unless a message
--- holds an unexpired lock (head-of-line blocking). Raises no_data_found for an unknown webhook.
-CREATE FUNCTION hookline_dequeue(p_webhook uuid, p_project bigint)
-RETURNS TABLE (id uuid, seq bigint, retry_count integer, max_retries integer, lock_token uuid,
-               lock_expires_at timestamptz, received_at timestamptz, key_id integer,
-               nonce bytea, ciphertext bytea)
-LANGUAGE plpgsql AS $$
-DECLARE
-    hook webhooks%ROWTYPE;
-BEGIN
-    SELECT * INTO hook FROM webhooks w WHERE w.id = p_webhook AND w.project_id = p_project FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'webhook not found' USING ERRCODE = 'no_data_found';
-    END IF;
+-- What dequeue hands back: a locked message, still sealed.
+CREATE TYPE locked_message AS (
+    id uuid, seq bigint, retry_count integer, max_retries integer, lock_token uuid,
+    lock_expires_at timestamptz, received_at timestamptz, key_id integer, nonce bytea, ciphertext bytea
+);
 
-    PERFORM hookline_release_expired_locks(p_webhook, 1);
-    PERFORM 1 FROM messages m WHERE m.webhook_id = p_webhook AND m.state = 'locked';
+-- Locks the head of a strict-FIFO queue whose webhook row the caller has locked: the lowest
+-- queued seq, unless a message holds an unexpired lock (head-of-line blocking).
+CREATE FUNCTION hookline_lock_head(hook webhooks)
+RETURNS SETOF locked_message LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM hookline_release_expired_locks(hook.id, 1);
+    PERFORM 1 FROM messages m WHERE m.webhook_id = hook.id AND m.state = 'locked';
     IF FOUND THEN
         RETURN;
     END IF;
@@ -131,11 +126,49 @@ BEGIN
     SET state = 'locked',
         lock_token = gen_random_uuid(),
         lock_expires_at = now() + make_interval(secs => hook.lock_timeout_seconds)
-    WHERE m.webhook_id = p_webhook
+    WHERE m.webhook_id = hook.id
       AND m.seq = (SELECT h.seq FROM messages h
-                   WHERE h.webhook_id = p_webhook AND h.state = 'queued' AND h.expires_at > now()
+                   WHERE h.webhook_id = hook.id AND h.state = 'queued' AND h.expires_at > now()
                    ORDER BY h.seq LIMIT 1)
     RETURNING m.id, m.seq, m.retry_count, hook.max_retries, m.lock_token, m.lock_expires_at,
               m.received_at, m.key_id, m.nonce, m.ciphertext;
+END
+$$;
+
+-- Strict-FIFO dequeue in one round trip. The webhook row lock serializes dequeues of one
+-- webhook across every broker replica. Raises no_data_found for an unknown webhook.
+CREATE FUNCTION hookline_dequeue(p_webhook uuid, p_project bigint)
+RETURNS SETOF locked_message LANGUAGE plpgsql AS $$
+DECLARE
+    hook webhooks%ROWTYPE;
+BEGIN
+    SELECT * INTO hook FROM webhooks w WHERE w.id = p_webhook AND w.project_id = p_project FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'webhook not found' USING ERRCODE = 'no_data_found';
+    END IF;
+    RETURN QUERY SELECT * FROM hookline_lock_head(hook);
+END
+$$;
+
+-- Commit one message and lock the next in one transaction, for busy strict-FIFO consumers:
+-- one round trip and one durable commit per message. Raises HL409 when the message is not
+-- locked under that token (nothing changes), no_data_found for an unknown webhook.
+CREATE FUNCTION hookline_commit_next(p_webhook uuid, p_project bigint, p_message uuid, p_token uuid)
+RETURNS SETOF locked_message LANGUAGE plpgsql AS $$
+DECLARE
+    hook webhooks%ROWTYPE;
+BEGIN
+    SELECT * INTO hook FROM webhooks w WHERE w.id = p_webhook AND w.project_id = p_project FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'webhook not found' USING ERRCODE = 'no_data_found';
+    END IF;
+    UPDATE messages m
+    SET state = 'committed', committed_at = now(), lock_token = NULL, lock_expires_at = NULL
+    WHERE m.webhook_id = p_webhook AND m.id = p_message AND m.state = 'locked'
+      AND (p_token IS NULL OR m.lock_token = p_token);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'message not locked under that token' USING ERRCODE = 'HL409';
+    END IF;
+    RETURN QUERY SELECT * FROM hookline_lock_head(hook);
 END
 $$;

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
+use crate::group_commit::GroupCommitConfig;
+
 #[derive(Clone)]
 pub struct Config {
     /// PostgreSQL to use. None: `serve` runs its own cluster under `data_dir`.
@@ -26,6 +28,8 @@ pub struct Config {
     pub db_max_connections: u32,
     /// How long a verified API key is trusted without asking argon2 again.
     pub api_key_cache_ttl: Duration,
+    /// Ingestion group commit: batch size, linger and concurrent writers.
+    pub group_commit: GroupCommitConfig,
     /// Run the periodic jobs (lock reaper, TTL purger) in this process.
     pub run_jobs: bool,
 }
@@ -43,6 +47,7 @@ impl std::fmt::Debug for Config {
             .field("data_dir", &self.data_dir)
             .field("db_max_connections", &self.db_max_connections)
             .field("api_key_cache_ttl", &self.api_key_cache_ttl)
+            .field("group_commit", &self.group_commit)
             .field("run_jobs", &self.run_jobs)
             .finish()
     }
@@ -73,6 +78,11 @@ impl Config {
             data_dir: var("HOOKLINE_DATA_DIR").map(PathBuf::from).unwrap_or_else(default_data_dir),
             db_max_connections: number("HOOKLINE_DB_MAX_CONNECTIONS", 32)? as u32,
             api_key_cache_ttl: Duration::from_secs(number("HOOKLINE_API_KEY_CACHE_SECONDS", 30)?),
+            group_commit: GroupCommitConfig {
+                max_batch: number("HOOKLINE_INGEST_BATCH_MAX", 256)?.clamp(1, 10_000) as usize,
+                max_wait: Duration::from_micros(number("HOOKLINE_INGEST_BATCH_WAIT_MICROS", 0)?.min(100_000)),
+                flushers: number("HOOKLINE_INGEST_WRITERS", 4)?.clamp(1, 64) as usize,
+            },
             run_jobs: var("HOOKLINE_RUN_JOBS").map(|v| v != "false" && v != "0").unwrap_or(true),
         })
     }

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod group_commit;
 pub mod http;
 pub mod jobs;
 pub mod local_pg;

@@ -14,6 +14,7 @@ use tracing_actix_web::TracingLogger;
 use crate::auth::KeyVerifier;
 use crate::config::Config;
 use crate::crypto::KeyRing;
+use crate::group_commit::GroupCommitter;
 use crate::http::{self, ApiState};
 use crate::store;
 
@@ -43,6 +44,7 @@ impl Application {
             pool: pool.clone(),
             keys,
             verifier: KeyVerifier::new(pool.clone(), config.api_key_cache_ttl),
+            ingest: GroupCommitter::start(pool.clone(), config.group_commit),
             max_body_bytes: config.max_body_bytes,
             public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{address}")),
         });

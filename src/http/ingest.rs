@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use super::error::{ApiError, ErrorBody};
 use super::{id, ApiState};
 use crate::domain::{MessageId, Payload, Seq, WebhookId};
-use crate::store::messages::{self as store, NewMessage};
+use crate::store::messages::NewMessage;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ingest/{webhook_id}", web::post().to(ingest));
@@ -60,9 +60,8 @@ pub async fn ingest(
         .collect();
     let message = MessageId::new_random();
     let sealed = state.keys.seal(&webhook, &message, &Payload { headers, body }.encode());
-    let mut conn = state.pool.acquire().await?;
-    let seqs = store::insert_batch(&mut conn, &webhook, &[NewMessage { id: message, sealed }]).await?;
-    Ok(HttpResponse::Accepted().json(Accepted { id: message, seq: seqs[0] }))
+    let seq = state.ingest.submit(webhook, NewMessage { id: message, sealed }).await?;
+    Ok(HttpResponse::Accepted().json(Accepted { id: message, seq }))
 }
 
 /// Reads the body, refusing (413) as soon as it passes `limit`.

@@ -161,11 +161,24 @@ async fn deliver(state: &ApiState, webhook: &WebhookId, m: LockedMessage) -> Res
     })
 }
 
-/// Acknowledge a locked message: it is done.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CommitQuery {
+    /// Also lock the next message in the same transaction and answer it (200 with a
+    /// DeliveredMessage), or 204 when nothing can be delivered next.
+    pub next: Option<bool>,
+}
+
+/// Acknowledge a locked message: it is done. With `?next=true`, also lock and answer the
+/// next message in the same transaction.
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/{message_id}/commit", tag = "messages",
-    params(("webhook_id" = String, Path), ("message_id" = String, Path)), request_body(content = Option<CommitRequest>),
+    params(("webhook_id" = String, Path), ("message_id" = String, Path), CommitQuery),
+    request_body(content = Option<CommitRequest>),
     security(("api_key" = [])),
-    responses((status = 200, body = Committed), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = Committed, description = "Committed; with next=true, the next message (DeliveredMessage)"),
+              (status = 204, description = "next=true: committed, nothing to deliver next"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody, description = "Not locked, or locked under another token")))]
 #[tracing::instrument(skip_all, fields(path = ?path))]
@@ -173,6 +186,7 @@ pub async fn commit(
     auth: Authenticated,
     state: web::Data<ApiState>,
     path: web::Path<(String, String)>,
+    query: web::Query<CommitQuery>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let (webhook, message) = ids(&path)?;
@@ -180,8 +194,20 @@ pub async fn commit(
     let target =
         LockedRef { project: auth.0.project, webhook: &webhook, message: &message, token: req.lock_token.as_ref() };
     let mut conn = state.pool.acquire().await?;
-    store::commit(&mut conn, &target).await?;
-    Ok(HttpResponse::Ok().json(Committed { id: message, status: MessageState::Committed }))
+    if query.next != Some(true) {
+        store::commit(&mut conn, &target).await?;
+        return Ok(HttpResponse::Ok().json(Committed { id: message, status: MessageState::Committed }));
+    }
+    match store::commit_next(&mut conn, &target).await? {
+        None => Ok(HttpResponse::NoContent().finish()),
+        // The commit stands: an unreadable next message is dead-lettered (see `deliver`),
+        // not reported as a failed commit.
+        Some(next) => match deliver(&state, &webhook, next).await {
+            Ok(delivered) => Ok(HttpResponse::Ok().json(delivered)),
+            Err(ApiError::UnreadablePayload(_)) => Ok(HttpResponse::NoContent().finish()),
+            Err(e) => Err(e),
+        },
+    }
 }
 
 /// Report a failed attempt: the message returns to its position, or goes to the

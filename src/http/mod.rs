@@ -18,6 +18,7 @@ use sqlx::PgPool;
 
 use crate::auth::{KeyVerifier, Principal};
 use crate::crypto::KeyRing;
+use crate::group_commit::GroupCommitter;
 use error::ApiError;
 
 /// What every handler can reach.
@@ -25,6 +26,8 @@ pub struct ApiState {
     pub pool: PgPool,
     pub keys: Arc<KeyRing>,
     pub verifier: KeyVerifier,
+    /// Writes ingested messages in batches (group commit).
+    pub ingest: GroupCommitter,
     pub max_body_bytes: usize,
     /// Base of `ingestUrl`, without a trailing slash.
     pub public_url: String,

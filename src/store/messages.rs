@@ -2,7 +2,7 @@
 //! commit / error transitions of a locked message.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use super::{not_found_as, StoreError, StoreResult};
@@ -15,44 +15,59 @@ pub struct NewMessage {
     pub sealed: Sealed,
 }
 
-/// Inserts messages into one webhook's queue in one statement, taking a contiguous seq
-/// range from the webhook's counter row (whose row lock orders concurrent writers).
-/// Returns the seqs in input order, or NotFound if the webhook does not exist.
-pub async fn insert_batch(db: &mut PgConnection, webhook: &WebhookId, batch: &[NewMessage]) -> StoreResult<Vec<Seq>> {
-    let ids: Vec<Uuid> = batch.iter().map(|m| *m.id.as_uuid()).collect();
-    let key_ids: Vec<i32> = batch.iter().map(|m| m.sealed.key_id.0).collect();
-    let nonces: Vec<&[u8]> = batch.iter().map(|m| m.sealed.nonce.as_slice()).collect();
-    let ciphertexts: Vec<&[u8]> = batch.iter().map(|m| m.sealed.ciphertext.as_slice()).collect();
-    let rows: Vec<(i64,)> = sqlx::query_as(
-        "WITH counter AS (
-             UPDATE webhook_sequences SET last_seq = last_seq + cardinality($2::uuid[])
-             WHERE webhook_id = $1
-             RETURNING last_seq - cardinality($2::uuid[]) AS base
+/// Inserts messages, possibly for many webhooks, each webhook's in input order. Seq
+/// ranges come from the webhooks' counter rows, whose row locks order concurrent writers
+/// (taken in webhook-id order, so two batches never deadlock). Returns each item's seq in
+/// input order, None where the webhook does not exist. Atomic: all rows or none.
+pub async fn insert_many(pool: &PgPool, items: &[(WebhookId, NewMessage)]) -> StoreResult<Vec<Option<Seq>>> {
+    let webhooks: Vec<Uuid> = items.iter().map(|(w, _)| *w.as_uuid()).collect();
+    let ids: Vec<Uuid> = items.iter().map(|(_, m)| *m.id.as_uuid()).collect();
+    let key_ids: Vec<i32> = items.iter().map(|(_, m)| m.sealed.key_id.0).collect();
+    let nonces: Vec<&[u8]> = items.iter().map(|(_, m)| m.sealed.nonce.as_slice()).collect();
+    let ciphertexts: Vec<&[u8]> = items.iter().map(|(_, m)| m.sealed.ciphertext.as_slice()).collect();
+    let insert = sqlx::query_as::<_, (Uuid, i64)>(
+        "WITH item AS (
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::bytea[], $5::bytea[])
+                 WITH ORDINALITY AS i(webhook_id, id, key_id, nonce, ciphertext, ord)
+         ), counter AS (
+             UPDATE webhook_sequences s SET last_seq = s.last_seq + n.count
+             FROM (SELECT webhook_id, count(*) AS count FROM item GROUP BY webhook_id) n
+             WHERE s.webhook_id = n.webhook_id
+             RETURNING s.webhook_id, s.last_seq - n.count AS base
          )
          INSERT INTO messages (webhook_id, seq, id, expires_at, key_id, nonce, ciphertext)
-         SELECT $1, counter.base + item.ord, item.id, now() + make_interval(days => w.ttl_days),
-                item.key_id, item.nonce, item.ciphertext
-         FROM counter
-         JOIN webhooks w ON w.id = $1
-         CROSS JOIN unnest($2::uuid[], $3::int4[], $4::bytea[], $5::bytea[])
-              WITH ORDINALITY AS item(id, key_id, nonce, ciphertext, ord)
-         ORDER BY item.ord
-         RETURNING seq",
+         SELECT item.webhook_id,
+                counter.base + row_number() OVER (PARTITION BY item.webhook_id ORDER BY item.ord),
+                item.id, now() + make_interval(days => w.ttl_days), item.key_id, item.nonce, item.ciphertext
+         FROM item
+         JOIN counter ON counter.webhook_id = item.webhook_id
+         JOIN webhooks w ON w.id = item.webhook_id
+         RETURNING id, seq",
     )
-    .bind(webhook.as_uuid())
+    .bind(&webhooks)
     .bind(&ids)
     .bind(&key_ids)
     .bind(&nonces)
-    .bind(&ciphertexts)
-    .fetch_all(db)
-    .await?;
-    if rows.is_empty() && !batch.is_empty() {
-        return Err(StoreError::NotFound("webhook"));
-    }
-    let mut seqs: Vec<Seq> = rows.into_iter().map(|(s,)| Seq(s)).collect();
-    // RETURNING order is not guaranteed; seqs were assigned in input order.
-    seqs.sort_unstable();
-    Ok(seqs)
+    .bind(&ciphertexts);
+
+    let mut distinct = webhooks.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let rows = if distinct.len() == 1 {
+        // One counter row: the statement alone is atomic and takes one round trip.
+        insert.fetch_all(pool).await?
+    } else {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT 1 FROM webhook_sequences WHERE webhook_id = ANY($1) ORDER BY webhook_id FOR UPDATE")
+            .bind(&distinct)
+            .execute(&mut *tx)
+            .await?;
+        let rows = insert.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        rows
+    };
+    let seqs: std::collections::HashMap<Uuid, i64> = rows.into_iter().collect();
+    Ok(ids.iter().map(|id| seqs.get(id).map(|s| Seq(*s))).collect())
 }
 
 /// A message handed out by dequeue, still sealed.
@@ -94,16 +109,40 @@ pub async fn dequeue(
         .fetch_optional(db)
         .await
         .map_err(|e| not_found_as(e, "webhook"))?;
-    Ok(row.map(|r| LockedMessage {
-        id: MessageId::from_uuid(r.id),
-        seq: Seq(r.seq),
-        retry_count: r.retry_count,
-        max_retries: r.max_retries,
-        lock_token: LockToken::from_uuid(r.lock_token),
-        lock_expires_at: r.lock_expires_at,
-        received_at: r.received_at,
-        sealed: Sealed { key_id: KeyId(r.key_id), nonce: r.nonce, ciphertext: r.ciphertext },
-    }))
+    Ok(row.map(LockedMessage::from))
+}
+
+impl From<LockedRow> for LockedMessage {
+    fn from(r: LockedRow) -> Self {
+        Self {
+            id: MessageId::from_uuid(r.id),
+            seq: Seq(r.seq),
+            retry_count: r.retry_count,
+            max_retries: r.max_retries,
+            lock_token: LockToken::from_uuid(r.lock_token),
+            lock_expires_at: r.lock_expires_at,
+            received_at: r.received_at,
+            sealed: Sealed { key_id: KeyId(r.key_id), nonce: r.nonce, ciphertext: r.ciphertext },
+        }
+    }
+}
+
+/// Commits a locked message and locks the next head in one transaction (one round trip).
+/// Ok(None): committed, nothing to deliver next.
+pub async fn commit_next(db: &mut PgConnection, target: &LockedRef<'_>) -> StoreResult<Option<LockedMessage>> {
+    let row: Result<Option<LockedRow>, sqlx::Error> =
+        sqlx::query_as("SELECT * FROM hookline_commit_next($1, $2, $3, $4)")
+            .bind(target.webhook.as_uuid())
+            .bind(target.project)
+            .bind(target.message.as_uuid())
+            .bind(target.token.map(|t| *t.as_uuid()))
+            .fetch_optional(&mut *db)
+            .await;
+    match row {
+        Ok(row) => Ok(row.map(LockedMessage::from)),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("HL409") => Err(explain_refusal(db, target).await),
+        Err(e) => Err(not_found_as(e, "webhook")),
+    }
 }
 
 /// Which message a transition is for, and the lock the caller claims to hold (if it says).

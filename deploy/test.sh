@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every check and test. Without DATABASE_URL the tests start a throwaway PostgreSQL
+# cluster in the temp directory (as the `postgres` user when run as root) and this script
+# stops and removes it at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. deploy/lib.sh
+database_url_given || ensure_postgres_binaries
+
+test_cluster="${TMPDIR:-/tmp}/hookline-test-pg"
+stop_test_cluster() {
+    if [ -f "$test_cluster/postmaster.pid" ]; then
+        local ctl
+        ctl="$(pg_bin_dir)/pg_ctl"
+        if [ "$(id -u)" = 0 ]; then
+            (cd / && runuser -u postgres -- "$ctl" stop -m fast -D "$test_cluster" >/dev/null 2>&1) || true
+        else
+            "$ctl" stop -m fast -D "$test_cluster" >/dev/null 2>&1 || true
+        fi
+    fi
+    rm -rf "$test_cluster"
+}
+if [ -z "${DATABASE_URL:-}" ]; then
+    stop_test_cluster
+    trap stop_test_cluster EXIT
+fi
+
+if cargo fmt --version >/dev/null 2>&1; then
+    echo "== cargo fmt --check"
+    cargo fmt --check
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+    echo "== cargo clippy"
+    cargo clippy --all-targets --quiet -- -D warnings
+fi
+echo "== cargo test"
+cargo test --all-targets "$@"
