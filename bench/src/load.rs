@@ -1,0 +1,231 @@
+//! The HTTP load loops: closed-loop senders and consumers (each waits for its answer before
+//! the next request), and an open-loop sender at a fixed offered rate. Latencies are
+//! recorded in microseconds.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use reqwest::{Client, StatusCode};
+use serde_json::Value;
+use tokio::task::JoinSet;
+
+pub const PAYLOAD_BYTES: usize = 1024;
+
+#[derive(Clone)]
+pub struct Target {
+    pub client: Client,
+    pub base: Arc<str>,
+    pub key: Arc<str>,
+}
+
+pub struct Outcome {
+    /// Messages ingested (202) or committed.
+    pub done: u64,
+    pub failures: u64,
+    /// Dequeues that found nothing (204).
+    pub empty: u64,
+    /// Deliveries out of seq order within a webhook (must be 0).
+    pub out_of_order: u64,
+    pub latency: Histogram<u64>,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    fn new() -> Self {
+        Self { done: 0, failures: 0, empty: 0, out_of_order: 0, latency: histogram(), elapsed: Duration::ZERO }
+    }
+
+    fn merge(&mut self, other: Outcome) {
+        self.done += other.done;
+        self.failures += other.failures;
+        self.empty += other.empty;
+        self.out_of_order += other.out_of_order;
+        self.latency.add(&other.latency).expect("same histogram bounds");
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.done as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+/// A 1 KiB JSON body.
+pub fn body(n: u64) -> String {
+    let head = format!("{{\"type\":\"bench.event\",\"n\":{n},\"pad\":\"");
+    let pad = PAYLOAD_BYTES - head.len() - 2;
+    format!("{head}{}\"}}", "x".repeat(pad))
+}
+
+/// `senders` closed-loop senders POST to /ingest, round-robin over `webhooks`.
+pub async fn ingest(target: &Target, webhooks: Arc<Vec<String>>, senders: usize, secs: u64) -> Outcome {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for s in 0..senders {
+        let (t, webhooks) = (target.clone(), webhooks.clone());
+        tasks.spawn(async move {
+            let mut out = Outcome::new();
+            let mut i = s;
+            while Instant::now() < deadline {
+                let url = format!("{}/ingest/{}", t.base, webhooks[i % webhooks.len()]);
+                i += senders;
+                let sent = Instant::now();
+                let r = t.client.post(url).header("content-type", "application/json").body(body(i as u64)).send().await;
+                match r {
+                    Ok(r) if r.status() == StatusCode::ACCEPTED => {
+                        let _ = r.bytes().await;
+                        out.done += 1;
+                        out.latency.saturating_record(sent.elapsed().as_micros() as u64);
+                    }
+                    _ => out.failures += 1,
+                }
+            }
+            out
+        });
+    }
+    collect(tasks, started).await
+}
+
+/// `consumers` strict-FIFO consumers; consumer i serves webhooks i, i+consumers, ... (so no
+/// two share a webhook and order can be checked), dequeue then commit, or with `next` the
+/// combined commit-and-lock-next call. Latency is per delivered message.
+pub async fn fifo(target: &Target, webhooks: Arc<Vec<String>>, consumers: usize, secs: u64, next: bool) -> Outcome {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for c in 0..consumers.min(webhooks.len()) {
+        let mine: Vec<String> = webhooks.iter().skip(c).step_by(consumers).cloned().collect();
+        let t = target.clone();
+        tasks.spawn(async move { consume(t, mine, deadline, next).await });
+    }
+    collect(tasks, started).await
+}
+
+async fn consume(t: Target, webhooks: Vec<String>, deadline: Instant, next: bool) -> Outcome {
+    let mut out = Outcome::new();
+    let mut last_seq: HashMap<usize, i64> = HashMap::new();
+    let mut w = 0;
+    let mut held: Option<Value> = None;
+    let mut empty_streak = 0;
+    while Instant::now() < deadline {
+        let sent = Instant::now();
+        let message = match held.take() {
+            Some(m) => m,
+            None => match post(&t, &format!("/api/webhooks/{}/messages/dequeue", webhooks[w]), None).await {
+                Some((StatusCode::OK, m)) => m,
+                Some((StatusCode::NO_CONTENT, _)) => {
+                    out.empty += 1;
+                    w = (w + 1) % webhooks.len();
+                    empty_streak += 1;
+                    if empty_streak >= webhooks.len() {
+                        // Everything drained: stop rather than spin.
+                        break;
+                    }
+                    continue;
+                }
+                _ => {
+                    out.failures += 1;
+                    continue;
+                }
+            },
+        };
+        empty_streak = 0;
+        let seq = message["seq"].as_i64().unwrap_or(0);
+        if last_seq.insert(w, seq).is_some_and(|prev| prev >= seq) {
+            out.out_of_order += 1;
+        }
+        let id = message["id"].as_str().unwrap_or_default();
+        let token = message["lockToken"].as_str().unwrap_or_default();
+        let q = if next { "?next=true" } else { "" };
+        let path = format!("/api/webhooks/{}/messages/{id}/commit{q}", webhooks[w]);
+        match post(&t, &path, Some(serde_json::json!({ "lockToken": token }))).await {
+            Some((StatusCode::OK, following)) => {
+                out.done += 1;
+                out.latency.saturating_record(sent.elapsed().as_micros() as u64);
+                if next {
+                    held = Some(following);
+                }
+            }
+            Some((StatusCode::NO_CONTENT, _)) => {
+                out.done += 1;
+                out.latency.saturating_record(sent.elapsed().as_micros() as u64);
+                w = (w + 1) % webhooks.len();
+            }
+            _ => out.failures += 1,
+        }
+    }
+    // A message handed out by the last commit?next=true goes back by a plain commit.
+    if let Some(m) = held {
+        let id = m["id"].as_str().unwrap_or_default();
+        let path = format!("/api/webhooks/{}/messages/{id}/commit", webhooks[w]);
+        let _ = post(&t, &path, Some(serde_json::json!({ "lockToken": m["lockToken"] }))).await;
+    }
+    out
+}
+
+/// Open loop: one request every 1/rate s regardless of answers; latency is measured from
+/// the scheduled send time, so a stall is not hidden (no coordinated omission).
+pub async fn offered(target: &Target, webhooks: Arc<Vec<String>>, rate: u64, secs: u64) -> Outcome {
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let total = rate * secs;
+    let mut tasks = JoinSet::new();
+    for n in 0..total {
+        let scheduled = started + interval * n as u32;
+        tokio::time::sleep_until(scheduled.into()).await;
+        let t = target.clone();
+        let url = format!("{}/ingest/{}", t.base, webhooks[n as usize % webhooks.len()]);
+        tasks.spawn(async move {
+            let mut out = Outcome::new();
+            let r = t.client.post(url).header("content-type", "application/json").body(body(n)).send().await;
+            match r {
+                Ok(r) if r.status() == StatusCode::ACCEPTED => {
+                    let _ = r.bytes().await;
+                    out.done = 1;
+                    out.latency.saturating_record(scheduled.elapsed().as_micros() as u64);
+                }
+                _ => out.failures = 1,
+            }
+            out
+        });
+    }
+    collect(tasks, started).await
+}
+
+async fn collect(mut tasks: JoinSet<Outcome>, started: Instant) -> Outcome {
+    let mut total = Outcome::new();
+    while let Some(r) = tasks.join_next().await {
+        total.merge(r.expect("load task panicked"));
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+async fn post(t: &Target, path: &str, json: Option<Value>) -> Option<(StatusCode, Value)> {
+    let mut req = t.client.post(format!("{}{path}", t.base)).header("x-api-key", &*t.key);
+    if let Some(j) = json {
+        req = req.json(&j);
+    }
+    let r = req.send().await.ok()?;
+    let status = r.status();
+    let bytes = r.bytes().await.ok()?;
+    let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).ok()? };
+    Some((status, value))
+}
+
+/// Creates `n` webhooks and returns their ids.
+pub async fn create_webhooks(t: &Target, n: usize, lock_timeout: u32) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let body = serde_json::json!({"name": format!("bench-{i}"), "lockTimeoutSeconds": lock_timeout});
+        let (status, v) = post(t, "/api/webhooks", Some(body)).await.ok_or_else(|| anyhow::anyhow!("create failed"))?;
+        anyhow::ensure!(status == StatusCode::CREATED, "creating a webhook answered {status}: {v}");
+        ids.push(v["id"].as_str().unwrap_or_default().to_owned());
+    }
+    Ok(ids)
+}

@@ -1,0 +1,225 @@
+//! hookline-bench: measures the broker under the scenarios of BENCHMARKS.md and, in the
+//! same invocation, the equivalent raw SQL through pgbench, printing a table (with each
+//! figure as a ratio to its baseline) and writing JSON.
+//!
+//! By default it starts `hookline serve` (the binary next to this one) on a fresh embedded
+//! PostgreSQL cluster with fsync on; `--base` and `--key` target a running broker instead.
+
+mod baseline;
+mod broker;
+mod load;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use serde::Serialize;
+
+use broker::Broker;
+use load::{Outcome, Target};
+
+#[derive(Parser)]
+#[command(about = "Benchmark hookline: ingestion, strict-FIFO consumption, latency, RSS and CPU, beside pgbench")]
+struct Args {
+    /// Seconds per scenario.
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    /// Comma-separated scenarios, or `all`: ingest-many, ingest-one, fifo-one, fifo-many, latency, baseline.
+    #[arg(long, default_value = "all")]
+    scenarios: String,
+    /// A running broker to target instead of starting one (then baseline is skipped).
+    #[arg(long, requires = "key")]
+    base: Option<String>,
+    /// API key for --base.
+    #[arg(long)]
+    key: Option<String>,
+    /// Port for the broker this starts.
+    #[arg(long, default_value_t = 18080)]
+    port: u16,
+    /// Where the started broker keeps its fresh cluster (wiped first).
+    #[arg(long, default_value = "target/bench-data")]
+    data_dir: PathBuf,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "target/bench/results.json")]
+    json: PathBuf,
+    /// Offered load of the latency scenario, messages per second.
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+}
+
+#[derive(Serialize)]
+struct Row {
+    scenario: String,
+    msgs_per_sec: f64,
+    messages: u64,
+    failures: u64,
+    out_of_order: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    peak_rss_mib: Option<f64>,
+    cpu_sec_per_1k: Option<f64>,
+    baseline_per_sec: Option<f64>,
+    ratio_to_baseline: Option<f64>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let wanted = |s: &str| args.scenarios == "all" || args.scenarios.split(',').any(|w| w.trim() == s);
+    let exe = std::env::current_exe()?.with_file_name("hookline");
+    let broker = match (&args.base, &args.key) {
+        (Some(base), Some(key)) => Broker::existing(base.trim_end_matches('/').to_owned(), key.clone()).await?,
+        _ => Broker::start(&exe, &args.data_dir, args.port)
+            .await
+            .context("starting the broker (build it first: cargo build --release --workspace)")?,
+    };
+    let client = reqwest::Client::builder().pool_max_idle_per_host(512).tcp_nodelay(true).build()?;
+    let target = Target { client, base: broker.base.clone().into(), key: broker.key.clone().into() };
+    let many = Arc::new(load::create_webhooks(&target, 1000, 300).await?);
+    let one = Arc::new(load::create_webhooks(&target, 1, 300).await?);
+    let secs = args.secs;
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut measure = |name: &str, outcome: Outcome, cpu: Option<f64>, broker: &Broker| {
+        let row = row(name, &outcome, cpu, broker.take_peak_rss_mib());
+        eprintln!(
+            "{name:<16} {:>9.0} msg/s  p50 {:>6.2} ms  p99 {:>7.2} ms  ({} messages, {} failures)",
+            row.msgs_per_sec, row.p50_ms, row.p99_ms, row.messages, row.failures
+        );
+        rows.push(row);
+    };
+
+    if wanted("ingest-many") {
+        let (o, cpu) = timed(&broker, load::ingest(&target, many.clone(), 64, secs)).await;
+        measure("ingest-many", o, cpu, &broker);
+    }
+    if wanted("ingest-one") {
+        let (o, cpu) = timed(&broker, load::ingest(&target, one.clone(), 64, secs)).await;
+        measure("ingest-one", o, cpu, &broker);
+    }
+    if wanted("fifo-one") {
+        // Enough queued for both runs, whatever ingest-one managed.
+        top_up(&target, one.clone(), 8_000 * secs).await;
+        let (o, cpu) = timed(&broker, load::fifo(&target, one.clone(), 1, secs, false)).await;
+        measure("fifo-one", o, cpu, &broker);
+        let (o, cpu) = timed(&broker, load::fifo(&target, one.clone(), 1, secs, true)).await;
+        measure("fifo-one-next", o, cpu, &broker);
+    }
+    if wanted("fifo-many") {
+        top_up(&target, many.clone(), 12_000 * secs).await;
+        let (o, cpu) = timed(&broker, load::fifo(&target, many.clone(), 64, secs, false)).await;
+        measure("fifo-many", o, cpu, &broker);
+        let (o, cpu) = timed(&broker, load::fifo(&target, many.clone(), 64, secs, true)).await;
+        measure("fifo-many-next", o, cpu, &broker);
+    }
+    if wanted("latency") {
+        let (o, cpu) = timed(&broker, load::offered(&target, many.clone(), args.rate, secs)).await;
+        measure("latency", o, cpu, &broker);
+    }
+    drop(measure);
+
+    if wanted("baseline") {
+        if let Some(cluster) = &broker.cluster_dir {
+            eprintln!("baseline: pgbench, {secs} s per script...");
+            for (name, rate) in baseline::run_all(&exe, cluster, secs).await? {
+                eprintln!("baseline {name:<16} {rate:>9.0} msg/s");
+                let base_name = name.to_owned();
+                for r in rows.iter_mut().filter(|r| r.scenario.trim_end_matches("-next") == base_name) {
+                    r.baseline_per_sec = Some(rate);
+                    r.ratio_to_baseline = Some(r.msgs_per_sec / rate);
+                }
+                if !rows.iter().any(|r| r.scenario.trim_end_matches("-next") == base_name) {
+                    rows.push(Row {
+                        scenario: format!("pgbench {name}"),
+                        msgs_per_sec: rate,
+                        messages: 0,
+                        failures: 0,
+                        out_of_order: 0,
+                        p50_ms: 0.0,
+                        p99_ms: 0.0,
+                        p999_ms: 0.0,
+                        peak_rss_mib: None,
+                        cpu_sec_per_1k: None,
+                        baseline_per_sec: Some(rate),
+                        ratio_to_baseline: None,
+                    });
+                }
+            }
+        }
+    }
+    broker.stop().await;
+
+    print_table(&rows, secs);
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&rows)?)?;
+    eprintln!("wrote {}", args.json.display());
+    Ok(())
+}
+
+/// Runs a load and reports the broker CPU seconds it cost.
+async fn timed(broker: &Broker, load: impl std::future::Future<Output = Outcome>) -> (Outcome, Option<f64>) {
+    let _ = broker.take_peak_rss_mib();
+    let before = broker.cpu_seconds();
+    let outcome = load.await;
+    let cpu = before.zip(broker.cpu_seconds()).map(|(a, b)| b - a);
+    (outcome, cpu)
+}
+
+/// Ingests until at least `n` messages were added (outside any measurement).
+async fn top_up(target: &Target, webhooks: Arc<Vec<String>>, n: u64) {
+    let mut added = 0;
+    while added < n {
+        let o = load::ingest(target, webhooks.clone(), 64, 2).await;
+        if o.done == 0 {
+            break;
+        }
+        added += o.done;
+    }
+}
+
+fn row(name: &str, o: &Outcome, cpu: Option<f64>, rss: Option<f64>) -> Row {
+    let ms = |q: f64| o.latency.value_at_quantile(q) as f64 / 1000.0;
+    Row {
+        scenario: name.to_owned(),
+        msgs_per_sec: o.rate(),
+        messages: o.done,
+        failures: o.failures,
+        out_of_order: o.out_of_order,
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        peak_rss_mib: rss,
+        cpu_sec_per_1k: cpu.filter(|_| o.done > 0).map(|c| c / (o.done as f64 / 1000.0)),
+        baseline_per_sec: None,
+        ratio_to_baseline: None,
+    }
+}
+
+fn print_table(rows: &[Row], secs: u64) {
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
+    println!("\n{secs} s per scenario, 1 KiB JSON payloads\n");
+    println!("| scenario | msg/s | p50 ms | p99 ms | p99.9 ms | failures | out of order | peak RSS MiB | CPU s / 1k msgs | pgbench msg/s | ratio |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in rows {
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |",
+            r.scenario,
+            r.msgs_per_sec,
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.failures,
+            r.out_of_order,
+            opt(r.peak_rss_mib, 0),
+            opt(r.cpu_sec_per_1k, 3),
+            opt(r.baseline_per_sec, 0),
+            opt(r.ratio_to_baseline, 2)
+        );
+    }
+    let _ = Duration::ZERO;
+}
