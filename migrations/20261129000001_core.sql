@@ -28,8 +28,16 @@ CREATE TABLE webhooks (
         CONSTRAINT webhooks_max_retries_range CHECK (max_retries BETWEEN 1 AND 100),
     ttl_days             integer NOT NULL
         CONSTRAINT webhooks_ttl_days_range CHECK (ttl_days BETWEEN 1 AND 365),
+    -- The strict-FIFO lock: at most one message of a webhook is locked, so the lock lives
+    -- here. None of these columns is indexed, so taking or releasing a lock is a HOT update
+    -- and the message row is not written until commit or error.
+    locked_seq           bigint,
+    lock_token           uuid,
+    lock_expires_at      timestamptz,
     created_at           timestamptz NOT NULL DEFAULT now(),
-    updated_at           timestamptz NOT NULL DEFAULT now()
+    updated_at           timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT webhooks_lock_complete
+        CHECK ((locked_seq IS NULL) = (lock_token IS NULL) AND (locked_seq IS NULL) = (lock_expires_at IS NULL))
 );
 CREATE INDEX webhooks_project_order_idx ON webhooks (project_id, created_at, id);
 
@@ -40,7 +48,8 @@ CREATE TABLE webhook_sequences (
     last_seq   bigint NOT NULL DEFAULT 0
 );
 
-CREATE TYPE message_state AS ENUM ('queued', 'locked', 'committed', 'dead');
+-- 'locked' is not stored: a message is locked while its webhook's locked_seq points at it.
+CREATE TYPE message_state AS ENUM ('queued', 'committed', 'dead');
 
 CREATE TABLE messages (
     webhook_id      uuid NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
@@ -48,8 +57,6 @@ CREATE TABLE messages (
     id              uuid NOT NULL,
     state           message_state NOT NULL DEFAULT 'queued',
     retry_count     integer NOT NULL DEFAULT 0,
-    lock_token      uuid,
-    lock_expires_at timestamptz,
     last_error      text,
     received_at     timestamptz NOT NULL DEFAULT now(),
     expires_at      timestamptz NOT NULL,
@@ -61,8 +68,6 @@ CREATE TABLE messages (
     ciphertext      bytea NOT NULL,
     CONSTRAINT messages_pkey PRIMARY KEY (webhook_id, seq),
     CONSTRAINT messages_id_key UNIQUE (id),
-    CONSTRAINT messages_locked_has_lock
-        CHECK ((state = 'locked') = (lock_token IS NOT NULL AND lock_expires_at IS NOT NULL)),
     CONSTRAINT messages_committed_has_time CHECK ((state = 'committed') = (committed_at IS NOT NULL)),
     CONSTRAINT messages_dead_has_time CHECK ((state = 'dead') = (dead_at IS NOT NULL)),
     CONSTRAINT messages_retry_count_nonnegative CHECK (retry_count >= 0)
@@ -70,38 +75,46 @@ CREATE TABLE messages (
 -- The head lookup: committed and dead rows never enter this index, so a queue with
 -- millions of retained rows finds its head as fast as an empty one.
 CREATE INDEX messages_queued_idx ON messages (webhook_id, seq) WHERE state = 'queued';
--- At most one per webhook in strict FIFO; the reaper scans it by expiry.
-CREATE INDEX messages_locked_idx ON messages (webhook_id, lock_expires_at) WHERE state = 'locked';
-CREATE INDEX messages_locked_expiry_idx ON messages (lock_expires_at) WHERE state = 'locked';
 CREATE INDEX messages_dead_idx ON messages (webhook_id, seq) WHERE state = 'dead';
 CREATE INDEX messages_expires_idx ON messages (expires_at);
 
--- An expired lock is a failed attempt: back to its position, or dead at max_retries.
--- Shared by dequeue (for its own webhook) and the reaper job (for all, in batches).
-CREATE FUNCTION hookline_release_expired_locks(p_webhook uuid, p_limit integer)
-RETURNS integer LANGUAGE sql AS $$
-    WITH expired AS (
-        SELECT m.webhook_id, m.seq, w.max_retries
-        FROM messages m JOIN webhooks w ON w.id = m.webhook_id
-        WHERE m.state = 'locked' AND m.lock_expires_at <= now()
-          AND (p_webhook IS NULL OR m.webhook_id = p_webhook)
-        ORDER BY m.lock_expires_at
-        LIMIT p_limit
-        FOR UPDATE OF m SKIP LOCKED
-    ), released AS (
-        UPDATE messages m
-        SET state = CASE WHEN m.retry_count + 1 >= e.max_retries
-                         THEN 'dead'::message_state ELSE 'queued'::message_state END,
-            dead_at = CASE WHEN m.retry_count + 1 >= e.max_retries THEN now() END,
-            retry_count = m.retry_count + 1,
-            last_error = 'lock expired',
-            lock_token = NULL,
-            lock_expires_at = NULL
-        FROM expired e
-        WHERE m.webhook_id = e.webhook_id AND m.seq = e.seq AND m.state = 'locked'
-        RETURNING 1
-    )
-    SELECT count(*)::integer FROM released
+-- A failed attempt on the locked message of a webhook (error, or lock expiry): back to its
+-- position with retry_count + 1, or dead at max_retries; the webhook's lock is released.
+-- The caller holds the webhook row lock. Returns the message's new state and retry count.
+CREATE FUNCTION hookline_fail_attempt(hook webhooks, p_reason text,
+                                      OUT new_state message_state, OUT new_retry_count integer)
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE messages m
+    SET state = CASE WHEN m.retry_count + 1 >= hook.max_retries
+                     THEN 'dead'::message_state ELSE 'queued'::message_state END,
+        dead_at = CASE WHEN m.retry_count + 1 >= hook.max_retries THEN now() END,
+        retry_count = m.retry_count + 1,
+        last_error = p_reason
+    WHERE m.webhook_id = hook.id AND m.seq = hook.locked_seq AND m.state = 'queued'
+    RETURNING m.state, m.retry_count INTO new_state, new_retry_count;
+    UPDATE webhooks SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL WHERE id = hook.id;
+END
+$$;
+
+-- The reaper: releases up to p_limit expired locks, each a failed attempt.
+CREATE FUNCTION hookline_release_expired_locks(p_limit integer)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    hook webhooks%ROWTYPE;
+    released integer := 0;
+BEGIN
+    FOR hook IN
+        SELECT * FROM webhooks
+        WHERE locked_seq IS NOT NULL AND lock_expires_at <= now()
+        ORDER BY lock_expires_at LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        PERFORM hookline_fail_attempt(hook, 'lock expired');
+        released := released + 1;
+    END LOOP;
+    RETURN released;
+END
 $$;
 
 -- What dequeue hands back: a locked message, still sealed.
@@ -111,27 +124,32 @@ CREATE TYPE locked_message AS (
 );
 
 -- Locks the head of a strict-FIFO queue whose webhook row the caller has locked: the lowest
--- queued seq, unless a message holds an unexpired lock (head-of-line blocking).
+-- queued seq, unless the webhook holds an unexpired lock (head-of-line blocking). An expired
+-- lock is a failed attempt, released first, so a crashed consumer costs only its timeout.
 CREATE FUNCTION hookline_lock_head(hook webhooks)
 RETURNS SETOF locked_message LANGUAGE plpgsql AS $$
+DECLARE
+    head messages%ROWTYPE;
+    token uuid := gen_random_uuid();
+    expires timestamptz := now() + make_interval(secs => hook.lock_timeout_seconds);
 BEGIN
-    PERFORM hookline_release_expired_locks(hook.id, 1);
-    PERFORM 1 FROM messages m WHERE m.webhook_id = hook.id AND m.state = 'locked';
-    IF FOUND THEN
+    IF hook.locked_seq IS NOT NULL THEN
+        IF hook.lock_expires_at > now() THEN
+            RETURN;
+        END IF;
+        PERFORM hookline_fail_attempt(hook, 'lock expired');
+    END IF;
+
+    SELECT * INTO head FROM messages m
+    WHERE m.webhook_id = hook.id AND m.state = 'queued' AND m.expires_at > now()
+    ORDER BY m.seq LIMIT 1;
+    IF NOT FOUND THEN
         RETURN;
     END IF;
 
-    RETURN QUERY
-    UPDATE messages m
-    SET state = 'locked',
-        lock_token = gen_random_uuid(),
-        lock_expires_at = now() + make_interval(secs => hook.lock_timeout_seconds)
-    WHERE m.webhook_id = hook.id
-      AND m.seq = (SELECT h.seq FROM messages h
-                   WHERE h.webhook_id = hook.id AND h.state = 'queued' AND h.expires_at > now()
-                   ORDER BY h.seq LIMIT 1)
-    RETURNING m.id, m.seq, m.retry_count, hook.max_retries, m.lock_token, m.lock_expires_at,
-              m.received_at, m.key_id, m.nonce, m.ciphertext;
+    UPDATE webhooks SET locked_seq = head.seq, lock_token = token, lock_expires_at = expires WHERE id = hook.id;
+    RETURN NEXT (head.id, head.seq, head.retry_count, hook.max_retries, token, expires, head.received_at,
+                 head.key_id, head.nonce, head.ciphertext)::locked_message;
 END
 $$;
 
@@ -150,11 +168,11 @@ BEGIN
 END
 $$;
 
--- Commit one message and lock the next in one transaction, for busy strict-FIFO consumers:
--- one round trip and one durable commit per message. Raises HL409 when the message is not
--- locked under that token (nothing changes), no_data_found for an unknown webhook.
-CREATE FUNCTION hookline_commit_next(p_webhook uuid, p_project bigint, p_message uuid, p_token uuid)
-RETURNS SETOF locked_message LANGUAGE plpgsql AS $$
+-- The webhook row, locked, if `p_message` holds its lock under `p_token` (any token when
+-- null). A lock that expired but was not handed out again still counts: the consumer was
+-- late, not wrong. Raises no_data_found for an unknown webhook, HL409 otherwise.
+CREATE FUNCTION hookline_lock_holder(p_webhook uuid, p_project bigint, p_message uuid, p_token uuid)
+RETURNS webhooks LANGUAGE plpgsql AS $$
 DECLARE
     hook webhooks%ROWTYPE;
 BEGIN
@@ -162,13 +180,48 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'webhook not found' USING ERRCODE = 'no_data_found';
     END IF;
-    UPDATE messages m
-    SET state = 'committed', committed_at = now(), lock_token = NULL, lock_expires_at = NULL
-    WHERE m.webhook_id = p_webhook AND m.id = p_message AND m.state = 'locked'
-      AND (p_token IS NULL OR m.lock_token = p_token);
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'message not locked under that token' USING ERRCODE = 'HL409';
+    IF hook.locked_seq IS NULL OR (p_token IS NOT NULL AND hook.lock_token <> p_token)
+       OR NOT EXISTS (SELECT 1 FROM messages m WHERE m.webhook_id = p_webhook AND m.seq = hook.locked_seq
+                      AND m.id = p_message) THEN
+        RAISE EXCEPTION 'message does not hold the lock' USING ERRCODE = 'HL409';
     END IF;
-    RETURN QUERY SELECT * FROM hookline_lock_head(hook);
+    RETURN hook;
+END
+$$;
+
+-- locked -> committed, releasing the webhook's lock.
+CREATE FUNCTION hookline_commit(p_webhook uuid, p_project bigint, p_message uuid, p_token uuid)
+RETURNS webhooks LANGUAGE plpgsql AS $$
+DECLARE
+    hook webhooks%ROWTYPE := hookline_lock_holder(p_webhook, p_project, p_message, p_token);
+BEGIN
+    UPDATE messages SET state = 'committed', committed_at = now()
+    WHERE webhook_id = p_webhook AND seq = hook.locked_seq;
+    UPDATE webhooks SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL WHERE id = p_webhook;
+    hook.locked_seq := NULL;
+    hook.lock_token := NULL;
+    hook.lock_expires_at := NULL;
+    RETURN hook;
+END
+$$;
+
+-- Commit one message and lock the next in one transaction, for busy strict-FIFO consumers:
+-- one round trip and one durable commit per message.
+CREATE FUNCTION hookline_commit_next(p_webhook uuid, p_project bigint, p_message uuid, p_token uuid)
+RETURNS SETOF locked_message LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM hookline_lock_head(hookline_commit(p_webhook, p_project, p_message, p_token));
+END
+$$;
+
+-- locked -> queued at the same position, or dead at max_retries.
+CREATE FUNCTION hookline_error(p_webhook uuid, p_project bigint, p_message uuid, p_token uuid, p_reason text,
+                               OUT new_state message_state, OUT new_retry_count integer, OUT max_retries integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    hook webhooks%ROWTYPE := hookline_lock_holder(p_webhook, p_project, p_message, p_token);
+BEGIN
+    SELECT * INTO new_state, new_retry_count FROM hookline_fail_attempt(hook, p_reason);
+    max_retries := hook.max_retries;
 END
 $$;

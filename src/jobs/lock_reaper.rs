@@ -26,7 +26,7 @@ impl LockReaper {
     pub async fn run_once(&self) -> Result<u64, sqlx::Error> {
         super::in_batches(&self.pool, super::REAPER_LOCK, self.batch, |tx, batch| {
             async move {
-                let n: i32 = sqlx::query_scalar("SELECT hookline_release_expired_locks(NULL, $1::int)")
+                let n: i32 = sqlx::query_scalar("SELECT hookline_release_expired_locks($1::int)")
                     .bind(batch)
                     .fetch_one(tx)
                     .await?;

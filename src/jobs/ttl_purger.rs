@@ -33,7 +33,16 @@ impl TtlPurger {
                      WHERE m.webhook_id = expired.webhook_id AND m.seq = expired.seq",
                 )
                 .bind(batch)
-                .execute(tx)
+                .execute(&mut *tx)
+                .await?;
+                // A purged message may have held its webhook's lock: release such locks
+                // now rather than making the queue wait out the timeout.
+                sqlx::query(
+                    "UPDATE webhooks w SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL
+                     WHERE w.locked_seq IS NOT NULL
+                       AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.webhook_id = w.id AND m.seq = w.locked_seq)",
+                )
+                .execute(&mut *tx)
                 .await?;
                 Ok(done.rows_affected())
             }

@@ -140,8 +140,7 @@ pub async fn commit_next(db: &mut PgConnection, target: &LockedRef<'_>) -> Store
             .await;
     match row {
         Ok(row) => Ok(row.map(LockedMessage::from)),
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("HL409") => Err(explain_refusal(db, target).await),
-        Err(e) => Err(not_found_as(e, "webhook")),
+        Err(e) => Err(refusal(db, target, e).await),
     }
 }
 
@@ -153,25 +152,19 @@ pub struct LockedRef<'a> {
     pub token: Option<&'a LockToken>,
 }
 
-/// locked -> committed.
+/// locked -> committed, releasing the webhook's lock.
 pub async fn commit(db: &mut PgConnection, target: &LockedRef<'_>) -> StoreResult<()> {
-    let done = sqlx::query(
-        "UPDATE messages m
-         SET state = 'committed', committed_at = now(), lock_token = NULL, lock_expires_at = NULL
-         FROM webhooks w
-         WHERE w.id = $1 AND w.project_id = $2 AND m.webhook_id = w.id AND m.id = $3
-           AND m.state = 'locked' AND ($4::uuid IS NULL OR m.lock_token = $4)",
-    )
-    .bind(target.webhook.as_uuid())
-    .bind(target.project)
-    .bind(target.message.as_uuid())
-    .bind(target.token.map(|t| *t.as_uuid()))
-    .execute(&mut *db)
-    .await?;
-    if done.rows_affected() == 0 {
-        return Err(explain_refusal(db, target).await);
+    let done = sqlx::query("SELECT 1 FROM hookline_commit($1, $2, $3, $4)")
+        .bind(target.webhook.as_uuid())
+        .bind(target.project)
+        .bind(target.message.as_uuid())
+        .bind(target.token.map(|t| *t.as_uuid()))
+        .execute(&mut *db)
+        .await;
+    match done {
+        Ok(_) => Ok(()),
+        Err(e) => Err(refusal(db, target, e).await),
     }
-    Ok(())
 }
 
 /// What an error (NACK) did to the message.
@@ -183,30 +176,26 @@ pub struct ErrorOutcome {
 
 /// locked -> queued at the same position (retry_count + 1), or dead at max_retries.
 pub async fn error(db: &mut PgConnection, target: &LockedRef<'_>, reason: Option<&str>) -> StoreResult<ErrorOutcome> {
-    let row: Option<(MessageState, i32, i32)> = sqlx::query_as(
-        "UPDATE messages m
-         SET state = CASE WHEN m.retry_count + 1 >= w.max_retries
-                          THEN 'dead'::message_state ELSE 'queued'::message_state END,
-             dead_at = CASE WHEN m.retry_count + 1 >= w.max_retries THEN now() END,
-             retry_count = m.retry_count + 1,
-             last_error = $5,
-             lock_token = NULL,
-             lock_expires_at = NULL
-         FROM webhooks w
-         WHERE w.id = $1 AND w.project_id = $2 AND m.webhook_id = w.id AND m.id = $3
-           AND m.state = 'locked' AND ($4::uuid IS NULL OR m.lock_token = $4)
-         RETURNING m.state, m.retry_count, w.max_retries",
-    )
-    .bind(target.webhook.as_uuid())
-    .bind(target.project)
-    .bind(target.message.as_uuid())
-    .bind(target.token.map(|t| *t.as_uuid()))
-    .bind(reason)
-    .fetch_optional(&mut *db)
-    .await?;
+    let row: Result<(MessageState, i32, i32), sqlx::Error> =
+        sqlx::query_as("SELECT new_state, new_retry_count, max_retries FROM hookline_error($1, $2, $3, $4, $5)")
+            .bind(target.webhook.as_uuid())
+            .bind(target.project)
+            .bind(target.message.as_uuid())
+            .bind(target.token.map(|t| *t.as_uuid()))
+            .bind(reason)
+            .fetch_one(&mut *db)
+            .await;
     match row {
-        Some((state, retry_count, max_retries)) => Ok(ErrorOutcome { state, retry_count, max_retries }),
-        None => Err(explain_refusal(db, target).await),
+        Ok((state, retry_count, max_retries)) => Ok(ErrorOutcome { state, retry_count, max_retries }),
+        Err(e) => Err(refusal(db, target, e).await),
+    }
+}
+
+/// Maps a refused transition (SQLSTATE HL409 from the lock check) to the 409 that says why.
+async fn refusal(db: &mut PgConnection, target: &LockedRef<'_>, err: sqlx::Error) -> StoreError {
+    match &err {
+        sqlx::Error::Database(e) if e.code().as_deref() == Some("HL409") => explain_refusal(db, target).await,
+        _ => not_found_as(err, "webhook"),
     }
 }
 
@@ -254,6 +243,7 @@ struct FindRow {
     id: Option<Uuid>,
     seq: Option<i64>,
     state: Option<MessageState>,
+    locked: Option<bool>,
     retry_count: Option<i32>,
     last_error: Option<String>,
     received_at: Option<DateTime<Utc>>,
@@ -270,8 +260,8 @@ pub async fn find(
     message: &MessageId,
 ) -> StoreResult<MessageInfo> {
     let row: Option<FindRow> = sqlx::query_as(
-        "SELECT w.max_retries, m.id, m.seq, m.state, m.retry_count, m.last_error, m.received_at,
-                m.expires_at, m.lock_expires_at, m.committed_at, m.dead_at
+        "SELECT w.max_retries, m.id, m.seq, m.state, w.locked_seq = m.seq AS locked, m.retry_count, m.last_error,
+                m.received_at, m.expires_at, w.lock_expires_at, m.committed_at, m.dead_at
          FROM webhooks w
          LEFT JOIN messages m ON m.webhook_id = w.id AND m.id = $3
          WHERE w.id = $1 AND w.project_id = $2",
@@ -287,16 +277,18 @@ pub async fn find(
     else {
         return Err(StoreError::NotFound("message"));
     };
+    let locked = row.locked == Some(true);
     Ok(MessageInfo {
         id: MessageId::from_uuid(id),
         seq: Seq(seq),
-        state,
+        // Stored as queued while its webhook's lock points at it.
+        state: if locked { MessageState::Locked } else { state },
         retry_count,
         max_retries: row.max_retries,
         last_error: row.last_error,
         received_at,
         expires_at,
-        lock_expires_at: row.lock_expires_at,
+        lock_expires_at: row.lock_expires_at.filter(|_| locked),
         committed_at: row.committed_at,
         dead_at: row.dead_at,
     })
@@ -312,8 +304,13 @@ pub async fn bury(
     reason: &str,
 ) -> StoreResult<()> {
     sqlx::query(
-        "UPDATE messages SET state = 'dead', dead_at = now(), last_error = $4, lock_token = NULL, lock_expires_at = NULL
-         WHERE webhook_id = $1 AND id = $2 AND state = 'locked' AND lock_token = $3",
+        "WITH released AS (
+             UPDATE webhooks SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL
+             WHERE id = $1 AND lock_token = $3
+             RETURNING id
+         )
+         UPDATE messages m SET state = 'dead', dead_at = now(), last_error = $4
+         FROM released WHERE m.webhook_id = released.id AND m.id = $2 AND m.state = 'queued'",
     )
     .bind(webhook.as_uuid())
     .bind(message.as_uuid())
