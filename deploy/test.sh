@@ -31,7 +31,7 @@ if cargo fmt --version >/dev/null 2>&1; then
 fi
 if cargo clippy --version >/dev/null 2>&1; then
     echo "== cargo clippy"
-    cargo clippy --all-targets --quiet -- -D warnings
+    cargo clippy --workspace --all-targets --quiet -- -D warnings
 fi
 echo "== cargo test"
-cargo test --all-targets "$@"
+cargo test --workspace --all-targets "$@"

@@ -40,7 +40,7 @@ impl LocalPostgres {
         if !pg.dir.join("PG_VERSION").exists() {
             tracing::info!(dir = %pg.dir.display(), "initializing a local PostgreSQL cluster");
             pg.check(
-                pg.command(&pg.tool("initdb"))
+                pg.command(pg.tool("initdb"))
                     .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "-D"])
                     .arg(&pg.dir),
             )
@@ -57,7 +57,7 @@ impl LocalPostgres {
         }
         let log = pg.dir.join("server.log");
         let started = pg.run(
-            pg.command(&pg.tool("pg_ctl"))
+            pg.command(pg.tool("pg_ctl"))
                 .arg("start")
                 .arg("-w")
                 .arg("-D")
@@ -93,13 +93,12 @@ impl LocalPostgres {
     /// Stops the cluster if this process started it.
     pub fn stop_if_started_here(&self) {
         if self.started_here {
-            let _ =
-                self.run(self.command(&self.tool("pg_ctl")).args(["stop", "-m", "fast", "-w", "-D"]).arg(&self.dir));
+            let _ = self.run(self.command(self.tool("pg_ctl")).args(["stop", "-m", "fast", "-w", "-D"]).arg(&self.dir));
         }
     }
 
     fn is_running(&self) -> bool {
-        self.run(self.command(&self.tool("pg_ctl")).arg("status").arg("-D").arg(&self.dir))
+        self.run(self.command(self.tool("pg_ctl")).arg("status").arg("-D").arg(&self.dir))
             .is_ok_and(|o| o.status.success())
     }
 

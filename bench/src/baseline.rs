@@ -71,6 +71,12 @@ async fn pgbench(bin: &Path, cluster: &Path, run: &Run, secs: u64) -> anyhow::Re
     }
 }
 
+/// Runs SQL on the broker's own database in the cluster.
+pub async fn broker_sql(cluster: &Path, sql: &str) -> anyhow::Result<()> {
+    let bin = pg_bin_dir().context("PostgreSQL binaries not found")?;
+    psql(&bin, cluster, "hookline", &["-c", sql]).await
+}
+
 async fn psql(bin: &Path, cluster: &Path, db: &str, args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new(bin.join("psql"))
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])

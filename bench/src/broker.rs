@@ -22,13 +22,12 @@ pub struct Broker {
 
 impl Broker {
     pub async fn start(exe: &Path, data_dir: &Path, port: u16) -> anyhow::Result<Self> {
+        // Absolute: the cluster's socket lives in it and pg_ctl runs from `/`.
+        let data_dir = &std::path::absolute(data_dir)?;
         let cluster = data_dir.join("postgres");
         stop_cluster(&cluster).await;
         let _ = std::fs::remove_dir_all(data_dir);
         std::fs::create_dir_all(data_dir)?;
-        // The cluster's socket path must be absolute.
-        let data_dir = &data_dir.canonicalize()?;
-        let cluster = data_dir.join("postgres");
         let env = |cmd: &mut Command| {
             cmd.env("HOOKLINE_DATA_DIR", data_dir)
                 .env("HOOKLINE_BIND", format!("127.0.0.1:{port}"))

@@ -11,7 +11,6 @@ mod load;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -26,7 +25,7 @@ struct Args {
     /// Seconds per scenario.
     #[arg(long, default_value_t = 10)]
     secs: u64,
-    /// Comma-separated scenarios, or `all`: ingest-many, ingest-one, fifo-one, fifo-many, latency, baseline.
+    /// Comma-separated scenarios, or `all`: ingest-many, ingest-one, fifo-one, fifo-many, latency, growth, baseline.
     #[arg(long, default_value = "all")]
     scenarios: String,
     /// A running broker to target instead of starting one (then baseline is skipped).
@@ -44,6 +43,9 @@ struct Args {
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
+    /// Committed rows the growth scenario adds to the queue it drains.
+    #[arg(long, default_value_t = 10_000_000)]
+    growth_rows: u64,
     /// Offered load of the latency scenario, messages per second.
     #[arg(long, default_value_t = 2000)]
     rate: u64,
@@ -68,7 +70,6 @@ struct Row {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let wanted = |s: &str| args.scenarios == "all" || args.scenarios.split(',').any(|w| w.trim() == s);
     let exe = std::env::current_exe()?.with_file_name("hookline");
     let broker = match (&args.base, &args.key) {
         (Some(base), Some(key)) => Broker::existing(base.trim_end_matches('/').to_owned(), key.clone()).await?,
@@ -76,82 +77,10 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("starting the broker (build it first: cargo build --release --workspace)")?,
     };
-    let client = reqwest::Client::builder().pool_max_idle_per_host(512).tcp_nodelay(true).build()?;
-    let target = Target { client, base: broker.base.clone().into(), key: broker.key.clone().into() };
-    let many = Arc::new(load::create_webhooks(&target, 1000, 300).await?);
-    let one = Arc::new(load::create_webhooks(&target, 1, 300).await?);
-    let secs = args.secs;
-
-    let mut rows: Vec<Row> = Vec::new();
-    let mut measure = |name: &str, outcome: Outcome, cpu: Option<f64>, broker: &Broker| {
-        let row = row(name, &outcome, cpu, broker.take_peak_rss_mib());
-        eprintln!(
-            "{name:<16} {:>9.0} msg/s  p50 {:>6.2} ms  p99 {:>7.2} ms  ({} messages, {} failures)",
-            row.msgs_per_sec, row.p50_ms, row.p99_ms, row.messages, row.failures
-        );
-        rows.push(row);
-    };
-
-    if wanted("ingest-many") {
-        let (o, cpu) = timed(&broker, load::ingest(&target, many.clone(), 64, secs)).await;
-        measure("ingest-many", o, cpu, &broker);
-    }
-    if wanted("ingest-one") {
-        let (o, cpu) = timed(&broker, load::ingest(&target, one.clone(), 64, secs)).await;
-        measure("ingest-one", o, cpu, &broker);
-    }
-    if wanted("fifo-one") {
-        // Enough queued for both runs, whatever ingest-one managed.
-        top_up(&target, one.clone(), 8_000 * secs).await;
-        let (o, cpu) = timed(&broker, load::fifo(&target, one.clone(), 1, secs, false)).await;
-        measure("fifo-one", o, cpu, &broker);
-        let (o, cpu) = timed(&broker, load::fifo(&target, one.clone(), 1, secs, true)).await;
-        measure("fifo-one-next", o, cpu, &broker);
-    }
-    if wanted("fifo-many") {
-        top_up(&target, many.clone(), 12_000 * secs).await;
-        let (o, cpu) = timed(&broker, load::fifo(&target, many.clone(), 64, secs, false)).await;
-        measure("fifo-many", o, cpu, &broker);
-        let (o, cpu) = timed(&broker, load::fifo(&target, many.clone(), 64, secs, true)).await;
-        measure("fifo-many-next", o, cpu, &broker);
-    }
-    if wanted("latency") {
-        let (o, cpu) = timed(&broker, load::offered(&target, many.clone(), args.rate, secs)).await;
-        measure("latency", o, cpu, &broker);
-    }
-    drop(measure);
-
-    if wanted("baseline") {
-        if let Some(cluster) = &broker.cluster_dir {
-            eprintln!("baseline: pgbench, {secs} s per script...");
-            for (name, rate) in baseline::run_all(&exe, cluster, secs).await? {
-                eprintln!("baseline {name:<16} {rate:>9.0} msg/s");
-                let base_name = name.to_owned();
-                for r in rows.iter_mut().filter(|r| r.scenario.trim_end_matches("-next") == base_name) {
-                    r.baseline_per_sec = Some(rate);
-                    r.ratio_to_baseline = Some(r.msgs_per_sec / rate);
-                }
-                if !rows.iter().any(|r| r.scenario.trim_end_matches("-next") == base_name) {
-                    rows.push(Row {
-                        scenario: format!("pgbench {name}"),
-                        msgs_per_sec: rate,
-                        messages: 0,
-                        failures: 0,
-                        out_of_order: 0,
-                        p50_ms: 0.0,
-                        p99_ms: 0.0,
-                        p999_ms: 0.0,
-                        peak_rss_mib: None,
-                        cpu_sec_per_1k: None,
-                        baseline_per_sec: Some(rate),
-                        ratio_to_baseline: None,
-                    });
-                }
-            }
-        }
-    }
+    let result = run(&args, &exe, &broker).await;
     broker.stop().await;
-
+    let rows = result?;
+    let secs = args.secs;
     print_table(&rows, secs);
     if let Some(dir) = args.json.parent() {
         std::fs::create_dir_all(dir)?;
@@ -161,13 +90,120 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a load and reports the broker CPU seconds it cost.
-async fn timed(broker: &Broker, load: impl std::future::Future<Output = Outcome>) -> (Outcome, Option<f64>) {
-    let _ = broker.take_peak_rss_mib();
-    let before = broker.cpu_seconds();
-    let outcome = load.await;
-    let cpu = before.zip(broker.cpu_seconds()).map(|(a, b)| b - a);
-    (outcome, cpu)
+/// Every scenario in order; the broker is stopped by the caller whatever happens.
+async fn run(args: &Args, exe: &std::path::Path, broker: &Broker) -> anyhow::Result<Vec<Row>> {
+    let wanted = |s: &str| args.scenarios == "all" || args.scenarios.split(',').any(|w| w.trim() == s);
+    let client = reqwest::Client::builder().pool_max_idle_per_host(512).tcp_nodelay(true).build()?;
+    let target = Target { client, base: broker.base.clone().into(), key: broker.key.clone().into() };
+    let many = Arc::new(load::create_webhooks(&target, 1000, 300).await?);
+    let one = Arc::new(load::create_webhooks(&target, 1, 300).await?);
+    let secs = args.secs;
+    let mut rec = Recorder { broker, rows: Vec::new() };
+
+    if wanted("ingest-many") {
+        rec.measure("ingest-many", load::ingest(&target, many.clone(), 64, secs)).await;
+    }
+    if wanted("ingest-one") {
+        rec.measure("ingest-one", load::ingest(&target, one.clone(), 64, secs)).await;
+    }
+    if wanted("fifo-one") {
+        // Enough queued for both runs, whatever ingest-one managed.
+        top_up(&target, one.clone(), 8_000 * secs).await;
+        rec.measure("fifo-one", load::fifo(&target, one.clone(), 1, secs, false)).await;
+        rec.measure("fifo-one-next", load::fifo(&target, one.clone(), 1, secs, true)).await;
+    }
+    if wanted("fifo-many") {
+        top_up(&target, many.clone(), 12_000 * secs).await;
+        rec.measure("fifo-many", load::fifo(&target, many.clone(), 64, secs, false)).await;
+        rec.measure("fifo-many-next", load::fifo(&target, many.clone(), 64, secs, true)).await;
+    }
+    if wanted("latency") {
+        rec.measure("latency", load::offered(&target, many.clone(), args.rate, secs)).await;
+    }
+    if wanted("growth") {
+        match &broker.cluster_dir {
+            None => eprintln!("growth: skipped (needs the cluster this starts)"),
+            Some(cluster) => {
+                let g = Arc::new(load::create_webhooks(&target, 1, 300).await?);
+                top_up(&target, g.clone(), 4_000 * secs).await;
+                rec.measure("growth-empty", load::fifo(&target, g.clone(), 1, secs, true)).await;
+                eprintln!("growth: adding {} committed rows to the same queue...", args.growth_rows);
+                let id = g[0].trim_start_matches("wh_");
+                let sql = format!(
+                    "INSERT INTO messages (webhook_id, seq, id, state, committed_at, expires_at, key_id, nonce, ciphertext)
+                     SELECT '{id}', s, gen_random_uuid(), 'committed', now(), now() + interval '7 days', 0,
+                            '\\x000000000000000000000000'::bytea, decode(repeat('ab', 100), 'hex')
+                     FROM generate_series(1000000001, 1000000000 + {n}) s;
+                     UPDATE webhook_sequences SET last_seq = 1000000000 + {n} WHERE webhook_id = '{id}';
+                     ANALYZE messages;",
+                    n = args.growth_rows
+                );
+                baseline::broker_sql(cluster, &sql).await?;
+                top_up(&target, g.clone(), 2_000 * secs).await;
+                rec.measure("growth-retained", load::fifo(&target, g.clone(), 1, secs, true)).await;
+            }
+        }
+    }
+    let mut rows = rec.rows;
+
+    if wanted("baseline") {
+        if let Some(cluster) = &broker.cluster_dir {
+            eprintln!("baseline: pgbench, {secs} s per script...");
+            for (name, rate) in baseline::run_all(exe, cluster, secs).await? {
+                eprintln!("baseline {name:<16} {rate:>9.0} msg/s");
+                let mut matched = false;
+                for r in rows.iter_mut().filter(|r| r.scenario.trim_end_matches("-next") == name) {
+                    r.baseline_per_sec = Some(rate);
+                    r.ratio_to_baseline = Some(r.msgs_per_sec / rate);
+                    matched = true;
+                }
+                if !matched {
+                    rows.push(Row::baseline_only(name, rate));
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Runs loads one at a time and keeps a row for each, with the broker's CPU and peak RSS.
+struct Recorder<'a> {
+    broker: &'a Broker,
+    rows: Vec<Row>,
+}
+
+impl Recorder<'_> {
+    async fn measure(&mut self, name: &str, load: impl std::future::Future<Output = Outcome>) {
+        let _ = self.broker.take_peak_rss_mib();
+        let before = self.broker.cpu_seconds();
+        let outcome = load.await;
+        let cpu = before.zip(self.broker.cpu_seconds()).map(|(a, b)| b - a);
+        let row = row(name, &outcome, cpu, self.broker.take_peak_rss_mib());
+        eprintln!(
+            "{name:<16} {:>9.0} msg/s  p50 {:>6.2} ms  p99 {:>7.2} ms  ({} messages, {} failures)",
+            row.msgs_per_sec, row.p50_ms, row.p99_ms, row.messages, row.failures
+        );
+        self.rows.push(row);
+    }
+}
+
+impl Row {
+    fn baseline_only(name: &str, rate: f64) -> Self {
+        Self {
+            scenario: format!("pgbench {name}"),
+            msgs_per_sec: rate,
+            messages: 0,
+            failures: 0,
+            out_of_order: 0,
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+            p999_ms: 0.0,
+            peak_rss_mib: None,
+            cpu_sec_per_1k: None,
+            baseline_per_sec: Some(rate),
+            ratio_to_baseline: None,
+        }
+    }
 }
 
 /// Ingests until at least `n` messages were added (outside any measurement).
@@ -221,5 +257,4 @@ fn print_table(rows: &[Row], secs: u64) {
             opt(r.ratio_to_baseline, 2)
         );
     }
-    let _ = Duration::ZERO;
 }

@@ -8,6 +8,16 @@ use uuid::Uuid;
 use super::{StoreError, StoreResult};
 use crate::domain::{MessageId, MessageState, ProjectId, Seq, WebhookId};
 
+#[derive(Debug, sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    seq: i64,
+    last_error: Option<String>,
+    retry_count: i32,
+    received_at: DateTime<Utc>,
+    dead_at: DateTime<Utc>,
+}
+
 #[derive(Debug)]
 pub struct DeadLetter {
     pub id: MessageId,
@@ -27,7 +37,7 @@ pub async fn list(
     limit: i64,
 ) -> StoreResult<Vec<DeadLetter>> {
     super::webhooks::get(&mut *db, project, webhook).await?;
-    let rows: Vec<(Uuid, i64, Option<String>, i32, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, seq, last_error, retry_count, received_at, dead_at FROM messages
          WHERE webhook_id = $1 AND state = 'dead' AND seq > $2
          ORDER BY seq LIMIT $3",
@@ -39,13 +49,13 @@ pub async fn list(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, seq, last_error, retry_count, received_at, dead_at)| DeadLetter {
-            id: MessageId::from_uuid(id),
-            seq: Seq(seq),
-            last_error,
-            retry_count,
-            received_at,
-            dead_at,
+        .map(|r| DeadLetter {
+            id: MessageId::from_uuid(r.id),
+            seq: Seq(r.seq),
+            last_error: r.last_error,
+            retry_count: r.retry_count,
+            received_at: r.received_at,
+            dead_at: r.dead_at,
         })
         .collect())
 }
