@@ -5,5 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib.sh
 database_url_given || ensure_postgres_binaries
-cargo build --release --bin hookline
-exec ./target/release/hookline serve "$@"
+exec cargo run --release --quiet --bin hookline -- serve "$@"
