@@ -150,6 +150,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         data_dir: std::env::temp_dir(),
         db_max_connections: 20,
         api_key_cache_ttl: Duration::from_secs(30),
+        group_commit: Default::default(),
         run_jobs: false,
     };
     tweak(&mut config);

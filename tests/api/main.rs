@@ -3,4 +3,5 @@
 
 mod helpers;
 
+mod group_commit;
 mod smoke;
