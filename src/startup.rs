@@ -5,6 +5,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::dev::Server;
+use actix_web::middleware::ErrorHandlers;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use sqlx::PgPool;
@@ -50,6 +51,7 @@ impl Application {
         });
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(ErrorHandlers::new().default_handler_client(http::error::json_client_errors))
                 .wrap(TracingLogger::default())
                 .app_data(state.clone())
                 .configure(http::routes)

@@ -2,7 +2,11 @@
 //! body `{"error": {"code", "message"}}`. A 500 tells the client nothing; the log keeps
 //! the whole cause chain.
 
+use actix_web::body::MessageBody;
+use actix_web::dev::ServiceResponse;
+use actix_web::http::header::CONTENT_TYPE;
 use actix_web::http::StatusCode;
+use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
@@ -22,6 +26,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     Validation(String),
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     #[error("body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
     #[error(
@@ -40,6 +46,7 @@ impl ApiError {
             Self::Unauthorized => "unauthorized",
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::Validation(_) => "validation_failed",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnreadablePayload(_) => "payload_unreadable",
@@ -55,8 +62,8 @@ pub struct ErrorBody {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// Stable, machine-readable: bad_request, unauthorized, not_found, conflict,
-    /// validation_failed, payload_too_large, payload_unreadable, internal.
+    /// Stable, machine-readable: bad_request, unauthorized, not_found, method_not_allowed,
+    /// conflict, validation_failed, payload_too_large, payload_unreadable, internal.
     pub code: String,
     pub message: String,
 }
@@ -68,6 +75,7 @@ impl ResponseError for ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnreadablePayload(_) | Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -130,3 +138,28 @@ pub fn parse_json<T: serde::de::DeserializeOwned + Default>(body: &[u8], empty_o
 pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &'static str) -> Result<T, ApiError> {
     raw.parse().map_err(|_| ApiError::NotFound(what))
 }
+
+/// actix answers some client errors itself (405 on a known path, 413 past its 256 KiB
+/// extractor limit) with a plain-text body; this middleware hook gives them the JSON shape.
+pub fn json_client_errors<B: MessageBody + 'static>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_json = res.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let error = match res.status() {
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(API_BODY_LIMIT),
+        StatusCode::NOT_FOUND => ApiError::NotFound("route"),
+        other => ApiError::BadRequest(other.canonical_reason().unwrap_or("bad request").to_lowercase()),
+    };
+    let status = res.status();
+    let (req, _) = res.into_parts();
+    let mut response = error.error_response();
+    *response.status_mut() = status;
+    Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, response).map_into_right_body()))
+}
+
+/// actix-web's default limit for buffered request bodies (the `/api` JSON bodies).
+pub const API_BODY_LIMIT: usize = 256 * 1024;

@@ -16,10 +16,15 @@ use crate::domain::{LockToken, MessageId, MessageState, Payload, Seq, WebhookId}
 use crate::store::messages::{self as store, LockedMessage, LockedRef};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/webhooks/{webhook_id}/messages/dequeue", web::post().to(dequeue))
-        .route("/webhooks/{webhook_id}/messages/{message_id}", web::get().to(get))
-        .route("/webhooks/{webhook_id}/messages/{message_id}/commit", web::post().to(commit))
-        .route("/webhooks/{webhook_id}/messages/{message_id}/error", web::post().to(error));
+    // One scope, static segment first: actix-router tries each dynamic pattern in turn as a
+    // regex, so the hot consumer routes are kept few and early (see http::routes).
+    cfg.service(
+        web::scope("/webhooks/{webhook_id}/messages")
+            .route("/dequeue", web::post().to(dequeue))
+            .route("/{message_id}/commit", web::post().to(commit))
+            .route("/{message_id}/error", web::post().to(error))
+            .route("/{message_id}", web::get().to(get)),
+    );
 }
 
 /// A locked message, decrypted for its consumer.

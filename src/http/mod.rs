@@ -43,9 +43,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .app_data(
         web::PathConfig::default().error_handler(|e, _| ApiError::BadRequest(format!("invalid path: {e}")).into()),
     )
-    .configure(health::routes)
+    // Hot routes first: actix-router tries each pattern in this order (dynamic ones as regexes).
     .configure(ingest::routes)
-    .service(web::scope("/api").configure(webhooks::routes).configure(messages::routes).configure(dead_letters::routes))
+    .service(web::scope("/api").configure(messages::routes).configure(dead_letters::routes).configure(webhooks::routes))
+    .configure(health::routes)
     .route("/openapi.json", web::get().to(openapi::serve));
 }
 

@@ -6,11 +6,11 @@ use std::time::Duration;
 use hookline::crypto::KeyRing;
 use hookline::domain::{MessageId, WebhookId};
 use hookline::group_commit::{GroupCommitConfig, GroupCommitter};
-use hookline::store::StoreError;
 use hookline::store::messages::NewMessage;
+use hookline::store::StoreError;
 use serde_json::json;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{spawn_app, TestApp};
 
 /// One writer that lingers, so everything submitted together lands in one batch.
 fn lingering_committer(app: &TestApp) -> GroupCommitter {

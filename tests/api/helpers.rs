@@ -67,15 +67,34 @@ async fn server() -> &'static Server {
                 let pool = PgPool::connect(&with_db(&url_pattern, &building)).await.unwrap();
                 hookline::store::MIGRATOR.run(&pool).await.expect("migrating the template");
                 pool.close().await;
-                sqlx::query(&format!("ALTER DATABASE {building} RENAME TO {template}"))
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
+                rename_when_idle(&mut conn, &building, &template).await;
             }
             sqlx::query("SELECT pg_advisory_unlock(7412)").execute(&mut conn).await.unwrap();
             Server { url_pattern, template }
         })
         .await
+}
+
+/// A closed pool's sessions can linger server-side for a moment, and RENAME needs none:
+/// end them and retry rather than fail every test on a slow machine.
+async fn rename_when_idle(conn: &mut PgConnection, from: &str, to: &str) {
+    for attempt in 0.. {
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(from)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        match sqlx::query(&format!("ALTER DATABASE {from} RENAME TO {to}")).execute(&mut *conn).await {
+            Ok(_) => return,
+            Err(e) if attempt < 50 => {
+                eprintln!("renaming the template database: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("renaming the template database: {e}"),
+        }
+    }
 }
 
 fn migrations_fingerprint() -> String {
@@ -139,6 +158,14 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     sqlx::query(&format!("CREATE DATABASE {db} TEMPLATE {}", server.template)).execute(&mut conn).await.unwrap();
     conn.close().await.unwrap();
     let db_url = with_db(&server.url_pattern, &db);
+    spawn_app_on(&db_url, tweak).await
+}
+
+/// Another broker on an existing database (e.g. `app.db_url`), as a second replica or a
+/// restart with a new configuration would be; it gets its own API key of the project "test".
+/// The encryption key is a new one unless `tweak` sets it.
+pub async fn spawn_app_on(db_url: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let db_url = db_url.to_owned();
     let encryption_key = KeyRing::generate_base64();
     let mut config = Config {
         database_url: Some(db_url.clone()),
@@ -283,4 +310,225 @@ impl TestApp {
     pub async fn sql(&self, statement: &str) -> sqlx::postgres::PgQueryResult {
         sqlx::query(statement).execute(&self.pool).await.unwrap()
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Typed helpers for the feature suites.
+
+impl Reply {
+    /// Reads any response (for requests built by hand with `TestApp::request`).
+    pub async fn read(r: Response) -> Self {
+        Self::from(r).await
+    }
+
+    /// Asserts the status, showing the body when it differs; returns self for chaining.
+    #[track_caller]
+    pub fn expect(&self, status: StatusCode) -> &Self {
+        assert_eq!(self.status, status, "unexpected status; body: {}", self.body);
+        self
+    }
+
+    /// Asserts a JSON error body with this status and code; returns the error message.
+    #[track_caller]
+    pub fn expect_error(&self, status: StatusCode, code: &str) -> String {
+        assert_eq!(self.status, status, "unexpected status; body: {}", self.body);
+        let content_type = self.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+        assert!(content_type.starts_with("application/json"), "error is not JSON ({content_type:?}): {}", self.body);
+        assert_eq!(self.error_code(), code, "{}", self.body);
+        self.body["error"]["message"].as_str().unwrap().to_owned()
+    }
+
+    pub fn opt_str(&self, field: &str) -> Option<String> {
+        self.body[field].as_str().map(str::to_owned)
+    }
+}
+
+impl TestApp {
+    /// A request with this app's API key, to finish by hand (headers, raw bodies).
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path)).header("x-api-key", &self.key)
+    }
+
+    /// Sends a request and reads the reply.
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
+        Reply::read(req.send().await.unwrap()).await
+    }
+
+    pub async fn create_webhook_raw(&self, body: Value) -> Reply {
+        self.api(reqwest::Method::POST, "/api/webhooks", Some(body)).await
+    }
+
+    pub async fn get_webhook(&self, webhook: &str) -> Reply {
+        self.api(reqwest::Method::GET, &format!("/api/webhooks/{webhook}"), None).await
+    }
+
+    pub async fn patch_webhook(&self, webhook: &str, changes: Value) -> Reply {
+        self.api(reqwest::Method::PATCH, &format!("/api/webhooks/{webhook}"), Some(changes)).await
+    }
+
+    pub async fn delete_webhook(&self, webhook: &str) -> Reply {
+        self.api(reqwest::Method::DELETE, &format!("/api/webhooks/{webhook}"), None).await
+    }
+
+    pub async fn list_webhooks(&self, query: &str) -> Reply {
+        self.api(reqwest::Method::GET, &format!("/api/webhooks{query}"), None).await
+    }
+
+    /// Ingests a body with extra request headers.
+    pub async fn ingest_with_headers(&self, webhook: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
+        let mut r = self.client.post(self.url(&format!("/ingest/{webhook}")));
+        for (name, value) in headers {
+            r = r.header(*name, *value);
+        }
+        Reply::read(r.body(body).send().await.unwrap()).await
+    }
+
+    /// Ingests `n` JSON messages `{"n": i}` (i from 1) one after the other; returns their ids in seq order.
+    pub async fn ingest_many(&self, webhook: &str, n: usize) -> Vec<String> {
+        let mut ids = Vec::with_capacity(n);
+        for i in 1..=n {
+            let (id, _) = self.ingest_ok(webhook, &json!({ "n": i }).to_string()).await;
+            ids.push(id);
+        }
+        ids
+    }
+
+    /// Dequeues and asserts a delivery (200).
+    #[track_caller]
+    pub fn dequeue_ok(&self, webhook: &str) -> impl std::future::Future<Output = Delivery> + '_ {
+        let caller = std::panic::Location::caller();
+        let webhook = webhook.to_owned();
+        async move {
+            let r = self.dequeue(&webhook).await;
+            assert_eq!(r.status, StatusCode::OK, "dequeue at {caller} delivered nothing: {}", r.body);
+            Delivery::from_reply(&r)
+        }
+    }
+
+    /// Dequeues and asserts nothing is delivered (204, empty body).
+    #[track_caller]
+    pub fn dequeue_none(&self, webhook: &str) -> impl std::future::Future<Output = ()> + '_ {
+        let caller = std::panic::Location::caller();
+        let webhook = webhook.to_owned();
+        async move {
+            let r = self.dequeue(&webhook).await;
+            assert_eq!(r.status, StatusCode::NO_CONTENT, "dequeue at {caller} delivered: {}", r.body);
+            assert!(r.body.is_null(), "a 204 with a body: {}", r.body);
+        }
+    }
+
+    /// Commits a delivery with its lock token and asserts 200 {id, status: committed}.
+    pub async fn commit_ok(&self, webhook: &str, d: &Delivery) {
+        let r = self.commit(webhook, &d.id, Some(&d.lock_token)).await;
+        assert_eq!(r.status, StatusCode::OK, "commit of seq {}: {}", d.seq, r.body);
+        assert_eq!(r.str("id"), d.id);
+        assert_eq!(r.str("status"), "committed");
+    }
+
+    /// Commits with `?next=true` (commit and lock the next message in one call).
+    pub async fn commit_next(&self, webhook: &str, message: &str, token: Option<&str>) -> Reply {
+        let body = token.map(|t| json!({"lockToken": t}));
+        let path = format!("/api/webhooks/{webhook}/messages/{message}/commit?next=true");
+        self.api(reqwest::Method::POST, &path, body).await
+    }
+
+    /// Errors a delivery with its lock token and a reason; returns the reply (asserted 200).
+    pub async fn error_ok(&self, webhook: &str, d: &Delivery, reason: &str) -> Reply {
+        let r = self.error(webhook, &d.id, Some(json!({"lockToken": d.lock_token, "reason": reason}))).await;
+        assert_eq!(r.status, StatusCode::OK, "error of seq {}: {}", d.seq, r.body);
+        r
+    }
+
+    /// Dequeues until 204, committing everything; returns the seqs in delivery order.
+    pub async fn drain(&self, webhook: &str) -> Vec<i64> {
+        let mut seqs = Vec::new();
+        loop {
+            let r = self.dequeue(webhook).await;
+            if r.status == StatusCode::NO_CONTENT {
+                return seqs;
+            }
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            let d = Delivery::from_reply(&r);
+            self.commit_ok(webhook, &d).await;
+            seqs.push(d.seq);
+        }
+    }
+
+    /// A message's state as GET /messages/{id} reports it (asserted 200).
+    pub async fn message_status(&self, webhook: &str, message: &str) -> String {
+        let r = self.message(webhook, message).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        r.str("status")
+    }
+
+    /// One number from SQL (count(*) and the like).
+    pub async fn sql_i64(&self, query: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>(query).fetch_one(&self.pool).await.unwrap()
+    }
+
+    /// SQL rows with one text column.
+    pub async fn sql_strings(&self, query: &str) -> Vec<String> {
+        sqlx::query_scalar::<_, String>(query).fetch_all(&self.pool).await.unwrap()
+    }
+}
+
+/// A delivered (locked) message, as dequeue returns it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: String,
+    pub seq: i64,
+    pub lock_token: String,
+    pub retry_count: i64,
+    pub max_retries: i64,
+    /// The body as text, if it was UTF-8.
+    pub body: Option<String>,
+    pub raw: Value,
+}
+
+impl Delivery {
+    pub fn from_reply(r: &Reply) -> Self {
+        Self {
+            id: r.str("id"),
+            seq: r.i64("seq"),
+            lock_token: r.str("lockToken"),
+            retry_count: r.i64("retryCount"),
+            max_retries: r.i64("maxRetries"),
+            body: r.opt_str("body"),
+            raw: r.body.clone(),
+        }
+    }
+
+    /// The body parsed as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(self.body.as_deref().expect("a text body")).expect("a JSON body")
+    }
+}
+
+/// The UUID inside a prefixed id (`wh_…`, `msg_…`, `lt_…`), as SQL accepts it.
+pub fn uuid_of(prefixed: &str) -> String {
+    let (_, hex) = prefixed.split_once('_').expect("a prefixed id");
+    uuid::Uuid::parse_str(hex).expect("a UUID inside").to_string()
+}
+
+/// A well-formed id that names nothing.
+pub fn random_id(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Standard base64 with padding (ten lines instead of a dev-dependency).
+pub fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

@@ -3,5 +3,13 @@
 
 mod helpers;
 
+mod bad_input;
+mod commit_next;
+mod concurrency;
+mod encryption;
 mod group_commit;
+mod head_of_line;
+mod jobs;
+mod lifecycle;
 mod smoke;
+mod webhooks;

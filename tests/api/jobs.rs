@@ -1,0 +1,193 @@
+//! The periodic jobs, driven step by step with `run_once`: the lock reaper and the TTL purger.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use hookline::jobs::{LockReaper, TtlPurger};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{spawn_app, uuid_of, TestApp};
+
+#[tokio::test]
+async fn the_lock_reaper_releases_expired_locks_as_failed_attempts() {
+    let app = spawn_app().await;
+    let retried = app.create_webhook(json!({"lockTimeoutSeconds": 1})).await;
+    let killed = app.create_webhook(json!({"lockTimeoutSeconds": 1, "maxRetries": 1})).await;
+    let held = app.create_webhook(json!({})).await;
+    for wh in [&retried, &killed, &held] {
+        app.ingest_many(wh, 2).await;
+    }
+    let lost = app.dequeue_ok(&retried).await;
+    let lost_too = app.dequeue_ok(&killed).await;
+    let kept = app.dequeue_ok(&held).await;
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(LockReaper::new(app.pool.clone()).run_once().await.unwrap(), 2);
+
+    let m = app.message(&retried, &lost.id).await;
+    assert_eq!(m.body["status"], "queued");
+    assert_eq!(m.body["retryCount"], 1);
+    assert_eq!(m.body["lastError"], "lock expired");
+    assert!(m.body["lockExpiresAt"].is_null(), "{}", m.body);
+    let m = app.message(&killed, &lost_too.id).await;
+    assert_eq!(m.body["status"], "dead");
+    assert_eq!(m.body["retryCount"], 1);
+    assert_eq!(m.body["lastError"], "lock expired");
+    assert!(m.body["deadAt"].is_string(), "{}", m.body);
+    assert_eq!(app.dead_letters(&killed, "").await.body["data"][0]["id"], lost_too.id.as_str());
+    // A lock that has not expired is left alone.
+    assert_eq!(app.message_status(&held, &kept.id).await, "locked");
+
+    // Nothing left to do; the late consumers are refused.
+    assert_eq!(LockReaper::new(app.pool.clone()).run_once().await.unwrap(), 0);
+    app.commit(&retried, &lost.id, Some(&lost.lock_token)).await.expect_error(StatusCode::CONFLICT, "conflict");
+    app.commit(&killed, &lost_too.id, None).await.expect_error(StatusCode::CONFLICT, "conflict");
+
+    let again = app.dequeue_ok(&retried).await;
+    assert_eq!((again.id.as_str(), again.retry_count), (lost.id.as_str(), 1));
+    assert_eq!(app.dequeue_ok(&killed).await.seq, 2);
+    app.commit_ok(&held, &kept).await;
+}
+
+#[tokio::test]
+async fn the_lock_reaper_works_through_many_locks_in_batches() {
+    let app = spawn_app().await;
+    // Five expiring locks (two of them at their last attempt) and one that is not expiring.
+    let mut expiring = Vec::new();
+    for max_retries in [5, 5, 5, 1, 1] {
+        let wh = app.create_webhook(json!({"lockTimeoutSeconds": 1, "maxRetries": max_retries})).await;
+        app.ingest_many(&wh, 2).await;
+        let d = app.dequeue_ok(&wh).await;
+        expiring.push((wh, d, max_retries));
+    }
+    let held = app.create_webhook(json!({})).await;
+    app.ingest_many(&held, 1).await;
+    let kept = app.dequeue_ok(&held).await;
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Batches of 2: 2 + 2 + 1.
+    assert_eq!(LockReaper::new(app.pool.clone()).with_batch(2).run_once().await.unwrap(), 5);
+    assert_eq!(LockReaper::new(app.pool.clone()).with_batch(2).run_once().await.unwrap(), 0);
+    for (wh, d, max_retries) in &expiring {
+        let m = app.message(wh, &d.id).await;
+        let expected = if *max_retries == 1 { "dead" } else { "queued" };
+        assert_eq!(m.body["status"], expected, "{}", m.body);
+        assert_eq!(m.body["retryCount"], 1);
+        assert_eq!(m.body["lastError"], "lock expired");
+        // The next delivery: the same message again, or the one after the dead one.
+        let next = app.dequeue_ok(wh).await;
+        assert_eq!(next.seq, if *max_retries == 1 { 2 } else { 1 });
+    }
+    assert_eq!(app.message_status(&held, &kept.id).await, "locked");
+}
+
+/// Moves these messages' TTL into the past.
+async fn expire(app: &TestApp, wh: &str, seqs: &[i64]) {
+    let list: Vec<String> = seqs.iter().map(i64::to_string).collect();
+    let done = app
+        .sql(&format!(
+            "UPDATE messages SET expires_at = now() - interval '1 second' WHERE webhook_id = '{}' AND seq IN ({})",
+            uuid_of(wh),
+            list.join(",")
+        ))
+        .await;
+    assert_eq!(done.rows_affected(), seqs.len() as u64);
+}
+
+/// (webhook uuid, seq) of every stored message.
+async fn remaining(app: &TestApp) -> BTreeSet<(String, i64)> {
+    let rows: Vec<(uuid::Uuid, i64)> =
+        sqlx::query_as("SELECT webhook_id, seq FROM messages").fetch_all(&app.pool).await.unwrap();
+    rows.into_iter().map(|(w, s)| (w.to_string(), s)).collect()
+}
+
+#[tokio::test]
+async fn the_ttl_purger_deletes_expired_messages_in_every_state_and_nothing_else() {
+    let app = spawn_app().await;
+    let a = app.create_webhook(json!({"maxRetries": 1})).await;
+    let a_ids = app.ingest_many(&a, 8).await;
+    // a: 1 committed, 2 dead, 3 committed, 4 dead, 5 locked, 6..8 queued.
+    for seq in 1..=4 {
+        let d = app.dequeue_ok(&a).await;
+        assert_eq!(d.seq, seq);
+        if seq % 2 == 1 {
+            app.commit_ok(&a, &d).await;
+        } else {
+            app.error_ok(&a, &d, "fatal").await;
+        }
+    }
+    assert_eq!(app.dequeue_ok(&a).await.seq, 5);
+    // b: 1 locked (fresh), 2 queued.
+    let b = app.create_webhook(json!({})).await;
+    let b_ids = app.ingest_many(&b, 2).await;
+    app.dequeue_ok(&b).await;
+
+    let mut states = Vec::new();
+    for (wh, id) in a_ids.iter().map(|id| (&a, id)).chain(b_ids.iter().map(|id| (&b, id))) {
+        states.push(app.message_status(wh, id).await);
+    }
+    let expected_states = ["committed", "dead", "committed", "dead", "locked", "queued", "queued", "queued"]
+        .into_iter()
+        .chain(["locked", "queued"])
+        .collect::<Vec<_>>();
+    assert_eq!(states, expected_states);
+
+    expire(&app, &a, &[1, 2, 5, 6, 7]).await; // committed, dead, locked, queued, queued
+    expire(&app, &b, &[2]).await; // queued
+
+    assert_eq!(TtlPurger::new(app.pool.clone()).with_batch(2).run_once().await.unwrap(), 6);
+    let (ua, ub) = (uuid_of(&a), uuid_of(&b));
+    let expected: BTreeSet<_> = [(ua.clone(), 3), (ua.clone(), 4), (ua, 8), (ub, 1)].into_iter().collect();
+    assert_eq!(remaining(&app).await, expected);
+    for (wh, id) in [(&a, &a_ids[0]), (&a, &a_ids[1]), (&a, &a_ids[4]), (&a, &a_ids[5]), (&b, &b_ids[1])] {
+        app.message(wh, id).await.expect_error(StatusCode::NOT_FOUND, "not_found");
+    }
+    assert_eq!(app.message_status(&a, &a_ids[2]).await, "committed");
+    assert_eq!(app.message_status(&a, &a_ids[3]).await, "dead");
+    assert_eq!(app.message_status(&b, &b_ids[0]).await, "locked");
+    assert_eq!(TtlPurger::new(app.pool.clone()).with_batch(2).run_once().await.unwrap(), 0);
+
+    // The purged locked head no longer blocks: the next live message is 8.
+    assert_eq!(app.drain(&a).await, vec![8]);
+    assert_eq!(app.dead_letters(&a, "").await.body["data"].as_array().unwrap().len(), 1);
+    app.dequeue_none(&b).await;
+}
+
+#[tokio::test]
+async fn the_ttl_purger_counts_exactly_across_batches() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({})).await;
+    app.ingest_many(&wh, 12).await;
+
+    // An exact multiple of the batch (the last batch comes back empty)...
+    expire(&app, &wh, &[1, 2, 3, 4]).await;
+    assert_eq!(TtlPurger::new(app.pool.clone()).with_batch(2).run_once().await.unwrap(), 4);
+    // ...and a remainder.
+    expire(&app, &wh, &[5, 7, 9, 10, 11]).await;
+    assert_eq!(TtlPurger::new(app.pool.clone()).with_batch(2).run_once().await.unwrap(), 5);
+    let left: Vec<i64> = remaining(&app).await.into_iter().map(|(_, s)| s).collect();
+    assert_eq!(left, vec![6, 8, 12]);
+    assert_eq!(TtlPurger::new(app.pool.clone()).run_once().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn an_expired_message_is_not_delivered_even_before_the_purge() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({})).await;
+    app.ingest_many(&wh, 3).await;
+    expire(&app, &wh, &[1]).await;
+    assert_eq!(app.drain(&wh).await, vec![2, 3]);
+}
+
+#[tokio::test]
+async fn a_message_expires_after_its_webhooks_ttl() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({"ttlDays": 3})).await;
+    app.ingest_many(&wh, 1).await;
+    app.patch_webhook(&wh, json!({"ttlDays": 30})).await.expect(StatusCode::OK);
+    app.ingest_many(&wh, 1).await;
+    let ttl = app.sql_strings("SELECT (expires_at - received_at)::text FROM messages ORDER BY seq").await;
+    // The TTL is fixed when a message arrives.
+    assert_eq!(ttl, ["3 days", "30 days"]);
+}
