@@ -153,25 +153,9 @@ BEGIN
 END
 $$;
 
--- Strict-FIFO dequeue in one round trip. The webhook row lock serializes dequeues of one
+-- The project's webhook row, locked: this serializes dequeue, commit and error of one
 -- webhook across every broker replica. Raises no_data_found for an unknown webhook.
-CREATE FUNCTION hookline_dequeue(p_webhook uuid, p_project bigint)
-RETURNS SETOF locked_message LANGUAGE plpgsql AS $$
-DECLARE
-    hook webhooks%ROWTYPE;
-BEGIN
-    SELECT * INTO hook FROM webhooks w WHERE w.id = p_webhook AND w.project_id = p_project FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'webhook not found' USING ERRCODE = 'no_data_found';
-    END IF;
-    RETURN QUERY SELECT * FROM hookline_lock_head(hook);
-END
-$$;
-
--- The webhook row, locked, if `p_message` holds its lock under `p_token` (any token when
--- null). A lock that expired but was not handed out again still counts: the consumer was
--- late, not wrong. Raises no_data_found for an unknown webhook, HL409 otherwise.
-CREATE FUNCTION hookline_lock_holder(p_webhook uuid, p_project bigint, p_message uuid, p_token uuid)
+CREATE FUNCTION hookline_lock_webhook(p_webhook uuid, p_project bigint)
 RETURNS webhooks LANGUAGE plpgsql AS $$
 DECLARE
     hook webhooks%ROWTYPE;
@@ -180,6 +164,24 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'webhook not found' USING ERRCODE = 'no_data_found';
     END IF;
+    RETURN hook;
+END
+$$;
+
+-- Strict-FIFO dequeue in one round trip.
+CREATE FUNCTION hookline_dequeue(p_webhook uuid, p_project bigint)
+RETURNS SETOF locked_message LANGUAGE sql AS $$
+    SELECT * FROM hookline_lock_head(hookline_lock_webhook(p_webhook, p_project))
+$$;
+
+-- The webhook row, locked, if `p_message` holds its lock under `p_token` (any token when
+-- null). A lock that expired but was not handed out again still counts: the consumer was
+-- late, not wrong. Raises HL409 when the message does not hold the lock.
+CREATE FUNCTION hookline_lock_holder(p_webhook uuid, p_project bigint, p_message uuid, p_token uuid)
+RETURNS webhooks LANGUAGE plpgsql AS $$
+DECLARE
+    hook webhooks%ROWTYPE := hookline_lock_webhook(p_webhook, p_project);
+BEGIN
     IF hook.locked_seq IS NULL OR (p_token IS NOT NULL AND hook.lock_token <> p_token)
        OR NOT EXISTS (SELECT 1 FROM messages m WHERE m.webhook_id = p_webhook AND m.seq = hook.locked_seq
                       AND m.id = p_message) THEN
