@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -13,6 +13,7 @@ use blake2::{Blake2s256, Digest};
 use rand::distributions::{Alphanumeric, DistString};
 use rand::rngs::OsRng;
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 
 use crate::domain::{ApiKeyId, ProjectId};
 use crate::store::{self, StoreError};
@@ -64,23 +65,58 @@ pub enum AuthError {
     Store(#[from] StoreError),
 }
 
-/// Verifies keys against the database, remembering the ones that passed for `ttl`.
+/// Verifies keys against the database. A key that passed argon2 is remembered by its
+/// BLAKE2s digest; after `ttl` a cheap indexed lookup confirms it is still live instead of
+/// paying argon2 again. Argon2 (19 MiB and tens of milliseconds each) runs at most
+/// `ARGON2_PERMITS` at a time, and once per key even when many requests bring it at once,
+/// so a burst of new or bogus keys cannot exhaust memory.
 pub struct KeyVerifier {
     pool: PgPool,
     ttl: Duration,
-    cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    cache: Mutex<HashMap<[u8; 32], Verified>>,
+    argon2: Semaphore,
+    in_flight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
 }
+
+#[derive(Clone, Copy)]
+struct Verified {
+    principal: Principal,
+    checked_at: Instant,
+}
+
+const ARGON2_PERMITS: usize = 2;
 
 impl KeyVerifier {
     pub fn new(pool: PgPool, ttl: Duration) -> Self {
-        Self { pool, ttl, cache: Mutex::new(HashMap::new()) }
+        Self {
+            pool,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+            argon2: Semaphore::new(ARGON2_PERMITS),
+            in_flight: Mutex::new(HashMap::new()),
+        }
     }
 
     pub async fn verify(&self, presented: &str) -> Result<Principal, AuthError> {
         let digest: [u8; 32] = Blake2s256::digest(presented.as_bytes()).into();
-        if let Some(principal) = self.cached(&digest) {
+        if let Some(principal) = self.remembered(&digest).await? {
             return Ok(principal);
         }
+        // One verification per key at a time: the rest wait for it, then hit the cache.
+        let gate = self.in_flight.lock().expect("in-flight map poisoned").entry(digest).or_default().clone();
+        let result = async {
+            let _turn = gate.lock().await;
+            if let Some(principal) = self.remembered(&digest).await? {
+                return Ok(principal);
+            }
+            self.verify_with_argon2(presented, digest).await
+        }
+        .await;
+        self.in_flight.lock().expect("in-flight map poisoned").remove(&digest);
+        result
+    }
+
+    async fn verify_with_argon2(&self, presented: &str, digest: [u8; 32]) -> Result<Principal, AuthError> {
         let stored = match ApiKey::prefix(presented) {
             Some(prefix) => store::keys::find_live(&self.pool, prefix).await?,
             None => None,
@@ -88,7 +124,9 @@ impl KeyVerifier {
         // An unknown prefix still pays one argon2 verification, so timing does not tell.
         let hash = stored.as_ref().map_or_else(|| dummy_hash().to_owned(), |s| s.hash.clone());
         let presented = presented.to_owned();
+        let permit = self.argon2.acquire().await.expect("the semaphore is never closed");
         let matches = tokio::task::spawn_blocking(move || verify_hash(&presented, &hash)).await.unwrap_or(false);
+        drop(permit);
         let stored = stored.filter(|_| matches).ok_or(AuthError::InvalidKey)?;
         let principal = Principal { project: stored.project_id, key: stored.id };
         store::keys::touch(&self.pool, stored.id).await?;
@@ -96,20 +134,32 @@ impl KeyVerifier {
         Ok(principal)
     }
 
-    fn cached(&self, digest: &[u8; 32]) -> Option<Principal> {
-        let cache = self.cache.lock().expect("key cache poisoned");
-        cache.get(digest).filter(|(_, at)| at.elapsed() < self.ttl).map(|(p, _)| *p)
+    /// The cached principal; past `ttl`, only after the database confirms the key is live.
+    async fn remembered(&self, digest: &[u8; 32]) -> Result<Option<Principal>, AuthError> {
+        let entry = self.cache.lock().expect("key cache poisoned").get(digest).copied();
+        let Some(entry) = entry else { return Ok(None) };
+        if entry.checked_at.elapsed() < self.ttl {
+            return Ok(Some(entry.principal));
+        }
+        if store::keys::is_live(&self.pool, entry.principal.key).await? {
+            self.remember(*digest, entry.principal);
+            Ok(Some(entry.principal))
+        } else {
+            self.cache.lock().expect("key cache poisoned").remove(digest);
+            Err(AuthError::InvalidKey)
+        }
     }
 
     fn remember(&self, digest: [u8; 32], principal: Principal) {
         let mut cache = self.cache.lock().expect("key cache poisoned");
-        if cache.len() >= CACHE_CAPACITY {
-            cache.retain(|_, (_, at)| at.elapsed() < self.ttl);
-            if cache.len() >= CACHE_CAPACITY {
-                cache.clear();
-            }
+        if cache.len() >= CACHE_CAPACITY && !cache.contains_key(&digest) {
+            // Drop the stalest half; they re-verify by a lookup, or argon2 if evicted.
+            let mut ages: Vec<Instant> = cache.values().map(|v| v.checked_at).collect();
+            ages.sort_unstable();
+            let cutoff = ages[ages.len() / 2];
+            cache.retain(|_, v| v.checked_at > cutoff);
         }
-        cache.insert(digest, (principal, Instant::now()));
+        cache.insert(digest, Verified { principal, checked_at: Instant::now() });
     }
 }
 

@@ -35,3 +35,10 @@ pub async fn touch(db: impl PgExecutor<'_>, id: ApiKeyId) -> StoreResult<()> {
     sqlx::query("UPDATE api_keys SET last_used_at = now() WHERE id = $1").bind(id).execute(db).await?;
     Ok(())
 }
+
+/// Whether the key still exists and is not revoked.
+pub async fn is_live(db: impl PgExecutor<'_>, id: ApiKeyId) -> StoreResult<bool> {
+    let live: Option<bool> =
+        sqlx::query_scalar("SELECT revoked_at IS NULL FROM api_keys WHERE id = $1").bind(id).fetch_optional(db).await?;
+    Ok(live == Some(true))
+}

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod auth;
 mod bad_input;
 mod commit_next;
 mod concurrency;
