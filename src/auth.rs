@@ -15,7 +15,8 @@ use rand::rngs::OsRng;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
-use crate::domain::{ApiKeyId, ProjectId};
+use crate::domain::{ApiKeyId, Plan, ProjectId, Scopes, WebhookId};
+use crate::store::keys::NewKey;
 use crate::store::{self, StoreError};
 
 const PREFIX_LEN: usize = 10;
@@ -50,11 +51,20 @@ impl fmt::Debug for ApiKey {
     }
 }
 
-/// Who a verified key speaks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who a verified key speaks for, and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub project: ProjectId,
     pub key: ApiKeyId,
+    pub scopes: Scopes,
+    /// The webhooks the key is limited to; None: all of its project's.
+    pub webhooks: Option<Arc<[WebhookId]>>,
+}
+
+impl Principal {
+    pub fn may_touch(&self, webhook: &WebhookId) -> bool {
+        self.webhooks.as_ref().is_none_or(|allowed| allowed.contains(webhook))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +88,7 @@ pub struct KeyVerifier {
     in_flight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Verified {
     principal: Principal,
     checked_at: Instant,
@@ -128,26 +138,41 @@ impl KeyVerifier {
         let matches = tokio::task::spawn_blocking(move || verify_hash(&presented, &hash)).await.unwrap_or(false);
         drop(permit);
         let stored = stored.filter(|_| matches).ok_or(AuthError::InvalidKey)?;
-        let principal = Principal { project: stored.project_id, key: stored.id };
+        let principal = Principal {
+            project: stored.project_id,
+            key: stored.id,
+            scopes: stored.scopes,
+            webhooks: stored.webhooks.map(Arc::from),
+        };
         store::keys::touch(&self.pool, stored.id).await?;
-        self.remember(digest, principal);
+        self.remember(digest, principal.clone());
         Ok(principal)
     }
 
     /// The cached principal; past `ttl`, only after the database confirms the key is live.
     async fn remembered(&self, digest: &[u8; 32]) -> Result<Option<Principal>, AuthError> {
-        let entry = self.cache.lock().expect("key cache poisoned").get(digest).copied();
+        let entry = self.cache.lock().expect("key cache poisoned").get(digest).cloned();
         let Some(entry) = entry else { return Ok(None) };
         if entry.checked_at.elapsed() < self.ttl {
             return Ok(Some(entry.principal));
         }
         if store::keys::is_live(&self.pool, entry.principal.key).await? {
-            self.remember(*digest, entry.principal);
+            self.remember(*digest, entry.principal.clone());
             Ok(Some(entry.principal))
         } else {
             self.cache.lock().expect("key cache poisoned").remove(digest);
             Err(AuthError::InvalidKey)
         }
+    }
+
+    /// Forgets a revoked key at once.
+    pub fn forget_key(&self, key: ApiKeyId) {
+        self.cache.lock().expect("key cache poisoned").retain(|_, v| v.principal.key != key);
+    }
+
+    /// Forgets every key: they re-verify by lookup (used when revocations may have been missed).
+    pub fn forget_all(&self) {
+        self.cache.lock().expect("key cache poisoned").clear();
     }
 
     fn remember(&self, digest: [u8; 32], principal: Principal) {
@@ -163,17 +188,96 @@ impl KeyVerifier {
     }
 }
 
-/// Mints a key for the project (created if needed); the key is shown only now.
-pub async fn create_key(pool: &PgPool, project_name: &str) -> Result<(ProjectId, ApiKey), StoreError> {
+/// What a new key grants. `scopes` and `webhooks` default to everything of its project.
+pub struct KeyGrant<'a> {
+    pub name: Option<&'a str>,
+    pub scopes: Scopes,
+    pub webhooks: Option<&'a [WebhookId]>,
+}
+
+impl Default for KeyGrant<'_> {
+    fn default() -> Self {
+        Self { name: None, scopes: Scopes::ALL, webhooks: None }
+    }
+}
+
+/// Mints a key for the project, created on `plan` if new; the key is shown only now.
+/// `move_plan` also moves an existing project to `plan`.
+pub async fn create_key(
+    pool: &PgPool,
+    project_name: &str,
+    plan: Plan,
+    move_plan: bool,
+) -> Result<(ProjectId, ApiKey), StoreError> {
+    let mut tx = pool.begin().await?;
+    let project = store::projects::ensure(&mut *tx, project_name, plan, move_plan).await?;
+    let key = mint_key(&mut tx, project, &KeyGrant::default()).await?;
+    tx.commit().await?;
+    Ok((project, key))
+}
+
+/// Mints a key of an existing project with the given grant.
+pub async fn mint_key(
+    db: &mut sqlx::PgConnection,
+    project: ProjectId,
+    grant: &KeyGrant<'_>,
+) -> Result<ApiKey, StoreError> {
     let key = ApiKey::generate();
     let prefix = ApiKey::prefix(key.expose()).expect("generated keys are well formed").to_owned();
     let secret = key.expose().to_owned();
     let hash = tokio::task::spawn_blocking(move || hash_secret(&secret)).await.expect("argon2 hashing does not panic");
-    let mut tx = pool.begin().await?;
-    let project = store::projects::ensure(&mut *tx, project_name).await?;
-    store::keys::insert(&mut *tx, project, &prefix, &hash).await?;
-    tx.commit().await?;
-    Ok((project, key))
+    let new = NewKey {
+        project,
+        prefix: &prefix,
+        hash: &hash,
+        name: grant.name,
+        scopes: grant.scopes,
+        webhooks: grant.webhooks,
+    };
+    store::keys::insert(db, &new).await?;
+    Ok(key)
+}
+
+/// The public part of a key, by which it is listed and revoked.
+pub fn prefix_of(key: &ApiKey) -> &str {
+    ApiKey::prefix(key.expose()).expect("generated keys are well formed")
+}
+
+/// Keeps this replica's key cache in step with revocations made on any replica, through
+/// PostgreSQL LISTEN/NOTIFY. While the listener is down, or after it reconnects (when
+/// notifications may have been missed), the cache is emptied so keys re-verify by lookup.
+pub async fn follow_revocations(pool: PgPool, verifier: Arc<KeyVerifier>) {
+    loop {
+        let listener = async {
+            let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            l.listen(store::keys::REVOKED_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        let mut listener = match listener.await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for key revocations; retrying");
+                verifier.forget_all();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        verifier.forget_all();
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) => match n.payload().parse::<i64>() {
+                    Ok(id) => verifier.forget_key(ApiKeyId(id)),
+                    Err(_) => verifier.forget_all(),
+                },
+                // The connection dropped and was re-established: some may have been missed.
+                Ok(None) => verifier.forget_all(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "key revocation listener failed; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 fn hash_secret(secret: &str) -> String {

@@ -1,11 +1,13 @@
 //! Configuration: read once from the environment (and an optional `.env`), validated at start.
 //! Every field is documented in `.env.example`.
 
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 
+use crate::domain::Plan;
 use crate::group_commit::GroupCommitConfig;
 
 #[derive(Clone)]
@@ -28,6 +30,12 @@ pub struct Config {
     pub db_max_connections: u32,
     /// How long a verified API key is trusted without asking argon2 again.
     pub api_key_cache_ttl: Duration,
+    /// Plan of projects `hookline admin create-key` creates without `--plan`.
+    pub default_plan: Plan,
+    /// Requests per second one API key may make (projects on the unlimited plan excepted).
+    pub api_key_rate_limit: Option<NonZeroU32>,
+    /// How long a project's plan and limits are cached; a change takes effect within it.
+    pub plan_cache_ttl: Duration,
     /// Ingestion group commit: batch size, linger and concurrent writers.
     pub group_commit: GroupCommitConfig,
     /// Run the periodic jobs (lock reaper, TTL purger) in this process.
@@ -47,6 +55,9 @@ impl std::fmt::Debug for Config {
             .field("data_dir", &self.data_dir)
             .field("db_max_connections", &self.db_max_connections)
             .field("api_key_cache_ttl", &self.api_key_cache_ttl)
+            .field("default_plan", &self.default_plan)
+            .field("api_key_rate_limit", &self.api_key_rate_limit)
+            .field("plan_cache_ttl", &self.plan_cache_ttl)
             .field("group_commit", &self.group_commit)
             .field("run_jobs", &self.run_jobs)
             .finish()
@@ -78,6 +89,12 @@ impl Config {
             data_dir: var("HOOKLINE_DATA_DIR").map(PathBuf::from).unwrap_or_else(default_data_dir),
             db_max_connections: number("HOOKLINE_DB_MAX_CONNECTIONS", 32)? as u32,
             api_key_cache_ttl: Duration::from_secs(number("HOOKLINE_API_KEY_CACHE_SECONDS", 30)?),
+            default_plan: match var("HOOKLINE_DEFAULT_PLAN") {
+                None => Plan::Unlimited,
+                Some(p) => p.trim().parse().map_err(|e: String| anyhow::anyhow!("HOOKLINE_DEFAULT_PLAN: {e}"))?,
+            },
+            api_key_rate_limit: NonZeroU32::new(number("HOOKLINE_API_KEY_RATE_LIMIT", 100)?.min(u32::MAX as u64) as u32),
+            plan_cache_ttl: Duration::from_secs(number("HOOKLINE_PLAN_CACHE_SECONDS", 5)?),
             group_commit: GroupCommitConfig {
                 max_batch: number("HOOKLINE_INGEST_BATCH_MAX", 256)?.clamp(1, 10_000) as usize,
                 max_wait: Duration::from_micros(number("HOOKLINE_INGEST_BATCH_WAIT_MICROS", 0)?.min(100_000)),

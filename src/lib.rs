@@ -8,6 +8,7 @@ pub mod domain;
 pub mod group_commit;
 pub mod http;
 pub mod jobs;
+pub mod limits;
 pub mod local_pg;
 pub mod startup;
 pub mod store;

@@ -1,10 +1,12 @@
 //! The `hookline` command: serve | migrate | admin | openapi.
 #![forbid(unsafe_code)]
 
+use std::num::NonZeroU32;
 use std::path::Path;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use hookline::domain::{LimitOverrides, Plan, Scopes, WebhookId};
 use hookline::local_pg::{self, LocalPostgres};
 use hookline::{auth, crypto::KeyRing, store, telemetry, Application, Config};
 
@@ -36,6 +38,50 @@ enum AdminTask {
     CreateKey {
         #[arg(long, default_value = "default")]
         project: String,
+        /// free, pro, enterprise or unlimited. A new project without it gets
+        /// HOOKLINE_DEFAULT_PLAN; an existing one is moved to it.
+        #[arg(long)]
+        plan: Option<Plan>,
+        /// Comma-separated: manage, consume, publish (default: all).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+        /// Comma-separated webhook ids the key is limited to (default: all of the project's).
+        #[arg(long, value_delimiter = ',')]
+        webhooks: Option<Vec<WebhookId>>,
+        /// A label for the key.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List a project's keys (prefix, scopes, created, last used, revoked).
+    ListKeys {
+        #[arg(long)]
+        project: String,
+    },
+    /// Revoke a key by its prefix (the part after `hl_`); it stops working at once everywhere.
+    RevokeKey {
+        #[arg(long)]
+        prefix: String,
+    },
+    /// Set a project's plan and override its limits (an omitted limit reverts to the plan's).
+    SetLimits {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        plan: Option<Plan>,
+        /// Ingestions per second per webhook.
+        #[arg(long)]
+        ingest_per_second: Option<NonZeroU32>,
+        /// Dequeues per second per webhook.
+        #[arg(long)]
+        dequeue_per_second: Option<NonZeroU32>,
+        /// Commits and errors per second per webhook.
+        #[arg(long)]
+        ack_per_second: Option<NonZeroU32>,
+        #[arg(long)]
+        max_webhooks: Option<u32>,
+        /// Largest ingestion body (HOOKLINE_MAX_BODY_BYTES still caps it).
+        #[arg(long)]
+        max_body_bytes: Option<usize>,
     },
 }
 
@@ -74,14 +120,62 @@ async fn main() -> anyhow::Result<()> {
             println!("migrations applied");
             local.inspect(|pg| pg.stop_if_started_here());
         }
-        Command::Admin { task: AdminTask::CreateKey { project } } => {
+        Command::Admin { task } => {
             let local = resolve_database(&mut config).await?;
             let pool = store::connect(config.database_url.as_deref().unwrap_or_default(), 2).await?;
             store::MIGRATOR.run(&pool).await.context("applying migrations")?;
-            let (_, key) = auth::create_key(&pool, &project).await?;
+            let result = admin(&pool, &config, task).await;
             local.inspect(|pg| pg.stop_if_started_here());
-            println!("Created an API key for project {project:?}. It is shown only once:");
+            result?;
+        }
+    }
+    Ok(())
+}
+
+async fn admin(pool: &sqlx::PgPool, config: &Config, task: AdminTask) -> anyhow::Result<()> {
+    match task {
+        AdminTask::CreateKey { project, plan, scopes, webhooks, name } => {
+            let scopes = match scopes {
+                Some(names) => Scopes::parse(&names)?,
+                None => Scopes::ALL,
+            };
+            let mut tx = pool.begin().await?;
+            let id = store::projects::ensure(&mut *tx, &project, plan.unwrap_or(config.default_plan), plan.is_some())
+                .await?;
+            let grant = auth::KeyGrant { name: name.as_deref(), scopes, webhooks: webhooks.as_deref() };
+            let key = auth::mint_key(&mut tx, id, &grant).await?;
+            tx.commit().await?;
+            println!(
+                "Created an API key for project {project:?} ({}). It is shown only once:",
+                scopes.names().join(", ")
+            );
             println!("{}", key.expose());
+        }
+        AdminTask::ListKeys { project } => {
+            let id = store::projects::find(pool, &project).await?;
+            for k in store::keys::list(pool, id).await? {
+                let state = k.revoked_at.map_or("live".to_owned(), |at| format!("revoked {at}"));
+                let used = k.last_used_at.map_or("never used".to_owned(), |at| format!("last used {at}"));
+                println!("{}  [{}]  created {}  {used}  {state}", k.prefix, k.scopes.join(","), k.created_at);
+            }
+        }
+        AdminTask::RevokeKey { prefix } => {
+            store::keys::revoke(pool, None, &prefix).await?;
+            println!("Key {prefix} revoked.");
+        }
+        AdminTask::SetLimits {
+            project,
+            plan,
+            ingest_per_second,
+            dequeue_per_second,
+            ack_per_second,
+            max_webhooks,
+            max_body_bytes,
+        } => {
+            let overrides =
+                LimitOverrides { ingest_per_second, dequeue_per_second, ack_per_second, max_webhooks, max_body_bytes };
+            store::projects::set_limits(pool, &project, plan, &overrides).await?;
+            println!("Project {project:?} updated (replicas apply it within HOOKLINE_PLAN_CACHE_SECONDS).");
         }
     }
     Ok(())

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::crypto::KeyRing;
 use crate::group_commit::GroupCommitter;
 use crate::http::{self, ApiState};
+use crate::limits::{PlanCache, RateLimits};
 use crate::store;
 
 pub struct Application {
@@ -41,11 +42,15 @@ impl Application {
 
         let listener = TcpListener::bind(&config.bind).with_context(|| format!("binding {}", config.bind))?;
         let address = listener.local_addr()?;
+        let verifier = Arc::new(KeyVerifier::new(pool.clone(), config.api_key_cache_ttl));
+        tokio::spawn(crate::auth::follow_revocations(pool.clone(), verifier.clone()));
         let state = web::Data::new(ApiState {
             pool: pool.clone(),
             keys,
-            verifier: KeyVerifier::new(pool.clone(), config.api_key_cache_ttl),
+            verifier: verifier.clone(),
             ingest: GroupCommitter::start(pool.clone(), config.group_commit),
+            limits: RateLimits::new(config.api_key_rate_limit),
+            plans: PlanCache::new(pool.clone(), config.plan_cache_ttl),
             max_body_bytes: config.max_body_bytes,
             public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{address}")),
         });

@@ -4,9 +4,13 @@
 mod ids;
 mod message;
 mod payload;
+mod plan;
+mod scope;
 mod webhook;
 
 pub use ids::{ApiKeyId, LockToken, MessageId, ProjectId, WebhookId};
 pub use message::{MessageState, Seq};
 pub use payload::{Payload, PayloadError};
+pub use plan::{LimitOverrides, Limits, Plan};
+pub use scope::{Scope, Scopes};
 pub use webhook::{LockTimeout, MaxRetries, SettingError, TtlDays, WebhookName};

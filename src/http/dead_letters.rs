@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use super::error::{ApiError, ErrorBody};
 use super::messages::ids;
 use super::{id, ApiState, Authenticated, PageQuery};
-use crate::domain::{MessageId, MessageState, Seq, WebhookId};
+use crate::domain::{MessageId, MessageState, Scope, Seq, WebhookId};
 use crate::store::dead_letters as store;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -49,7 +49,7 @@ pub struct Redriven {
 /// Dead letters in queue order.
 #[utoipa::path(get, path = "/api/webhooks/{webhook_id}/errors", tag = "dead letters",
     params(("webhook_id" = String, Path), PageQuery), security(("api_key" = [])),
-    responses((status = 200, body = DeadLetterPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = DeadLetterPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"),
               (status = 404, body = ErrorBody)))]
 pub async fn list(
     auth: Authenticated,
@@ -58,6 +58,7 @@ pub async fn list(
     page: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let webhook: WebhookId = id(&path, "webhook")?;
+    auth.require(Scope::Consume, Some(&webhook))?;
     let limit = page.limit()?;
     let after = match &page.cursor {
         None => None,
@@ -66,7 +67,7 @@ pub async fn list(
         }
     };
     let mut conn = state.pool.acquire().await?;
-    let rows = store::list(&mut conn, auth.0.project, &webhook, after, limit + 1).await?;
+    let rows = store::list(&mut conn, auth.project(), &webhook, after, limit + 1).await?;
     let more = rows.len() as i64 > limit;
     let data: Vec<_> = rows
         .into_iter()
@@ -87,7 +88,7 @@ pub async fn list(
 /// Put a dead letter back in the queue at its original position, retry counter reset.
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/errors/{message_id}/retry", tag = "dead letters",
     params(("webhook_id" = String, Path), ("message_id" = String, Path)), security(("api_key" = [])),
-    responses((status = 200, body = Redriven), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, body = Redriven), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"), (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody, description = "The message is not dead")))]
 pub async fn retry(
     auth: Authenticated,
@@ -95,15 +96,16 @@ pub async fn retry(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (webhook, message) = ids(&path)?;
+    auth.require(Scope::Consume, Some(&webhook))?;
     let mut conn = state.pool.acquire().await?;
-    store::retry(&mut conn, auth.0.project, &webhook, &message).await?;
+    store::retry(&mut conn, auth.project(), &webhook, &message).await?;
     Ok(HttpResponse::Ok().json(Redriven { id: message, status: MessageState::Queued }))
 }
 
 /// Delete a dead letter for good.
 #[utoipa::path(delete, path = "/api/webhooks/{webhook_id}/errors/{message_id}", tag = "dead letters",
     params(("webhook_id" = String, Path), ("message_id" = String, Path)), security(("api_key" = [])),
-    responses((status = 204, description = "Discarded"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 204, description = "Discarded"), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"), (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody, description = "The message is not dead")))]
 pub async fn discard(
     auth: Authenticated,
@@ -111,7 +113,8 @@ pub async fn discard(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (webhook, message) = ids(&path)?;
+    auth.require(Scope::Consume, Some(&webhook))?;
     let mut conn = state.pool.acquire().await?;
-    store::discard(&mut conn, auth.0.project, &webhook, &message).await?;
+    store::discard(&mut conn, auth.project(), &webhook, &message).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::auth::AuthError;
 use crate::domain::{MessageId, SettingError};
+use crate::limits::Limited;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,12 +21,16 @@ pub enum ApiError {
     BadRequest(String),
     #[error("missing or invalid API key: send it in x-api-key or Authorization: Bearer")]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
     Validation(String),
+    #[error("rate limit of {} per second exceeded; retry in {} ms", .0.per_second, .0.retry_after.as_millis())]
+    RateLimited(Limited),
     #[error("method not allowed on this route")]
     MethodNotAllowed,
     #[error("body is larger than the limit of {0} bytes")]
@@ -44,9 +49,11 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => "bad_request",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::RateLimited(_) => "rate_limited",
             Self::Validation(_) => "validation_failed",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnreadablePayload(_) => "payload_unreadable",
@@ -62,8 +69,8 @@ pub struct ErrorBody {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// Stable, machine-readable: bad_request, unauthorized, not_found, method_not_allowed,
-    /// conflict, validation_failed, payload_too_large, payload_unreadable, internal.
+    /// Stable, machine-readable: bad_request, unauthorized, forbidden, not_found, method_not_allowed,
+    /// conflict, validation_failed, payload_too_large, rate_limited, payload_unreadable, internal.
     pub code: String,
     pub message: String,
 }
@@ -73,9 +80,11 @@ impl ResponseError for ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnreadablePayload(_) | Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -88,8 +97,20 @@ impl ResponseError for ApiError {
         }
         let body = ErrorBody { error: ErrorDetail { code: self.code().into(), message: self.to_string() } };
         let mut response = HttpResponse::build(self.status_code());
-        if matches!(self, Self::Unauthorized) {
-            response.insert_header(("WWW-Authenticate", "Bearer"));
+        match self {
+            Self::Unauthorized => {
+                response.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            Self::RateLimited(limited) => {
+                // Whole seconds, rounded up: a client waiting this long will pass.
+                let wait = limited.retry_after.as_secs() + u64::from(limited.retry_after.subsec_nanos() > 0);
+                let wait = wait.max(1).to_string();
+                response.insert_header(("Retry-After", wait.clone()));
+                response.insert_header(("RateLimit-Limit", limited.per_second.to_string()));
+                response.insert_header(("RateLimit-Remaining", "0"));
+                response.insert_header(("RateLimit-Reset", wait));
+            }
+            _ => {}
         }
         response.json(body)
     }

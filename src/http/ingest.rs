@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use super::error::{ApiError, ErrorBody};
 use super::{id, ApiState};
 use crate::domain::{MessageId, Payload, Seq, WebhookId};
+use crate::limits::Operation;
 use crate::store::messages::NewMessage;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -42,7 +43,8 @@ pub struct Accepted {
 #[utoipa::path(post, path = "/ingest/{webhook_id}", tag = "ingest",
     params(("webhook_id" = String, Path, description = "The webhook's id, the secret part of its ingestUrl")),
     request_body(content = Vec<u8>, content_type = "*/*", description = "Any body up to HOOKLINE_MAX_BODY_BYTES"),
-    responses((status = 202, body = Accepted), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+    responses((status = 202, body = Accepted), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "The webhook's ingestion rate limit; nothing stored")))]
 #[tracing::instrument(skip_all, fields(webhook_id = %path))]
 pub async fn ingest(
     req: HttpRequest,
@@ -51,7 +53,10 @@ pub async fn ingest(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let webhook: WebhookId = id(&path, "webhook")?;
-    let body = read_limited(&req, body, state.max_body_bytes).await?;
+    let (project, limits) = state.plans.webhook_owner(webhook).await?.ok_or(ApiError::NotFound("webhook"))?;
+    state.limits.webhook(project, webhook, Operation::Ingest, &limits).map_err(ApiError::RateLimited)?;
+    let max_body = limits.max_body_bytes.map_or(state.max_body_bytes, |plan| plan.min(state.max_body_bytes));
+    let body = read_limited(&req, body, max_body).await?;
     let headers = req
         .headers()
         .iter()

@@ -12,7 +12,8 @@ use utoipa::ToSchema;
 
 use super::error::{parse_json, ApiError, ErrorBody};
 use super::{id, ApiState, Authenticated};
-use crate::domain::{LockToken, MessageId, MessageState, Payload, Seq, WebhookId};
+use crate::domain::{LockToken, MessageId, MessageState, Payload, Scope, Seq, WebhookId};
+use crate::limits::Operation;
 use crate::store::messages::{self as store, LockedMessage, LockedRef};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -114,7 +115,7 @@ const MAX_REASON_CHARS: usize = 2000;
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/dequeue", tag = "messages",
     params(("webhook_id" = String, Path)), security(("api_key" = [])),
     responses((status = 200, body = DeliveredMessage), (status = 204, description = "Nothing to deliver"),
-              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"), (status = 404, body = ErrorBody),
               (status = 500, body = ErrorBody, description = "payload_unreadable: the message was dead-lettered")))]
 #[tracing::instrument(skip_all, fields(webhook_id = %path))]
 pub async fn dequeue(
@@ -123,7 +124,9 @@ pub async fn dequeue(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let webhook: WebhookId = id(&path, "webhook")?;
-    match store::dequeue(&state.pool, auth.0.project, &webhook).await? {
+    auth.require(Scope::Consume, Some(&webhook))?;
+    auth.rate_limit(&state, webhook, Operation::Dequeue)?;
+    match store::dequeue(&state.pool, auth.project(), &webhook).await? {
         None => Ok(HttpResponse::NoContent().finish()),
         Some(locked) => Ok(HttpResponse::Ok().json(deliver(&state, &webhook, locked).await?)),
     }
@@ -183,7 +186,7 @@ pub struct CommitQuery {
     security(("api_key" = [])),
     responses((status = 200, body = Committed, description = "Committed; with next=true, the next message (DeliveredMessage)"),
               (status = 204, description = "next=true: committed, nothing to deliver next"),
-              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"),
               (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody, description = "Not locked, or locked under another token")))]
 #[tracing::instrument(skip_all, fields(path = ?path))]
@@ -195,9 +198,11 @@ pub async fn commit(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let (webhook, message) = ids(&path)?;
+    auth.require(Scope::Consume, Some(&webhook))?;
+    auth.rate_limit(&state, webhook, Operation::Ack)?;
     let req: CommitRequest = parse_json(&body, true)?;
     let target =
-        LockedRef { project: auth.0.project, webhook: &webhook, message: &message, token: req.lock_token.as_ref() };
+        LockedRef { project: auth.project(), webhook: &webhook, message: &message, token: req.lock_token.as_ref() };
     let mut conn = state.pool.acquire().await?;
     if query.next != Some(true) {
         store::commit(&mut conn, &target).await?;
@@ -220,7 +225,7 @@ pub async fn commit(
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/{message_id}/error", tag = "messages",
     params(("webhook_id" = String, Path), ("message_id" = String, Path)), request_body(content = Option<ErrorRequest>),
     security(("api_key" = [])),
-    responses((status = 200, body = Errored), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = Errored), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"),
               (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody, description = "Not locked, or locked under another token")))]
 #[tracing::instrument(skip_all, fields(path = ?path))]
@@ -231,10 +236,12 @@ pub async fn error(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let (webhook, message) = ids(&path)?;
+    auth.require(Scope::Consume, Some(&webhook))?;
+    auth.rate_limit(&state, webhook, Operation::Ack)?;
     let req: ErrorRequest = parse_json(&body, true)?;
     let reason: Option<String> = req.reason.map(|r| r.chars().take(MAX_REASON_CHARS).collect());
     let target =
-        LockedRef { project: auth.0.project, webhook: &webhook, message: &message, token: req.lock_token.as_ref() };
+        LockedRef { project: auth.project(), webhook: &webhook, message: &message, token: req.lock_token.as_ref() };
     let mut conn = state.pool.acquire().await?;
     let outcome = store::error(&mut conn, &target, reason.as_deref()).await?;
     Ok(HttpResponse::Ok().json(Errored {
@@ -248,14 +255,15 @@ pub async fn error(
 /// A message's state, counters, timestamps and last error.
 #[utoipa::path(get, path = "/api/webhooks/{webhook_id}/messages/{message_id}", tag = "messages",
     params(("webhook_id" = String, Path), ("message_id" = String, Path)), security(("api_key" = [])),
-    responses((status = 200, body = MessageStatus), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = MessageStatus), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"), (status = 404, body = ErrorBody)))]
 pub async fn get(
     auth: Authenticated,
     state: web::Data<ApiState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (webhook, message) = ids(&path)?;
-    let m = store::find(&state.pool, auth.0.project, &webhook, &message).await?;
+    auth.require(Scope::Consume, Some(&webhook))?;
+    let m = store::find(&state.pool, auth.project(), &webhook, &message).await?;
     Ok(HttpResponse::Ok().json(MessageStatus {
         id: m.id,
         seq: m.seq,

@@ -5,6 +5,7 @@ mod dead_letters;
 pub mod error;
 mod health;
 mod ingest;
+mod keys;
 mod messages;
 pub mod openapi;
 mod webhooks;
@@ -18,16 +19,20 @@ use sqlx::PgPool;
 
 use crate::auth::{KeyVerifier, Principal};
 use crate::crypto::KeyRing;
+use crate::domain::{Limits, ProjectId, Scope, WebhookId};
 use crate::group_commit::GroupCommitter;
+use crate::limits::{Operation, PlanCache, RateLimits};
 use error::ApiError;
 
 /// What every handler can reach.
 pub struct ApiState {
     pub pool: PgPool,
     pub keys: Arc<KeyRing>,
-    pub verifier: KeyVerifier,
+    pub verifier: Arc<KeyVerifier>,
     /// Writes ingested messages in batches (group commit).
     pub ingest: GroupCommitter,
+    pub limits: RateLimits,
+    pub plans: PlanCache,
     pub max_body_bytes: usize,
     /// Base of `ingestUrl`, without a trailing slash.
     pub public_url: String,
@@ -45,7 +50,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     // Hot routes first: actix-router tries each pattern in this order (dynamic ones as regexes).
     .configure(ingest::routes)
-    .service(web::scope("/api").configure(messages::routes).configure(dead_letters::routes).configure(webhooks::routes))
+    .service(
+        web::scope("/api")
+            .configure(messages::routes)
+            .configure(dead_letters::routes)
+            .configure(webhooks::routes)
+            .configure(keys::routes),
+    )
     .configure(health::routes)
     .route("/openapi.json", web::get().to(openapi::serve));
 }
@@ -55,8 +66,45 @@ pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound("route"))
 }
 
-/// An authenticated request: the API key in `x-api-key` or `Authorization: Bearer` was valid.
-pub struct Authenticated(pub Principal);
+/// An authenticated request: the API key in `x-api-key` or `Authorization: Bearer` was
+/// valid and within its rate limit. Carries the project's current limits.
+pub struct Authenticated {
+    pub principal: Principal,
+    pub limits: Limits,
+}
+
+impl Authenticated {
+    pub fn project(&self) -> ProjectId {
+        self.principal.project
+    }
+
+    /// Refuses (403) a key without `scope`, or limited to other webhooks than `webhook`
+    /// (None: a project-wide action, which needs an unrestricted key).
+    pub fn require(&self, scope: Scope, webhook: Option<&WebhookId>) -> Result<(), ApiError> {
+        self.require_scope(scope)?;
+        let allowed = match webhook {
+            Some(w) => self.principal.may_touch(w),
+            None => self.principal.webhooks.is_none(),
+        };
+        if !allowed {
+            return Err(ApiError::Forbidden("this API key is limited to other webhooks".into()));
+        }
+        Ok(())
+    }
+
+    /// Refuses (403) a key without `scope`, whatever webhooks it is limited to.
+    pub fn require_scope(&self, scope: Scope) -> Result<(), ApiError> {
+        if !self.principal.scopes.contains(scope) {
+            return Err(ApiError::Forbidden(format!("this API key lacks the {scope} scope")));
+        }
+        Ok(())
+    }
+
+    /// Counts one `operation` on `webhook` against the project's plan.
+    pub fn rate_limit(&self, state: &ApiState, webhook: WebhookId, operation: Operation) -> Result<(), ApiError> {
+        state.limits.webhook(self.project(), webhook, operation, &self.limits).map_err(ApiError::RateLimited)
+    }
+}
 
 impl FromRequest for Authenticated {
     type Error = ApiError;
@@ -68,7 +116,10 @@ impl FromRequest for Authenticated {
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("ApiState missing")))?;
             let presented = presented.ok_or(ApiError::Unauthorized)?;
-            Ok(Authenticated(state.verifier.verify(&presented).await?))
+            let principal = state.verifier.verify(&presented).await?;
+            let limits = state.plans.project(principal.project).await?;
+            state.limits.key(principal.key, &limits).map_err(ApiError::RateLimited)?;
+            Ok(Authenticated { principal, limits })
         })
     }
 }

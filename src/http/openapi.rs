@@ -5,7 +5,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{dead_letters, error, health, ingest, messages, webhooks};
+use super::{dead_letters, error, health, ingest, keys, messages, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,6 +16,7 @@ use super::{dead_letters, error, health, ingest, messages, webhooks};
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,
         messages::dequeue, messages::commit, messages::error, messages::get,
         dead_letters::list, dead_letters::retry, dead_letters::discard,
+        keys::create, keys::list, keys::revoke,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&ApiKeyAuth),

@@ -7,8 +7,9 @@ use utoipa::ToSchema;
 
 use super::error::{parse_json, ApiError, ErrorBody};
 use super::{id, ApiState, Authenticated, PageQuery};
-use crate::domain::{LockTimeout, MaxRetries, TtlDays, WebhookId, WebhookName};
+use crate::domain::{LockTimeout, MaxRetries, Scope, WebhookId, WebhookName};
 use crate::store::webhooks::{self as store, NewWebhook, Webhook, WebhookChanges};
+use crate::store::StoreError;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/webhooks").route(web::post().to(create)).route(web::get().to(list))).service(
@@ -27,7 +28,8 @@ pub struct CreateWebhook {
     pub lock_timeout_seconds: Option<i64>,
     /// 1 to 100, default 10.
     pub max_retries: Option<i64>,
-    /// 1 to 365, default 7.
+    /// Bounded by the plan: free 7 (fixed), pro 1 to 30 (default 30), enterprise 1 to 90
+    /// (default 90), unlimited 1 to 365 (default 7).
     pub ttl_days: Option<i64>,
 }
 
@@ -80,22 +82,27 @@ fn respond(state: &ApiState, w: Webhook) -> WebhookResponse {
 #[utoipa::path(post, path = "/api/webhooks", tag = "webhooks", request_body = CreateWebhook,
     security(("api_key" = [])),
     responses((status = 201, body = WebhookResponse), (status = 400, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
-#[tracing::instrument(skip_all, fields(project = auth.0.project.0))]
+              (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"), (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(project = auth.project().0))]
 pub async fn create(
     auth: Authenticated,
     state: web::Data<ApiState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    auth.require(Scope::Manage, None)?;
     let req: CreateWebhook = parse_json(&body, false)?;
     let new = NewWebhook {
         name: WebhookName::parse(&req.name)?,
         lock_timeout: req.lock_timeout_seconds.map(LockTimeout::parse).transpose()?.unwrap_or(LockTimeout::DEFAULT),
         max_retries: req.max_retries.map(MaxRetries::parse).transpose()?.unwrap_or(MaxRetries::DEFAULT),
-        ttl_days: req.ttl_days.map(TtlDays::parse).transpose()?.unwrap_or(TtlDays::DEFAULT),
+        ttl_days: auth.limits.ttl_days(req.ttl_days)?,
     };
     let mut tx = state.pool.begin().await?;
-    let webhook = store::create(&mut tx, auth.0.project, &new).await?;
+    let webhook =
+        store::create(&mut tx, auth.project(), &new, auth.limits.max_webhooks).await.map_err(|e| match e {
+            StoreError::Conflict(why) => ApiError::Validation(format!("{why} on the {} plan", auth.limits.plan.name())),
+            other => other.into(),
+        })?;
     tx.commit().await?;
     Ok(HttpResponse::Created().json(respond(&state, webhook)))
 }
@@ -103,18 +110,20 @@ pub async fn create(
 /// List the project's webhooks in creation order.
 #[utoipa::path(get, path = "/api/webhooks", tag = "webhooks", params(PageQuery),
     security(("api_key" = [])),
-    responses((status = 200, body = WebhookPage), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = WebhookPage), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"), (status = 422, body = ErrorBody)))]
 pub async fn list(
     auth: Authenticated,
     state: web::Data<ApiState>,
     page: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    auth.require_scope(Scope::Manage)?;
     let limit = page.limit()?;
     let after: Option<WebhookId> = match &page.cursor {
         None => None,
         Some(c) => Some(c.parse().map_err(|_| ApiError::BadRequest("cursor is not a webhook id".into()))?),
     };
-    let rows = store::list(&state.pool, auth.0.project, after.as_ref(), limit + 1).await?;
+    let only = auth.principal.webhooks.as_deref();
+    let rows = store::list(&state.pool, auth.project(), only, after.as_ref(), limit + 1).await?;
     let more = rows.len() as i64 > limit;
     let data: Vec<_> = rows.into_iter().take(limit as usize).map(|w| respond(&state, w)).collect();
     let next_cursor = if more { data.last().map(|w| w.id.to_string()) } else { None };
@@ -124,21 +133,22 @@ pub async fn list(
 /// Read one webhook.
 #[utoipa::path(get, path = "/api/webhooks/{webhook_id}", tag = "webhooks",
     params(("webhook_id" = String, Path)), security(("api_key" = [])),
-    responses((status = 200, body = WebhookResponse), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = WebhookResponse), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"), (status = 404, body = ErrorBody)))]
 pub async fn get(
     auth: Authenticated,
     state: web::Data<ApiState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let webhook_id: WebhookId = id(&path, "webhook")?;
-    let webhook = store::get(&state.pool, auth.0.project, &webhook_id).await?;
+    auth.require(Scope::Manage, Some(&webhook_id))?;
+    let webhook = store::get(&state.pool, auth.project(), &webhook_id).await?;
     Ok(HttpResponse::Ok().json(respond(&state, webhook)))
 }
 
 /// Change a webhook's settings; fields left out stay as they are.
 #[utoipa::path(patch, path = "/api/webhooks/{webhook_id}", tag = "webhooks", request_body = UpdateWebhook,
     params(("webhook_id" = String, Path)), security(("api_key" = [])),
-    responses((status = 200, body = WebhookResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = WebhookResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"),
               (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn update(
     auth: Authenticated,
@@ -147,27 +157,30 @@ pub async fn update(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let webhook_id: WebhookId = id(&path, "webhook")?;
+    auth.require(Scope::Manage, Some(&webhook_id))?;
     let req: UpdateWebhook = parse_json(&body, false)?;
     let changes = WebhookChanges {
         name: req.name.as_deref().map(WebhookName::parse).transpose()?,
         lock_timeout: req.lock_timeout_seconds.map(LockTimeout::parse).transpose()?,
         max_retries: req.max_retries.map(MaxRetries::parse).transpose()?,
-        ttl_days: req.ttl_days.map(TtlDays::parse).transpose()?,
+        ttl_days: req.ttl_days.map(|days| auth.limits.ttl_days(Some(days))).transpose()?,
     };
-    let webhook = store::update(&state.pool, auth.0.project, &webhook_id, &changes).await?;
+    let webhook = store::update(&state.pool, auth.project(), &webhook_id, &changes).await?;
     Ok(HttpResponse::Ok().json(respond(&state, webhook)))
 }
 
 /// Delete a webhook and every message in its queue.
 #[utoipa::path(delete, path = "/api/webhooks/{webhook_id}", tag = "webhooks",
     params(("webhook_id" = String, Path)), security(("api_key" = [])),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     auth: Authenticated,
     state: web::Data<ApiState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let webhook_id: WebhookId = id(&path, "webhook")?;
-    store::delete(&state.pool, auth.0.project, &webhook_id).await?;
+    auth.require(Scope::Manage, Some(&webhook_id))?;
+    store::delete(&state.pool, auth.project(), &webhook_id).await?;
+    state.plans.forget_webhook(&webhook_id);
     Ok(HttpResponse::NoContent().finish())
 }

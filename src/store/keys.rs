@@ -1,34 +1,81 @@
-//! API keys: a public prefix to find the row, an argon2id hash to check the secret.
+//! API keys: a public prefix to find the row, an argon2id hash to check the secret, the
+//! scopes the key grants and the webhooks it is limited to (None: all of its project's).
 
+use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
+use uuid::Uuid;
 
-use super::StoreResult;
-use crate::domain::{ApiKeyId, ProjectId};
+use super::{StoreError, StoreResult};
+use crate::domain::{ApiKeyId, ProjectId, Scopes, WebhookId};
+
+/// Sent with a revoked key's id, so every replica forgets it at once.
+pub const REVOKED_CHANNEL: &str = "hookline_key_revoked";
 
 pub struct StoredKey {
     pub id: ApiKeyId,
     pub project_id: ProjectId,
     pub hash: String,
+    pub scopes: Scopes,
+    pub webhooks: Option<Vec<WebhookId>>,
 }
 
-pub async fn insert(db: impl PgExecutor<'_>, project: ProjectId, prefix: &str, hash: &str) -> StoreResult<ApiKeyId> {
-    let id = sqlx::query_scalar("INSERT INTO api_keys (project_id, prefix, hash) VALUES ($1, $2, $3) RETURNING id")
-        .bind(project)
-        .bind(prefix)
-        .bind(hash)
-        .fetch_one(db)
-        .await?;
+pub struct NewKey<'a> {
+    pub project: ProjectId,
+    pub prefix: &'a str,
+    pub hash: &'a str,
+    pub name: Option<&'a str>,
+    pub scopes: Scopes,
+    pub webhooks: Option<&'a [WebhookId]>,
+}
+
+pub async fn insert(db: impl PgExecutor<'_>, key: &NewKey<'_>) -> StoreResult<ApiKeyId> {
+    let id = sqlx::query_scalar(
+        "INSERT INTO api_keys (project_id, prefix, hash, name, scopes, webhook_ids)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    )
+    .bind(key.project)
+    .bind(key.prefix)
+    .bind(key.hash)
+    .bind(key.name)
+    .bind(key.scopes.names())
+    .bind(key.webhooks.map(uuids))
+    .fetch_one(db)
+    .await?;
     Ok(ApiKeyId(id))
+}
+
+fn uuids(ids: &[WebhookId]) -> Vec<Uuid> {
+    ids.iter().map(|w| *w.as_uuid()).collect()
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: i64,
+    project_id: i64,
+    hash: String,
+    scopes: Vec<String>,
+    webhook_ids: Option<Vec<Uuid>>,
 }
 
 /// The live (not revoked) key with this prefix.
 pub async fn find_live(db: impl PgExecutor<'_>, prefix: &str) -> StoreResult<Option<StoredKey>> {
-    let row: Option<(i64, i64, String)> =
-        sqlx::query_as("SELECT id, project_id, hash FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL")
-            .bind(prefix)
-            .fetch_optional(db)
-            .await?;
-    Ok(row.map(|(id, project, hash)| StoredKey { id: ApiKeyId(id), project_id: ProjectId(project), hash }))
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT id, project_id, hash, scopes, webhook_ids FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL",
+    )
+    .bind(prefix)
+    .fetch_optional(db)
+    .await?;
+    row.map(|r| {
+        Ok(StoredKey {
+            id: ApiKeyId(r.id),
+            project_id: ProjectId(r.project_id),
+            hash: r.hash,
+            // The schema's check admits only known scopes.
+            scopes: Scopes::parse(&r.scopes).map_err(|e| StoreError::Conflict(e.to_string()))?,
+            webhooks: r.webhook_ids.map(|ids| ids.into_iter().map(WebhookId::from_uuid).collect()),
+        })
+    })
+    .transpose()
 }
 
 pub async fn touch(db: impl PgExecutor<'_>, id: ApiKeyId) -> StoreResult<()> {
@@ -41,4 +88,44 @@ pub async fn is_live(db: impl PgExecutor<'_>, id: ApiKeyId) -> StoreResult<bool>
     let live: Option<bool> =
         sqlx::query_scalar("SELECT revoked_at IS NULL FROM api_keys WHERE id = $1").bind(id).fetch_optional(db).await?;
     Ok(live == Some(true))
+}
+
+/// A key as listed: never its secret or hash.
+#[derive(Debug, sqlx::FromRow)]
+pub struct KeyInfo {
+    pub prefix: String,
+    pub name: Option<String>,
+    pub scopes: Vec<String>,
+    pub webhook_ids: Option<Vec<Uuid>>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+pub async fn list(db: impl PgExecutor<'_>, project: ProjectId) -> StoreResult<Vec<KeyInfo>> {
+    Ok(sqlx::query_as(
+        "SELECT prefix, name, scopes, webhook_ids, created_at, last_used_at, revoked_at
+         FROM api_keys WHERE project_id = $1 ORDER BY id",
+    )
+    .bind(project)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Revokes the key with this prefix (of `project`, or of any project for an operator) and
+/// tells every replica, in one transaction.
+pub async fn revoke(db: impl PgExecutor<'_>, project: Option<ProjectId>, prefix: &str) -> StoreResult<ApiKeyId> {
+    let id: Option<i64> = sqlx::query_scalar(
+        "WITH revoked AS (
+             UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now())
+             WHERE ($1::bigint IS NULL OR project_id = $1) AND prefix = $2 RETURNING id
+         )
+         SELECT r.id FROM revoked r CROSS JOIN LATERAL pg_notify($3, r.id::text)",
+    )
+    .bind(project)
+    .bind(prefix)
+    .bind(REVOKED_CHANNEL)
+    .fetch_optional(db)
+    .await?;
+    id.map(ApiKeyId).ok_or(StoreError::NotFound("API key"))
 }

@@ -1,19 +1,110 @@
-//! Projects: the tenants.
+//! Projects: the tenants, each on a plan whose limits an operator may override.
+
+use std::num::NonZeroU32;
 
 use sqlx::PgExecutor;
 
-use super::StoreResult;
-use crate::domain::ProjectId;
+use super::{StoreError, StoreResult};
+use crate::domain::{LimitOverrides, Limits, Plan, ProjectId, WebhookId};
 
-/// The project of that name, created if it does not exist yet.
-pub async fn ensure(db: impl PgExecutor<'_>, name: &str) -> StoreResult<ProjectId> {
+/// The project of that name, created on `plan` if it does not exist yet; with
+/// `set_plan`, an existing project is moved to `plan` too.
+pub async fn ensure(db: impl PgExecutor<'_>, name: &str, plan: Plan, set_plan: bool) -> StoreResult<ProjectId> {
     let id = sqlx::query_scalar(
-        "INSERT INTO projects (name) VALUES ($1)
-         ON CONFLICT ON CONSTRAINT projects_name_key DO UPDATE SET name = EXCLUDED.name
+        "INSERT INTO projects (name, plan) VALUES ($1, $2)
+         ON CONFLICT ON CONSTRAINT projects_name_key
+         DO UPDATE SET plan = CASE WHEN $3 THEN EXCLUDED.plan ELSE projects.plan END
          RETURNING id",
     )
     .bind(name)
+    .bind(plan)
+    .bind(set_plan)
     .fetch_one(db)
     .await?;
     Ok(ProjectId(id))
+}
+
+pub async fn find(db: impl PgExecutor<'_>, name: &str) -> StoreResult<ProjectId> {
+    let id: Option<i64> =
+        sqlx::query_scalar("SELECT id FROM projects WHERE name = $1").bind(name).fetch_optional(db).await?;
+    id.map(ProjectId).ok_or(StoreError::NotFound("project"))
+}
+
+#[derive(sqlx::FromRow)]
+struct LimitsRow {
+    plan: Plan,
+    ingest_per_second: Option<i32>,
+    dequeue_per_second: Option<i32>,
+    ack_per_second: Option<i32>,
+    max_webhooks: Option<i32>,
+    max_body_bytes: Option<i32>,
+}
+
+impl From<LimitsRow> for Limits {
+    fn from(r: LimitsRow) -> Self {
+        let rate = |v: Option<i32>| v.and_then(|n| NonZeroU32::new(n as u32));
+        r.plan.limits().with(LimitOverrides {
+            ingest_per_second: rate(r.ingest_per_second),
+            dequeue_per_second: rate(r.dequeue_per_second),
+            ack_per_second: rate(r.ack_per_second),
+            max_webhooks: r.max_webhooks.map(|n| n as u32),
+            max_body_bytes: r.max_body_bytes.map(|n| n as usize),
+        })
+    }
+}
+
+const LIMIT_COLUMNS: &str =
+    "p.plan, p.ingest_per_second, p.dequeue_per_second, p.ack_per_second, p.max_webhooks, p.max_body_bytes";
+
+pub async fn limits(db: impl PgExecutor<'_>, project: ProjectId) -> StoreResult<Limits> {
+    let row: Option<LimitsRow> = sqlx::query_as(&format!("SELECT {LIMIT_COLUMNS} FROM projects p WHERE p.id = $1"))
+        .bind(project)
+        .fetch_optional(db)
+        .await?;
+    row.map(Limits::from).ok_or(StoreError::NotFound("project"))
+}
+
+/// The owner of a webhook and its limits, for ingestion (which has no API key).
+pub async fn webhook_owner(db: impl PgExecutor<'_>, webhook: &WebhookId) -> StoreResult<Option<(ProjectId, Limits)>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        id: i64,
+        #[sqlx(flatten)]
+        limits: LimitsRow,
+    }
+    let row: Option<Row> = sqlx::query_as(&format!(
+        "SELECT p.id, {LIMIT_COLUMNS} FROM webhooks w JOIN projects p ON p.id = w.project_id WHERE w.id = $1"
+    ))
+    .bind(webhook.as_uuid())
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| (ProjectId(r.id), r.limits.into())))
+}
+
+/// An operator's change: the plan, and overrides (None clears one back to the plan's).
+pub async fn set_limits(
+    db: impl PgExecutor<'_>,
+    name: &str,
+    plan: Option<Plan>,
+    o: &LimitOverrides,
+) -> StoreResult<()> {
+    let rate = |v: Option<NonZeroU32>| v.map(|n| n.get() as i32);
+    let done = sqlx::query(
+        "UPDATE projects SET plan = COALESCE($2, plan), ingest_per_second = $3, dequeue_per_second = $4,
+                ack_per_second = $5, max_webhooks = $6, max_body_bytes = $7
+         WHERE name = $1",
+    )
+    .bind(name)
+    .bind(plan)
+    .bind(rate(o.ingest_per_second))
+    .bind(rate(o.dequeue_per_second))
+    .bind(rate(o.ack_per_second))
+    .bind(o.max_webhooks.map(|n| n as i32))
+    .bind(o.max_body_bytes.map(|n| n as i32))
+    .execute(db)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound("project"));
+    }
+    Ok(())
 }

@@ -52,8 +52,25 @@ pub struct NewWebhook {
     pub ttl_days: TtlDays,
 }
 
-/// Creates the webhook and its sequence counter together.
-pub async fn create(tx: &mut PgConnection, project: ProjectId, new: &NewWebhook) -> StoreResult<Webhook> {
+/// Creates the webhook and its sequence counter together, unless the project already has
+/// `max` webhooks (Conflict). The project row lock makes the count hold under concurrency.
+pub async fn create(
+    tx: &mut PgConnection,
+    project: ProjectId,
+    new: &NewWebhook,
+    max: Option<u32>,
+) -> StoreResult<Webhook> {
+    if let Some(max) = max {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM webhooks WHERE project_id = (SELECT id FROM projects WHERE id = $1 FOR UPDATE)",
+        )
+        .bind(project)
+        .fetch_one(&mut *tx)
+        .await?;
+        if count >= max as i64 {
+            return Err(StoreError::Conflict(format!("a project may have at most {max} webhooks")));
+        }
+    }
     let row: Row = sqlx::query_as(&format!(
         "INSERT INTO webhooks (id, project_id, name, lock_timeout_seconds, max_retries, ttl_days)
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
@@ -79,10 +96,12 @@ pub async fn get(db: impl PgExecutor<'_>, project: ProjectId, id: &WebhookId) ->
     row.map(Webhook::from).ok_or(StoreError::NotFound("webhook"))
 }
 
-/// A page in creation order, starting after the webhook `after` (a cursor).
+/// A page in creation order, starting after the webhook `after` (a cursor), of all the
+/// project's webhooks or `only` those.
 pub async fn list(
     db: impl PgExecutor<'_>,
     project: ProjectId,
+    only: Option<&[WebhookId]>,
     after: Option<&WebhookId>,
     limit: i64,
 ) -> StoreResult<Vec<Webhook>> {
@@ -91,12 +110,14 @@ pub async fn list(
          WHERE project_id = $1
            AND ($2::uuid IS NULL OR (created_at, id) >
                 (SELECT c.created_at, c.id FROM webhooks c WHERE c.id = $2 AND c.project_id = $1))
+           AND ($4::uuid[] IS NULL OR id = ANY($4))
          ORDER BY created_at, id
          LIMIT $3"
     ))
     .bind(project)
     .bind(after.map(|a| *a.as_uuid()))
     .bind(limit)
+    .bind(only.map(|ids| ids.iter().map(|w| *w.as_uuid()).collect::<Vec<Uuid>>()))
     .fetch_all(db)
     .await?;
     Ok(rows.into_iter().map(Webhook::from).collect())

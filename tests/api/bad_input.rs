@@ -155,9 +155,10 @@ async fn out_of_range_settings_are_422_naming_the_field() {
 }
 
 #[tokio::test]
-#[ignore = "plans (issue #4): ttlDays is bounded by plan, free 7 fixed, pro 1-30, enterprise 1-90"]
-async fn a_ttl_beyond_every_plan_is_refused() {
+async fn a_ttl_beyond_the_enterprise_plan_is_refused() {
     let app = spawn_app().await;
+    let plan = Some(hookline::domain::Plan::Enterprise);
+    hookline::store::projects::set_limits(&app.pool, "test", plan, &Default::default()).await.unwrap();
     let wh = app.create_webhook(json!({})).await;
     for days in [91, 365] {
         let r = app.create_webhook_raw(json!({"name": "long", "ttlDays": days})).await;
@@ -274,7 +275,8 @@ async fn another_projects_key_cannot_see_or_touch_a_webhook() {
     let app = spawn_app().await;
     let wh = app.create_webhook(json!({})).await;
     let (msg, _) = app.ingest_ok(&wh, "{}").await;
-    let (_, other) = hookline::auth::create_key(&app.pool, "other").await.unwrap();
+    let (_, other) =
+        hookline::auth::create_key(&app.pool, "other", hookline::domain::Plan::Unlimited, false).await.unwrap();
     let other = other.expose().to_owned();
 
     // The other project's view: nothing there, and 404 (not 403) on every route.

@@ -178,6 +178,9 @@ pub async fn spawn_app_on(db_url: &str, tweak: impl FnOnce(&mut Config)) -> Test
         db_max_connections: 20,
         api_key_cache_ttl: Duration::from_secs(30),
         group_commit: Default::default(),
+        default_plan: hookline::domain::Plan::Unlimited,
+        api_key_rate_limit: std::num::NonZeroU32::new(100),
+        plan_cache_ttl: Duration::ZERO,
         run_jobs: false,
     };
     tweak(&mut config);
@@ -185,7 +188,7 @@ pub async fn spawn_app_on(db_url: &str, tweak: impl FnOnce(&mut Config)) -> Test
     let port = app.port();
     let pool = app.pool().clone();
     tokio::spawn(app.run_until_stopped());
-    let (_, key) = hookline::auth::create_key(&pool, "test").await.unwrap();
+    let (_, key) = hookline::auth::create_key(&pool, "test", hookline::domain::Plan::Unlimited, false).await.unwrap();
     let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
     TestApp {
         address: format!("http://127.0.0.1:{port}"),

@@ -11,6 +11,8 @@ mod encryption;
 mod group_commit;
 mod head_of_line;
 mod jobs;
+mod keys;
 mod lifecycle;
+mod plans;
 mod smoke;
 mod webhooks;

@@ -1,0 +1,194 @@
+//! Rate limits (governor's GCRA, in memory per replica): per webhook and operation at the
+//! rate of the project's plan, and per API key. A burst passes up to the per-second quota
+//! and no further; then requests pass as the quota refills.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota};
+use sqlx::PgPool;
+use tokio::time::Instant;
+
+use crate::domain::{ApiKeyId, Limits, ProjectId, WebhookId};
+use crate::store::{self, StoreResult};
+
+/// What a rate limit guards, per webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Ingest,
+    Dequeue,
+    /// Commit and error.
+    Ack,
+}
+
+/// Over a limit: how many per second it allows, and when the next request may pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited {
+    pub per_second: u32,
+    pub retry_after: Duration,
+}
+
+/// Limiters are created on first use and replaced when the quota they enforce changes
+/// (a plan change or an operator override).
+struct Limiters<K> {
+    map: Mutex<HashMap<K, (NonZeroU32, DefaultDirectRateLimiter)>>,
+}
+
+impl<K: Eq + Hash> Limiters<K> {
+    fn new() -> Self {
+        Self { map: Mutex::new(HashMap::new()) }
+    }
+
+    fn check(&self, key: K, per_second: NonZeroU32) -> Result<(), Limited> {
+        let mut map = self.map.lock().expect("rate limiter map poisoned");
+        let entry = map.entry(key).or_insert_with(|| (per_second, limiter(per_second)));
+        if entry.0 != per_second {
+            *entry = (per_second, limiter(per_second));
+        }
+        entry.1.check().map_err(|not_until| Limited {
+            per_second: per_second.get(),
+            retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+        })
+    }
+}
+
+fn limiter(per_second: NonZeroU32) -> DefaultDirectRateLimiter {
+    DefaultDirectRateLimiter::direct(Quota::per_second(per_second))
+}
+
+pub struct RateLimits {
+    /// Keyed by project too, so a key of another project cannot spend a webhook's budget.
+    webhooks: Limiters<(ProjectId, WebhookId, Operation)>,
+    keys: Limiters<ApiKeyId>,
+    per_key: Option<NonZeroU32>,
+}
+
+impl RateLimits {
+    /// `per_key`: requests per second any one API key may make (None: no per-key limit).
+    pub fn new(per_key: Option<NonZeroU32>) -> Self {
+        Self { webhooks: Limiters::new(), keys: Limiters::new(), per_key }
+    }
+
+    /// Counts one `operation` by `project` on `webhook` against the project's limits.
+    pub fn webhook(
+        &self,
+        project: ProjectId,
+        webhook: WebhookId,
+        operation: Operation,
+        limits: &Limits,
+    ) -> Result<(), Limited> {
+        let per_second = match operation {
+            Operation::Ingest => limits.ingest_per_second,
+            Operation::Dequeue => limits.dequeue_per_second,
+            Operation::Ack => limits.ack_per_second,
+        };
+        match per_second {
+            None => Ok(()),
+            Some(rate) => self.webhooks.check((project, webhook, operation), rate),
+        }
+    }
+
+    /// Counts one request by `key`; the unlimited plan has no per-key limit either.
+    pub fn key(&self, key: ApiKeyId, limits: &Limits) -> Result<(), Limited> {
+        match self.per_key {
+            Some(rate) if limits.plan != crate::domain::Plan::Unlimited => self.keys.check(key, rate),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Project limits and webhook owners, cached for `ttl` so hot paths do not ask the database
+/// each time: a plan change takes effect within `ttl`.
+pub struct PlanCache {
+    pool: PgPool,
+    ttl: Duration,
+    projects: Mutex<HashMap<ProjectId, (Limits, Instant)>>,
+    owners: Mutex<HashMap<WebhookId, (ProjectId, Limits, Instant)>>,
+}
+
+const PLAN_CACHE_CAPACITY: usize = 100_000;
+
+impl PlanCache {
+    pub fn new(pool: PgPool, ttl: Duration) -> Self {
+        Self { pool, ttl, projects: Mutex::new(HashMap::new()), owners: Mutex::new(HashMap::new()) }
+    }
+
+    pub async fn project(&self, project: ProjectId) -> StoreResult<Limits> {
+        if let Some((limits, at)) = self.projects.lock().expect("plan cache poisoned").get(&project) {
+            if at.elapsed() < self.ttl {
+                return Ok(limits.clone());
+            }
+        }
+        let limits = store::projects::limits(&self.pool, project).await?;
+        let mut map = self.projects.lock().expect("plan cache poisoned");
+        if map.len() >= PLAN_CACHE_CAPACITY {
+            map.clear();
+        }
+        map.insert(project, (limits.clone(), Instant::now()));
+        Ok(limits)
+    }
+
+    /// Who owns `webhook` and their limits; None for an unknown webhook (not cached).
+    pub async fn webhook_owner(&self, webhook: WebhookId) -> StoreResult<Option<(ProjectId, Limits)>> {
+        if let Some((project, limits, at)) = self.owners.lock().expect("plan cache poisoned").get(&webhook) {
+            if at.elapsed() < self.ttl {
+                return Ok(Some((*project, limits.clone())));
+            }
+        }
+        let Some((project, limits)) = store::projects::webhook_owner(&self.pool, &webhook).await? else {
+            self.owners.lock().expect("plan cache poisoned").remove(&webhook);
+            return Ok(None);
+        };
+        let mut map = self.owners.lock().expect("plan cache poisoned");
+        if map.len() >= PLAN_CACHE_CAPACITY {
+            map.clear();
+        }
+        map.insert(webhook, (project, limits.clone(), Instant::now()));
+        Ok(Some((project, limits)))
+    }
+
+    /// Forgets a deleted webhook at once, so its ingestion URL stops answering 202.
+    pub fn forget_webhook(&self, webhook: &WebhookId) {
+        self.owners.lock().expect("plan cache poisoned").remove(webhook);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::domain::Plan;
+
+    #[test]
+    fn a_burst_passes_up_to_the_quota_and_no_further() {
+        let limits = RateLimits::new(NonZeroU32::new(3));
+        let (p, w, free) = (ProjectId(1), WebhookId::new_random(), Plan::Free.limits());
+        for _ in 0..10 {
+            assert_eq!(limits.webhook(p, w, Operation::Ingest, &free), Ok(()));
+        }
+        let over = limits.webhook(p, w, Operation::Ingest, &free).unwrap_err();
+        assert_eq!(over.per_second, 10);
+        assert!(over.retry_after > Duration::ZERO && over.retry_after <= Duration::from_millis(100));
+        // Other webhooks, operations and projects have their own budgets.
+        assert_eq!(limits.webhook(p, w, Operation::Ack, &free), Ok(()));
+        assert_eq!(limits.webhook(p, WebhookId::new_random(), Operation::Ingest, &free), Ok(()));
+        assert_eq!(limits.webhook(ProjectId(2), w, Operation::Ingest, &free), Ok(()));
+        assert_eq!(limits.webhook(p, w, Operation::Ingest, &Plan::Unlimited.limits()), Ok(()));
+    }
+
+    #[test]
+    fn keys_have_their_own_limit_except_on_the_unlimited_plan() {
+        let limits = RateLimits::new(NonZeroU32::new(2));
+        let pro = Plan::Pro.limits();
+        assert!(limits.key(ApiKeyId(1), &pro).is_ok());
+        assert!(limits.key(ApiKeyId(1), &pro).is_ok());
+        assert!(limits.key(ApiKeyId(1), &pro).is_err());
+        assert!(limits.key(ApiKeyId(2), &pro).is_ok());
+        assert!(limits.key(ApiKeyId(1), &Plan::Unlimited.limits()).is_ok());
+        assert!(RateLimits::new(None).key(ApiKeyId(1), &pro).is_ok());
+    }
+}

@@ -1,0 +1,168 @@
+//! Plans and rate limits: each plan's quotas hold per webhook and per key, a refused
+//! request stores nothing, and settings outside the plan are refused naming the limit.
+
+use std::num::NonZeroU32;
+
+use hookline::domain::{LimitOverrides, Plan};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::{spawn_app, spawn_app_with, TestApp};
+
+/// Moves the test project to `plan`.
+async fn on_plan(app: &TestApp, plan: Plan) {
+    hookline::store::projects::set_limits(&app.pool, "test", Some(plan), &LimitOverrides::default()).await.unwrap();
+}
+
+async fn stored(app: &TestApp, webhook: &str) -> i64 {
+    let id = webhook.trim_start_matches("wh_");
+    let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM messages WHERE webhook_id = '{id}'"))
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    n
+}
+
+#[tokio::test]
+async fn the_eleventh_ingestion_in_a_second_on_free_is_429_with_headers_and_not_stored() {
+    let app = spawn_app().await;
+    on_plan(&app, Plan::Free).await;
+    let wh = app.create_webhook(json!({})).await;
+
+    for _ in 0..10 {
+        app.ingest_ok(&wh, "{}").await;
+    }
+    let r = app.ingest(&wh, "{}").await;
+
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.error_code(), "rate_limited");
+    assert_eq!(r.headers["ratelimit-limit"], "10");
+    assert_eq!(r.headers["ratelimit-remaining"], "0");
+    assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(r.headers["ratelimit-reset"], "1");
+    assert_eq!(stored(&app, &wh).await, 10);
+}
+
+#[tokio::test]
+async fn a_concurrent_burst_gets_no_more_than_the_quota_through() {
+    let app = spawn_app().await;
+    on_plan(&app, Plan::Free).await;
+    let wh = app.create_webhook(json!({})).await;
+
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let (client, url) = (app.client.clone(), app.url(&format!("/ingest/{wh}")));
+        tasks.push(tokio::spawn(async move { client.post(url).body("{}").send().await.unwrap().status() }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        if t.await.unwrap() == StatusCode::ACCEPTED {
+            accepted += 1;
+        }
+    }
+    // The burst takes well under the 100 ms one more token needs on free.
+    assert!((10..=11).contains(&accepted), "{accepted} accepted");
+    assert_eq!(stored(&app, &wh).await, accepted);
+}
+
+#[tokio::test]
+async fn limits_are_per_webhook_and_per_operation() {
+    let app = spawn_app().await;
+    on_plan(&app, Plan::Free).await;
+    let (a, b) = (app.create_webhook(json!({})).await, app.create_webhook(json!({})).await);
+    for _ in 0..10 {
+        app.ingest_ok(&a, "{}").await;
+    }
+    assert_eq!(app.ingest(&a, "{}").await.status, StatusCode::TOO_MANY_REQUESTS);
+    app.ingest_ok(&b, "{}").await;
+
+    // Dequeue on free: 5 per second per webhook; the head is locked, so each answers 204.
+    for _ in 0..5 {
+        assert_ne!(app.dequeue(&a).await.status, StatusCode::TOO_MANY_REQUESTS);
+    }
+    let r = app.dequeue(&a).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers["ratelimit-limit"], "5");
+    assert_eq!(app.dequeue(&b).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn each_api_key_has_its_own_limit() {
+    let app = spawn_app_with(|c| c.api_key_rate_limit = NonZeroU32::new(20)).await;
+    on_plan(&app, Plan::Enterprise).await;
+    let (_, second) = hookline::auth::create_key(&app.pool, "test", Plan::Enterprise, false).await.unwrap();
+
+    for _ in 0..20 {
+        assert_eq!(app.api(Method::GET, "/api/webhooks", None).await.status, StatusCode::OK);
+    }
+    let r = app.api(Method::GET, "/api/webhooks", None).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers["ratelimit-limit"], "20");
+    assert_eq!(app.api_as(second.expose(), Method::GET, "/api/webhooks", None).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_unlimited_plan_has_no_rate_limits() {
+    let app = spawn_app_with(|c| c.api_key_rate_limit = NonZeroU32::new(5)).await;
+    let wh = app.create_webhook(json!({})).await;
+    for _ in 0..30 {
+        app.ingest_ok(&wh, "{}").await;
+        assert_ne!(app.dequeue(&wh).await.status, StatusCode::TOO_MANY_REQUESTS);
+    }
+}
+
+#[tokio::test]
+async fn ttl_outside_the_plan_is_refused_naming_the_limit() {
+    let app = spawn_app().await;
+    on_plan(&app, Plan::Pro).await;
+    let r = app.api(Method::POST, "/api/webhooks", Some(json!({"name": "x", "ttlDays": 60}))).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("between 1 and 30 on the pro plan"), "{}", r.body);
+
+    let r = app.api(Method::POST, "/api/webhooks", Some(json!({"name": "x"}))).await;
+    assert_eq!(r.i64("ttlDays"), 30, "pro defaults to its longest TTL");
+    let wh = r.str("id");
+    let r = app.api(Method::PATCH, &format!("/api/webhooks/{wh}"), Some(json!({"ttlDays": 31}))).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    on_plan(&app, Plan::Free).await;
+    let r = app.api(Method::POST, "/api/webhooks", Some(json!({"name": "x", "ttlDays": 8}))).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("7 on the free plan"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_project_cannot_exceed_its_plans_webhook_count() {
+    let app = spawn_app().await;
+    on_plan(&app, Plan::Free).await;
+    for _ in 0..10 {
+        app.create_webhook(json!({})).await;
+    }
+    let r = app.api(Method::POST, "/api/webhooks", Some(json!({"name": "eleventh"}))).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("at most 10 webhooks"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn the_plans_body_limit_applies_to_ingestion() {
+    let app = spawn_app_with(|c| c.max_body_bytes = 4 * 1024 * 1024).await;
+    on_plan(&app, Plan::Free).await;
+    let wh = app.create_webhook(json!({})).await;
+    let r = app.ingest(&wh, &"x".repeat(256 * 1024 + 1)).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    app.ingest_ok(&wh, &"x".repeat(256 * 1024)).await;
+}
+
+#[tokio::test]
+async fn an_operator_override_replaces_a_plan_limit() {
+    let app = spawn_app().await;
+    let overrides = LimitOverrides { ingest_per_second: NonZeroU32::new(3), ..Default::default() };
+    hookline::store::projects::set_limits(&app.pool, "test", Some(Plan::Free), &overrides).await.unwrap();
+    let wh = app.create_webhook(json!({})).await;
+    for _ in 0..3 {
+        app.ingest_ok(&wh, "{}").await;
+    }
+    let r = app.ingest(&wh, "{}").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers["ratelimit-limit"], "3");
+}
