@@ -165,6 +165,17 @@ impl KeyVerifier {
         }
     }
 
+    /// Checks a dashboard password against its stored hash under the same argon2 limits;
+    /// an unknown account (None) is checked against a dummy hash, so timing does not tell.
+    pub async fn verify_password(&self, stored_hash: Option<&str>, password: &str) -> bool {
+        let known = stored_hash.is_some();
+        let hash = stored_hash.unwrap_or_else(|| dummy_hash()).to_owned();
+        let password = password.to_owned();
+        let _permit = self.argon2.acquire().await.expect("the semaphore is never closed");
+        let matches = tokio::task::spawn_blocking(move || verify_hash(&password, &hash)).await.unwrap_or(false);
+        known && matches
+    }
+
     /// Forgets a revoked key at once.
     pub fn forget_key(&self, key: ApiKeyId) {
         self.cache.lock().expect("key cache poisoned").retain(|_, v| v.principal.key != key);
@@ -280,7 +291,8 @@ pub async fn follow_revocations(pool: PgPool, verifier: Arc<KeyVerifier>) {
     }
 }
 
-fn hash_secret(secret: &str) -> String {
+/// An argon2id hash of a password or key, in PHC string form.
+pub fn hash_secret(secret: &str) -> String {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
         .hash_password(secret.as_bytes(), &salt)

@@ -74,6 +74,16 @@ impl KeyRing {
         Sealed { key_id: key.id, nonce: nonce.to_vec(), ciphertext }
     }
 
+    /// Seals a webhook's signing secret: bound to the webhook, and to the nil message id,
+    /// which no message has (theirs are random), so it cannot pass for a payload.
+    pub fn seal_secret(&self, webhook: &WebhookId, secret: &[u8]) -> Sealed {
+        self.seal(webhook, &MessageId::from_uuid(uuid::Uuid::nil()), secret)
+    }
+
+    pub fn open_secret(&self, webhook: &WebhookId, sealed: &Sealed) -> Result<Vec<u8>, CryptoError> {
+        self.open(webhook, &MessageId::from_uuid(uuid::Uuid::nil()), sealed)
+    }
+
     pub fn open(&self, webhook: &WebhookId, message: &MessageId, sealed: &Sealed) -> Result<Vec<u8>, CryptoError> {
         let key = self.keys.iter().find(|k| k.id == sealed.key_id).ok_or(CryptoError::UnknownKey(sealed.key_id.0))?;
         if sealed.nonce.len() != 12 {

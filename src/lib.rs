@@ -10,6 +10,7 @@ pub mod http;
 pub mod jobs;
 pub mod limits;
 pub mod local_pg;
+pub mod signature;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 
 use crate::domain::{ApiKeyId, Limits, ProjectId, WebhookId};
+use crate::store::projects::IngestTarget;
 use crate::store::{self, StoreResult};
 
 /// What a rate limit guards, per webhook.
@@ -25,7 +27,8 @@ pub enum Operation {
     Ack,
 }
 
-/// Over a limit: how many per second it allows, and when the next request may pass.
+/// Over a limit: how many it allows at once (per second for the API's limits), and when
+/// the next request may pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limited {
     pub per_second: u32,
@@ -35,7 +38,7 @@ pub struct Limited {
 /// Limiters are created on first use and replaced when the quota they enforce changes
 /// (a plan change or an operator override).
 struct Limiters<K> {
-    map: Mutex<HashMap<K, (NonZeroU32, DefaultDirectRateLimiter)>>,
+    map: Mutex<HashMap<K, (Quota, DefaultDirectRateLimiter)>>,
 }
 
 impl<K: Eq + Hash> Limiters<K> {
@@ -43,22 +46,25 @@ impl<K: Eq + Hash> Limiters<K> {
         Self { map: Mutex::new(HashMap::new()) }
     }
 
-    fn check(&self, key: K, per_second: NonZeroU32) -> Result<(), Limited> {
+    /// `limit` is what the 429 reports: the burst the quota allows.
+    fn check(&self, key: K, quota: Quota) -> Result<(), Limited> {
         let mut map = self.map.lock().expect("rate limiter map poisoned");
-        let entry = map.entry(key).or_insert_with(|| (per_second, limiter(per_second)));
-        if entry.0 != per_second {
-            *entry = (per_second, limiter(per_second));
+        if map.len() >= LIMITERS_CAPACITY {
+            // Idle limiters are full again, so dropping them loses nothing but busy ones' state.
+            map.clear();
+        }
+        let entry = map.entry(key).or_insert_with(|| (quota, DefaultDirectRateLimiter::direct(quota)));
+        if entry.0 != quota {
+            *entry = (quota, DefaultDirectRateLimiter::direct(quota));
         }
         entry.1.check().map_err(|not_until| Limited {
-            per_second: per_second.get(),
+            per_second: quota.burst_size().get(),
             retry_after: not_until.wait_time_from(DefaultClock::default().now()),
         })
     }
 }
 
-fn limiter(per_second: NonZeroU32) -> DefaultDirectRateLimiter {
-    DefaultDirectRateLimiter::direct(Quota::per_second(per_second))
-}
+const LIMITERS_CAPACITY: usize = 200_000;
 
 pub struct RateLimits {
     /// Keyed by project too, so a key of another project cannot spend a webhook's budget.
@@ -88,16 +94,44 @@ impl RateLimits {
         };
         match per_second {
             None => Ok(()),
-            Some(rate) => self.webhooks.check((project, webhook, operation), rate),
+            Some(rate) => self.webhooks.check((project, webhook, operation), Quota::per_second(rate)),
         }
     }
 
     /// Counts one request by `key`; the unlimited plan has no per-key limit either.
     pub fn key(&self, key: ApiKeyId, limits: &Limits) -> Result<(), Limited> {
         match self.per_key {
-            Some(rate) if limits.plan != crate::domain::Plan::Unlimited => self.keys.check(key, rate),
+            Some(rate) if limits.plan != crate::domain::Plan::Unlimited => {
+                self.keys.check(key, Quota::per_second(rate))
+            }
             _ => Ok(()),
         }
+    }
+}
+
+/// Login attempts, per account and per client address, so passwords cannot be guessed
+/// quickly against one account or across many from one address.
+pub struct LoginLimits {
+    accounts: Limiters<String>,
+    addresses: Limiters<IpAddr>,
+}
+
+const LOGINS_PER_ACCOUNT_PER_MINUTE: u32 = 5;
+const LOGINS_PER_ADDRESS_PER_MINUTE: u32 = 20;
+
+impl Default for LoginLimits {
+    fn default() -> Self {
+        Self { accounts: Limiters::new(), addresses: Limiters::new() }
+    }
+}
+
+impl LoginLimits {
+    pub fn check(&self, email: &str, address: Option<IpAddr>) -> Result<(), Limited> {
+        let per_minute = |n: u32| Quota::per_minute(NonZeroU32::new(n).expect("a positive constant"));
+        if let Some(address) = address {
+            self.addresses.check(address, per_minute(LOGINS_PER_ADDRESS_PER_MINUTE))?;
+        }
+        self.accounts.check(email.to_owned(), per_minute(LOGINS_PER_ACCOUNT_PER_MINUTE))
     }
 }
 
@@ -107,14 +141,14 @@ pub struct PlanCache {
     pool: PgPool,
     ttl: Duration,
     projects: Mutex<HashMap<ProjectId, (Limits, Instant)>>,
-    owners: Mutex<HashMap<WebhookId, (ProjectId, Limits, Instant)>>,
+    targets: Mutex<HashMap<WebhookId, (IngestTarget, Instant)>>,
 }
 
 const PLAN_CACHE_CAPACITY: usize = 100_000;
 
 impl PlanCache {
     pub fn new(pool: PgPool, ttl: Duration) -> Self {
-        Self { pool, ttl, projects: Mutex::new(HashMap::new()), owners: Mutex::new(HashMap::new()) }
+        Self { pool, ttl, projects: Mutex::new(HashMap::new()), targets: Mutex::new(HashMap::new()) }
     }
 
     pub async fn project(&self, project: ProjectId) -> StoreResult<Limits> {
@@ -132,28 +166,29 @@ impl PlanCache {
         Ok(limits)
     }
 
-    /// Who owns `webhook` and their limits; None for an unknown webhook (not cached).
-    pub async fn webhook_owner(&self, webhook: WebhookId) -> StoreResult<Option<(ProjectId, Limits)>> {
-        if let Some((project, limits, at)) = self.owners.lock().expect("plan cache poisoned").get(&webhook) {
+    /// Who owns `webhook`, their limits and its signing requirement; None for an unknown
+    /// webhook (not cached).
+    pub async fn ingest_target(&self, webhook: WebhookId) -> StoreResult<Option<IngestTarget>> {
+        if let Some((target, at)) = self.targets.lock().expect("plan cache poisoned").get(&webhook) {
             if at.elapsed() < self.ttl {
-                return Ok(Some((*project, limits.clone())));
+                return Ok(Some(target.clone()));
             }
         }
-        let Some((project, limits)) = store::projects::webhook_owner(&self.pool, &webhook).await? else {
-            self.owners.lock().expect("plan cache poisoned").remove(&webhook);
+        let Some(target) = store::projects::ingest_target(&self.pool, &webhook).await? else {
+            self.targets.lock().expect("plan cache poisoned").remove(&webhook);
             return Ok(None);
         };
-        let mut map = self.owners.lock().expect("plan cache poisoned");
+        let mut map = self.targets.lock().expect("plan cache poisoned");
         if map.len() >= PLAN_CACHE_CAPACITY {
             map.clear();
         }
-        map.insert(webhook, (project, limits.clone(), Instant::now()));
-        Ok(Some((project, limits)))
+        map.insert(webhook, (target.clone(), Instant::now()));
+        Ok(Some(target))
     }
 
-    /// Forgets a deleted webhook at once, so its ingestion URL stops answering 202.
+    /// Forgets a deleted or re-signed webhook at once on this replica (others within `ttl`).
     pub fn forget_webhook(&self, webhook: &WebhookId) {
-        self.owners.lock().expect("plan cache poisoned").remove(webhook);
+        self.targets.lock().expect("plan cache poisoned").remove(webhook);
     }
 }
 

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hookline::domain::{LimitOverrides, Plan, Scopes, WebhookId};
 use hookline::local_pg::{self, LocalPostgres};
+use hookline::store::accounts::Role;
 use hookline::{auth, crypto::KeyRing, store, telemetry, Application, Config};
 
 #[derive(Parser)]
@@ -51,6 +52,17 @@ enum AdminTask {
         /// A label for the key.
         #[arg(long)]
         name: Option<String>,
+    },
+    /// Create a dashboard user (or reset their password) as a member of a project. The
+    /// password is read from the first line of standard input.
+    CreateUser {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        project: String,
+        /// owner or member.
+        #[arg(long, default_value = "member")]
+        role: Role,
     },
     /// List a project's keys (prefix, scopes, created, last used, revoked).
     ListKeys {
@@ -150,6 +162,21 @@ async fn admin(pool: &sqlx::PgPool, config: &Config, task: AdminTask) -> anyhow:
                 scopes.names().join(", ")
             );
             println!("{}", key.expose());
+        }
+        AdminTask::CreateUser { email, project, role } => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']).to_owned();
+            anyhow::ensure!(password.chars().count() >= 12, "the password must be at least 12 characters");
+            let email = hookline::http::normalize_email(&email);
+            anyhow::ensure!(email.contains('@'), "{email:?} is not an email address");
+            let hash = tokio::task::spawn_blocking(move || auth::hash_secret(&password)).await?;
+            let mut tx = pool.begin().await?;
+            let id = store::projects::ensure(&mut *tx, &project, config.default_plan, false).await?;
+            let user = store::accounts::upsert_user(&mut *tx, &email, &hash).await?;
+            store::accounts::add_member(&mut *tx, user, id, role).await?;
+            tx.commit().await?;
+            println!("User {email} is now {role:?} of project {project:?}.");
         }
         AdminTask::ListKeys { project } => {
             let id = store::projects::find(pool, &project).await?;

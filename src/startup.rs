@@ -51,6 +51,8 @@ impl Application {
             ingest: GroupCommitter::start(pool.clone(), config.group_commit),
             limits: RateLimits::new(config.api_key_rate_limit),
             plans: PlanCache::new(pool.clone(), config.plan_cache_ttl),
+            replays: Default::default(),
+            logins: Default::default(),
             max_body_bytes: config.max_body_bytes,
             public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{address}")),
         });

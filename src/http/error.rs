@@ -21,6 +21,12 @@ pub enum ApiError {
     BadRequest(String),
     #[error("missing or invalid API key: send it in x-api-key or Authorization: Bearer")]
     Unauthorized,
+    #[error("request signature refused: {0}")]
+    InvalidSignature(String),
+    #[error("wrong email or password")]
+    InvalidLogin,
+    #[error("not signed in")]
+    NoSession,
     #[error("{0}")]
     Forbidden(String),
     #[error("{0} not found")]
@@ -49,6 +55,9 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => "bad_request",
             Self::Unauthorized => "unauthorized",
+            Self::InvalidSignature(_) => "invalid_signature",
+            Self::InvalidLogin => "invalid_login",
+            Self::NoSession => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
@@ -69,7 +78,7 @@ pub struct ErrorBody {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// Stable, machine-readable: bad_request, unauthorized, forbidden, not_found, method_not_allowed,
+    /// Stable, machine-readable: bad_request, unauthorized, invalid_signature, invalid_login, forbidden, not_found, method_not_allowed,
     /// conflict, validation_failed, payload_too_large, rate_limited, payload_unreadable, internal.
     pub code: String,
     pub message: String,
@@ -79,7 +88,9 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::InvalidSignature(_) | Self::InvalidLogin | Self::NoSession => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,

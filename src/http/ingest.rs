@@ -1,6 +1,8 @@
 //! POST /ingest/{webhookId}: the public door for third-party senders. No API key: the
 //! webhook id in the path is the secret. Answers 202 only once the message is committed.
 
+use std::time::{Duration, SystemTime};
+
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt as _;
 use serde::Serialize;
@@ -10,7 +12,9 @@ use super::error::{ApiError, ErrorBody};
 use super::{id, ApiState};
 use crate::domain::{MessageId, Payload, Seq, WebhookId};
 use crate::limits::Operation;
+use crate::signature::{Scheme, SigningKey};
 use crate::store::messages::NewMessage;
+use crate::store::webhooks::StoredSignature;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ingest/{webhook_id}", web::post().to(ingest));
@@ -43,7 +47,9 @@ pub struct Accepted {
 #[utoipa::path(post, path = "/ingest/{webhook_id}", tag = "ingest",
     params(("webhook_id" = String, Path, description = "The webhook's id, the secret part of its ingestUrl")),
     request_body(content = Vec<u8>, content_type = "*/*", description = "Any body up to HOOKLINE_MAX_BODY_BYTES"),
-    responses((status = 202, body = Accepted), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+    responses((status = 202, body = Accepted),
+              (status = 401, body = ErrorBody, description = "invalid_signature: the webhook requires a valid signature"),
+              (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
               (status = 429, body = ErrorBody, description = "The webhook's ingestion rate limit; nothing stored")))]
 #[tracing::instrument(skip_all, fields(webhook_id = %path))]
 pub async fn ingest(
@@ -53,10 +59,15 @@ pub async fn ingest(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let webhook: WebhookId = id(&path, "webhook")?;
-    let (project, limits) = state.plans.webhook_owner(webhook).await?.ok_or(ApiError::NotFound("webhook"))?;
-    state.limits.webhook(project, webhook, Operation::Ingest, &limits).map_err(ApiError::RateLimited)?;
+    let target = state.plans.ingest_target(webhook).await?.ok_or(ApiError::NotFound("webhook"))?;
+    let limits = &target.limits;
+    state.limits.webhook(target.project, webhook, Operation::Ingest, limits).map_err(ApiError::RateLimited)?;
     let max_body = limits.max_body_bytes.map_or(state.max_body_bytes, |plan| plan.min(state.max_body_bytes));
     let body = read_limited(&req, body, max_body).await?;
+    let replay_mark = match &target.signature {
+        Some(signature) => Some(check_signature(&state, &webhook, signature, &req, &body)?),
+        None => None,
+    };
     let headers = req
         .headers()
         .iter()
@@ -65,8 +76,42 @@ pub async fn ingest(
         .collect();
     let message = MessageId::new_random();
     let sealed = state.keys.seal(&webhook, &message, &Payload { headers, body }.encode());
-    let seq = state.ingest.submit(webhook, NewMessage { id: message, sealed }).await?;
+    let seq = match state.ingest.submit(webhook, NewMessage { id: message, sealed }).await {
+        Ok(seq) => seq,
+        Err(e) => {
+            // Not stored: the sender's retry of this very request must not count as a replay.
+            if let Some(mark) = replay_mark.flatten() {
+                state.replays.forget(webhook, &mark);
+            }
+            return Err(e.into());
+        }
+    };
     Ok(HttpResponse::Accepted().json(Accepted { id: message, seq }))
+}
+
+/// Verifies the sender's signature (401, nothing stored, when it fails). Returns the
+/// signature remembered against replays, for schemes with a timestamp.
+fn check_signature(
+    state: &ApiState,
+    webhook: &WebhookId,
+    signature: &StoredSignature,
+    req: &HttpRequest,
+    body: &[u8],
+) -> Result<Option<String>, ApiError> {
+    let secret = state
+        .keys
+        .open_secret(webhook, &signature.sealed)
+        .map_err(|e| ApiError::Unexpected(anyhow::Error::new(e).context("opening a webhook's signing secret")))?;
+    let tolerance = Duration::from_secs(signature.tolerance_seconds as u64);
+    let key = SigningKey::from_stored(signature.scheme, secret, tolerance);
+    let passed =
+        key.verify(req.headers(), body, SystemTime::now()).map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
+    if signature.scheme == Scheme::Github {
+        // GitHub signs the body alone: a redelivery is indistinguishable from a replay.
+        return Ok(None);
+    }
+    state.replays.check(*webhook, passed.clone(), tolerance).map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
+    Ok(Some(passed))
 }
 
 /// Reads the body, refusing (413) as soon as it passes `limit`.

@@ -8,6 +8,7 @@ mod ingest;
 mod keys;
 mod messages;
 pub mod openapi;
+mod session;
 mod webhooks;
 
 use std::pin::Pin;
@@ -21,7 +22,8 @@ use crate::auth::{KeyVerifier, Principal};
 use crate::crypto::KeyRing;
 use crate::domain::{Limits, ProjectId, Scope, WebhookId};
 use crate::group_commit::GroupCommitter;
-use crate::limits::{Operation, PlanCache, RateLimits};
+use crate::limits::{LoginLimits, Operation, PlanCache, RateLimits};
+use crate::signature::ReplayGuard;
 use error::ApiError;
 
 /// What every handler can reach.
@@ -33,10 +35,15 @@ pub struct ApiState {
     pub ingest: GroupCommitter,
     pub limits: RateLimits,
     pub plans: PlanCache,
+    /// Signed requests seen recently, to refuse replays.
+    pub replays: ReplayGuard,
+    pub logins: LoginLimits,
     pub max_body_bytes: usize,
     /// Base of `ingestUrl`, without a trailing slash.
     pub public_url: String,
 }
+
+pub use session::normalize as normalize_email;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
@@ -55,7 +62,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .configure(messages::routes)
             .configure(dead_letters::routes)
             .configure(webhooks::routes)
-            .configure(keys::routes),
+            .configure(keys::routes)
+            .configure(session::routes),
     )
     .configure(health::routes)
     .route("/openapi.json", web::get().to(openapi::serve));

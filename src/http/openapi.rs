@@ -5,7 +5,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{dead_letters, error, health, ingest, keys, messages, webhooks};
+use super::{dead_letters, error, health, ingest, keys, messages, session, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,7 @@ use super::{dead_letters, error, health, ingest, keys, messages, webhooks};
         messages::dequeue, messages::commit, messages::error, messages::get,
         dead_letters::list, dead_letters::retry, dead_letters::discard,
         keys::create, keys::list, keys::revoke,
+        session::login, session::current, session::logout,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&ApiKeyAuth),

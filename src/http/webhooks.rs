@@ -1,5 +1,7 @@
 //! /api/webhooks: create, list, read, change and delete a project's webhooks.
 
+use std::time::Duration;
+
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -8,6 +10,8 @@ use utoipa::ToSchema;
 use super::error::{parse_json, ApiError, ErrorBody};
 use super::{id, ApiState, Authenticated, PageQuery};
 use crate::domain::{LockTimeout, MaxRetries, Scope, WebhookId, WebhookName};
+use crate::signature::{Scheme, SigningKey};
+use crate::store::webhooks::StoredSignature;
 use crate::store::webhooks::{self as store, NewWebhook, Webhook, WebhookChanges};
 use crate::store::StoreError;
 
@@ -31,6 +35,8 @@ pub struct CreateWebhook {
     /// Bounded by the plan: free 7 (fixed), pro 1 to 30 (default 30), enterprise 1 to 90
     /// (default 90), unlimited 1 to 365 (default 7).
     pub ttl_days: Option<i64>,
+    /// Require senders to sign each request (401 and nothing stored otherwise).
+    pub signature: Option<SignatureSettings>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -40,6 +46,34 @@ pub struct UpdateWebhook {
     pub lock_timeout_seconds: Option<i64>,
     pub max_retries: Option<i64>,
     pub ttl_days: Option<i64>,
+    /// A new signing requirement, or null to stop requiring signatures.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<SignatureSettings>)]
+    pub signature: Option<Option<SignatureSettings>>,
+}
+
+/// Tells a field set to null (Some(None)) from one left out (None).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignatureSettings {
+    /// standard-webhooks, stripe or github.
+    pub scheme: String,
+    /// The shared secret (Standard Webhooks: `whsec_` + base64). Stored encrypted; never
+    /// shown again.
+    pub secret: String,
+    /// How far a signed timestamp may be from now, 1 to 86400 s (default 300).
+    pub tolerance_seconds: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignatureInfo {
+    pub scheme: String,
+    pub tolerance_seconds: i32,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -53,6 +87,8 @@ pub struct WebhookResponse {
     pub lock_timeout_seconds: i32,
     pub max_retries: i32,
     pub ttl_days: i32,
+    /// The signing requirement, if any (never the secret).
+    pub signature: Option<SignatureInfo>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -73,6 +109,9 @@ fn respond(state: &ApiState, w: Webhook) -> WebhookResponse {
         lock_timeout_seconds: w.lock_timeout_seconds,
         max_retries: w.max_retries,
         ttl_days: w.ttl_days,
+        signature: w
+            .signature_scheme
+            .map(|scheme| SignatureInfo { scheme, tolerance_seconds: w.signature_tolerance_seconds }),
         created_at: w.created_at,
         updated_at: w.updated_at,
     }
@@ -97,12 +136,17 @@ pub async fn create(
         max_retries: req.max_retries.map(MaxRetries::parse).transpose()?.unwrap_or(MaxRetries::DEFAULT),
         ttl_days: auth.limits.ttl_days(req.ttl_days)?,
     };
+    let signing = req.signature.as_ref().map(parse_signature).transpose()?;
     let mut tx = state.pool.begin().await?;
-    let webhook =
+    let mut webhook =
         store::create(&mut tx, auth.project(), &new, auth.limits.max_webhooks).await.map_err(|e| match e {
             StoreError::Conflict(why) => ApiError::Validation(format!("{why} on the {} plan", auth.limits.plan.name())),
             other => other.into(),
         })?;
+    if let Some(key) = &signing {
+        store::set_signature(&mut *tx, auth.project(), &webhook.id, Some(&seal(&state, &webhook.id, key))).await?;
+        webhook = store::get(&mut *tx, auth.project(), &webhook.id).await?;
+    }
     tx.commit().await?;
     Ok(HttpResponse::Created().json(respond(&state, webhook)))
 }
@@ -165,7 +209,20 @@ pub async fn update(
         max_retries: req.max_retries.map(MaxRetries::parse).transpose()?,
         ttl_days: req.ttl_days.map(|days| auth.limits.ttl_days(Some(days))).transpose()?,
     };
-    let webhook = store::update(&state.pool, auth.project(), &webhook_id, &changes).await?;
+    let signing = match &req.signature {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(settings)) => Some(Some(parse_signature(settings)?)),
+    };
+    let mut tx = state.pool.begin().await?;
+    let mut webhook = store::update(&mut *tx, auth.project(), &webhook_id, &changes).await?;
+    if let Some(signing) = &signing {
+        let sealed = signing.as_ref().map(|key| seal(&state, &webhook_id, key));
+        store::set_signature(&mut *tx, auth.project(), &webhook_id, sealed.as_ref()).await?;
+        webhook = store::get(&mut *tx, auth.project(), &webhook_id).await?;
+    }
+    tx.commit().await?;
+    state.plans.forget_webhook(&webhook_id);
     Ok(HttpResponse::Ok().json(respond(&state, webhook)))
 }
 
@@ -183,4 +240,26 @@ pub async fn delete(
     store::delete(&state.pool, auth.project(), &webhook_id).await?;
     state.plans.forget_webhook(&webhook_id);
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Checks a signing requirement before anything is stored.
+fn parse_signature(settings: &SignatureSettings) -> Result<SigningKey, ApiError> {
+    let scheme = Scheme::parse(&settings.scheme).ok_or_else(|| {
+        ApiError::Validation("signature.scheme must be one of standard-webhooks, stripe, github".into())
+    })?;
+    let tolerance = match settings.tolerance_seconds {
+        None => 300,
+        Some(t @ 1..=86_400) => t as u64,
+        Some(_) => return Err(ApiError::Validation("signature.toleranceSeconds must be between 1 and 86400".into())),
+    };
+    SigningKey::new(scheme, &settings.secret, Duration::from_secs(tolerance))
+        .map_err(|why| ApiError::Validation(format!("signature.secret: {why}")))
+}
+
+fn seal(state: &ApiState, webhook: &WebhookId, key: &SigningKey) -> StoredSignature {
+    StoredSignature {
+        scheme: key.scheme,
+        tolerance_seconds: key.tolerance.as_secs() as i32,
+        sealed: state.keys.seal_secret(webhook, key.secret_bytes()),
+    }
 }

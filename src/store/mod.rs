@@ -3,6 +3,7 @@
 //! webhook it belongs to. A state transition is one statement whose WHERE clause is its
 //! precondition: no row changed means the transition was not allowed.
 
+pub mod accounts;
 pub mod dead_letters;
 pub mod keys;
 pub mod messages;

@@ -1,11 +1,15 @@
 //! Projects: the tenants, each on a plan whose limits an operator may override.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use sqlx::PgExecutor;
 
+use super::webhooks::StoredSignature;
 use super::{StoreError, StoreResult};
+use crate::crypto::{KeyId, Sealed};
 use crate::domain::{LimitOverrides, Limits, Plan, ProjectId, WebhookId};
+use crate::signature::Scheme;
 
 /// The project of that name, created on `plan` if it does not exist yet; with
 /// `set_plan`, an existing project is moved to `plan` too.
@@ -64,21 +68,51 @@ pub async fn limits(db: impl PgExecutor<'_>, project: ProjectId) -> StoreResult<
     row.map(Limits::from).ok_or(StoreError::NotFound("project"))
 }
 
-/// The owner of a webhook and its limits, for ingestion (which has no API key).
-pub async fn webhook_owner(db: impl PgExecutor<'_>, webhook: &WebhookId) -> StoreResult<Option<(ProjectId, Limits)>> {
+/// What ingestion needs to know of a webhook, which it reaches without an API key.
+#[derive(Clone)]
+pub struct IngestTarget {
+    pub project: ProjectId,
+    pub limits: Limits,
+    pub signature: Option<Arc<StoredSignature>>,
+}
+
+/// The owner of a webhook, its limits and signing requirement; None for an unknown webhook.
+pub async fn ingest_target(db: impl PgExecutor<'_>, webhook: &WebhookId) -> StoreResult<Option<IngestTarget>> {
     #[derive(sqlx::FromRow)]
     struct Row {
         id: i64,
         #[sqlx(flatten)]
         limits: LimitsRow,
+        signature_scheme: Option<String>,
+        signature_tolerance_seconds: i32,
+        signature_key_id: Option<i32>,
+        signature_nonce: Option<Vec<u8>>,
+        signature_secret: Option<Vec<u8>>,
     }
     let row: Option<Row> = sqlx::query_as(&format!(
-        "SELECT p.id, {LIMIT_COLUMNS} FROM webhooks w JOIN projects p ON p.id = w.project_id WHERE w.id = $1"
+        "SELECT p.id, {LIMIT_COLUMNS}, w.signature_scheme, w.signature_tolerance_seconds, w.signature_key_id,
+                w.signature_nonce, w.signature_secret
+         FROM webhooks w JOIN projects p ON p.id = w.project_id WHERE w.id = $1"
     ))
     .bind(webhook.as_uuid())
     .fetch_optional(db)
     .await?;
-    Ok(row.map(|r| (ProjectId(r.id), r.limits.into())))
+    Ok(row.map(|r| {
+        let signature = match (
+            r.signature_scheme.as_deref().and_then(Scheme::parse),
+            r.signature_key_id,
+            r.signature_nonce,
+            r.signature_secret,
+        ) {
+            (Some(scheme), Some(key_id), Some(nonce), Some(ciphertext)) => Some(Arc::new(StoredSignature {
+                scheme,
+                tolerance_seconds: r.signature_tolerance_seconds,
+                sealed: Sealed { key_id: KeyId(key_id), nonce, ciphertext },
+            })),
+            _ => None,
+        };
+        IngestTarget { project: ProjectId(r.id), limits: r.limits.into(), signature }
+    }))
 }
 
 /// An operator's change: the plan, and overrides (None clears one back to the plan's).

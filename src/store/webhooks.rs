@@ -5,7 +5,9 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use super::{StoreError, StoreResult};
+use crate::crypto::Sealed;
 use crate::domain::{LockTimeout, MaxRetries, ProjectId, TtlDays, WebhookId, WebhookName};
+use crate::signature::Scheme;
 
 #[derive(Debug, Clone)]
 pub struct Webhook {
@@ -14,6 +16,9 @@ pub struct Webhook {
     pub lock_timeout_seconds: i32,
     pub max_retries: i32,
     pub ttl_days: i32,
+    /// The signing scheme senders must use, if any (the secret is never read back out).
+    pub signature_scheme: Option<String>,
+    pub signature_tolerance_seconds: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -25,6 +30,8 @@ struct Row {
     lock_timeout_seconds: i32,
     max_retries: i32,
     ttl_days: i32,
+    signature_scheme: Option<String>,
+    signature_tolerance_seconds: i32,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -37,13 +44,16 @@ impl From<Row> for Webhook {
             lock_timeout_seconds: r.lock_timeout_seconds,
             max_retries: r.max_retries,
             ttl_days: r.ttl_days,
+            signature_scheme: r.signature_scheme,
+            signature_tolerance_seconds: r.signature_tolerance_seconds,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
     }
 }
 
-const COLUMNS: &str = "id, name, lock_timeout_seconds, max_retries, ttl_days, created_at, updated_at";
+const COLUMNS: &str = "id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme, \
+                       signature_tolerance_seconds, created_at, updated_at";
 
 pub struct NewWebhook {
     pub name: WebhookName,
@@ -166,6 +176,40 @@ pub async fn delete(db: impl PgExecutor<'_>, project: ProjectId, id: &WebhookId)
         .bind(project)
         .execute(db)
         .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound("webhook"));
+    }
+    Ok(())
+}
+
+/// A webhook's signing requirement as stored: the secret sealed by the key ring.
+pub struct StoredSignature {
+    pub scheme: Scheme,
+    pub tolerance_seconds: i32,
+    pub sealed: Sealed,
+}
+
+/// Sets (Some) or removes (None) the webhook's signing requirement.
+pub async fn set_signature(
+    db: impl PgExecutor<'_>,
+    project: ProjectId,
+    id: &WebhookId,
+    signature: Option<&StoredSignature>,
+) -> StoreResult<()> {
+    let done = sqlx::query(
+        "UPDATE webhooks SET signature_scheme = $3, signature_tolerance_seconds = COALESCE($4, 300),
+             signature_key_id = $5, signature_nonce = $6, signature_secret = $7, updated_at = now()
+         WHERE id = $1 AND project_id = $2",
+    )
+    .bind(id.as_uuid())
+    .bind(project)
+    .bind(signature.map(|s| s.scheme.name()))
+    .bind(signature.map(|s| s.tolerance_seconds))
+    .bind(signature.map(|s| s.sealed.key_id.0))
+    .bind(signature.map(|s| s.sealed.nonce.as_slice()))
+    .bind(signature.map(|s| s.sealed.ciphertext.as_slice()))
+    .execute(db)
+    .await?;
     if done.rows_affected() == 0 {
         return Err(StoreError::NotFound("webhook"));
     }

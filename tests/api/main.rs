@@ -14,5 +14,7 @@ mod jobs;
 mod keys;
 mod lifecycle;
 mod plans;
+mod session;
+mod signatures;
 mod smoke;
 mod webhooks;
