@@ -15,23 +15,29 @@ pub struct NewMessage {
     pub sealed: Sealed,
 }
 
-/// Inserts messages, possibly for many webhooks, each webhook's in input order. Seq
-/// ranges come from the webhooks' counter rows, whose row locks order concurrent writers
-/// (taken in webhook-id order, so two batches never deadlock). Returns each item's seq in
-/// input order, None where the webhook does not exist. Atomic: all rows or none.
+/// Inserts messages, possibly for many webhooks, each webhook's in input order, in one
+/// statement (one round trip, atomic). Seq ranges come from the webhooks' counter rows,
+/// locked in webhook-id order before any is updated (the aggregate over `locked` consumes it
+/// whole first), so two concurrent batches never deadlock. Returns each item's seq in input
+/// order, None where the webhook does not exist.
 pub async fn insert_many(pool: &PgPool, items: &[(WebhookId, NewMessage)]) -> StoreResult<Vec<Option<Seq>>> {
     let webhooks: Vec<Uuid> = items.iter().map(|(w, _)| *w.as_uuid()).collect();
     let ids: Vec<Uuid> = items.iter().map(|(_, m)| *m.id.as_uuid()).collect();
     let key_ids: Vec<i32> = items.iter().map(|(_, m)| m.sealed.key_id.0).collect();
     let nonces: Vec<&[u8]> = items.iter().map(|(_, m)| m.sealed.nonce.as_slice()).collect();
     let ciphertexts: Vec<&[u8]> = items.iter().map(|(_, m)| m.sealed.ciphertext.as_slice()).collect();
-    let insert = sqlx::query_as::<_, (Uuid, i64)>(
+    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
         "WITH item AS (
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::bytea[], $5::bytea[])
                  WITH ORDINALITY AS i(webhook_id, id, key_id, nonce, ciphertext, ord)
+         ), locked AS MATERIALIZED (
+             SELECT webhook_id FROM webhook_sequences WHERE webhook_id = ANY($1)
+             ORDER BY webhook_id FOR UPDATE
          ), counter AS (
              UPDATE webhook_sequences s SET last_seq = s.last_seq + n.count
-             FROM (SELECT webhook_id, count(*) AS count FROM item GROUP BY webhook_id) n
+             FROM (SELECT item.webhook_id, count(*) AS count
+                   FROM item JOIN locked ON locked.webhook_id = item.webhook_id
+                   GROUP BY item.webhook_id) n
              WHERE s.webhook_id = n.webhook_id
              RETURNING s.webhook_id, s.last_seq - n.count AS base
          )
@@ -48,24 +54,9 @@ pub async fn insert_many(pool: &PgPool, items: &[(WebhookId, NewMessage)]) -> St
     .bind(&ids)
     .bind(&key_ids)
     .bind(&nonces)
-    .bind(&ciphertexts);
-
-    let mut distinct = webhooks.clone();
-    distinct.sort_unstable();
-    distinct.dedup();
-    let rows = if distinct.len() == 1 {
-        // One counter row: the statement alone is atomic and takes one round trip.
-        insert.fetch_all(pool).await?
-    } else {
-        let mut tx = pool.begin().await?;
-        sqlx::query("SELECT 1 FROM webhook_sequences WHERE webhook_id = ANY($1) ORDER BY webhook_id FOR UPDATE")
-            .bind(&distinct)
-            .execute(&mut *tx)
-            .await?;
-        let rows = insert.fetch_all(&mut *tx).await?;
-        tx.commit().await?;
-        rows
-    };
+    .bind(&ciphertexts)
+    .fetch_all(pool)
+    .await?;
     let seqs: std::collections::HashMap<Uuid, i64> = rows.into_iter().collect();
     Ok(ids.iter().map(|id| seqs.get(id).map(|s| Seq(*s))).collect())
 }
