@@ -35,3 +35,12 @@ if cargo clippy --version >/dev/null 2>&1; then
 fi
 echo "== cargo test"
 cargo test --workspace --all-targets "$@"
+if [ -z "${DATABASE_URL:-}" ]; then
+    # A seconds-long smoke of the benchmark: it starts a broker on a fresh cluster, drives it
+    # over HTTP and checks order; the full run is deploy/bench.sh (see BENCHMARKS.md).
+    echo "== benchmark smoke"
+    smoke_dir="${TMPDIR:-/tmp}/hookline-bench-smoke"
+    cargo run --quiet -p hookline-bench -- --secs 1 --scenarios ingest-one,fifo-one --check \
+        --port 18181 --data-dir "$smoke_dir" --json target/bench-smoke.json
+    rm -rf "$smoke_dir"
+fi

@@ -37,9 +37,13 @@ struct Args {
     /// Port for the broker this starts.
     #[arg(long, default_value_t = 18080)]
     port: u16,
-    /// Where the started broker keeps its fresh cluster (wiped first).
-    #[arg(long, default_value = "target/bench-data")]
+    /// Where the started broker keeps its fresh cluster (wiped first). In the temp directory
+    /// by default, which the `postgres` user can reach when this runs as root.
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("hookline-bench"))]
     data_dir: PathBuf,
+    /// Exit non-zero if any scenario lost order, failed a request or moved no message.
+    #[arg(long)]
+    check: bool,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
@@ -87,6 +91,18 @@ async fn main() -> anyhow::Result<()> {
     }
     std::fs::write(&args.json, serde_json::to_string_pretty(&rows)?)?;
     eprintln!("wrote {}", args.json.display());
+    if args.check {
+        for r in rows.iter().filter(|r| !r.scenario.starts_with("pgbench")) {
+            anyhow::ensure!(
+                r.out_of_order == 0 && r.failures == 0 && r.messages > 0,
+                "{}: {} out of order, {} failures, {} messages",
+                r.scenario,
+                r.out_of_order,
+                r.failures,
+                r.messages
+            );
+        }
+    }
     Ok(())
 }
 
