@@ -130,19 +130,20 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     auth.require(Scope::Manage, None)?;
     let req: CreateWebhook = parse_json(&body, false)?;
+    // Read fresh, not from the plan cache: a plan change applies to settings at once.
+    let limits = crate::store::projects::limits(&state.pool, auth.project()).await?;
     let new = NewWebhook {
         name: WebhookName::parse(&req.name)?,
         lock_timeout: req.lock_timeout_seconds.map(LockTimeout::parse).transpose()?.unwrap_or(LockTimeout::DEFAULT),
         max_retries: req.max_retries.map(MaxRetries::parse).transpose()?.unwrap_or(MaxRetries::DEFAULT),
-        ttl_days: auth.limits.ttl_days(req.ttl_days)?,
+        ttl_days: limits.ttl_days(req.ttl_days)?,
     };
     let signing = req.signature.as_ref().map(parse_signature).transpose()?;
     let mut tx = state.pool.begin().await?;
-    let mut webhook =
-        store::create(&mut tx, auth.project(), &new, auth.limits.max_webhooks).await.map_err(|e| match e {
-            StoreError::Conflict(why) => ApiError::Validation(format!("{why} on the {} plan", auth.limits.plan.name())),
-            other => other.into(),
-        })?;
+    let mut webhook = store::create(&mut tx, auth.project(), &new, limits.max_webhooks).await.map_err(|e| match e {
+        StoreError::Conflict(why) => ApiError::Validation(format!("{why} on the {} plan", limits.plan.name())),
+        other => other.into(),
+    })?;
     if let Some(key) = &signing {
         store::set_signature(&mut *tx, auth.project(), &webhook.id, Some(&seal(&state, &webhook.id, key))).await?;
         webhook = store::get(&mut *tx, auth.project(), &webhook.id).await?;
@@ -207,7 +208,12 @@ pub async fn update(
         name: req.name.as_deref().map(WebhookName::parse).transpose()?,
         lock_timeout: req.lock_timeout_seconds.map(LockTimeout::parse).transpose()?,
         max_retries: req.max_retries.map(MaxRetries::parse).transpose()?,
-        ttl_days: req.ttl_days.map(|days| auth.limits.ttl_days(Some(days))).transpose()?,
+        ttl_days: match req.ttl_days {
+            None => None,
+            Some(days) => {
+                Some(crate::store::projects::limits(&state.pool, auth.project()).await?.ttl_days(Some(days))?)
+            }
+        },
     };
     let signing = match &req.signature {
         None => None,
