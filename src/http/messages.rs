@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::error::{parse_json, ApiError, ErrorBody};
 use super::{id, ApiState, Authenticated};
-use crate::domain::{LockToken, MessageId, MessageState, Payload, Scope, Seq, WebhookId};
+use crate::domain::{LockTimeout, LockToken, MessageId, MessageState, Payload, Scope, Seq, WebhookId};
 use crate::limits::Operation;
 use crate::store::messages::{self as store, LockedMessage, LockedRef};
 
@@ -24,6 +24,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/dequeue", web::post().to(dequeue))
             .route("/{message_id}/commit", web::post().to(commit))
             .route("/{message_id}/error", web::post().to(error))
+            .route("/{message_id}/extend", web::post().to(extend))
             .route("/{message_id}", web::get().to(get)),
     );
 }
@@ -67,6 +68,8 @@ pub struct CommitRequest {
 pub struct ErrorRequest {
     /// Why processing failed; kept as the message's last error (up to 2,000 characters).
     pub reason: Option<String>,
+    /// false: do not retry; the message goes straight to the dead-letter queue (default true).
+    pub requeue: Option<bool>,
     #[schema(value_type = Option<String>)]
     pub lock_token: Option<LockToken>,
 }
@@ -243,13 +246,58 @@ pub async fn error(
     let target =
         LockedRef { project: auth.project(), webhook: &webhook, message: &message, token: req.lock_token.as_ref() };
     let mut conn = state.pool.acquire().await?;
-    let outcome = store::error(&mut conn, &target, reason.as_deref()).await?;
+    let outcome = store::error(&mut conn, &target, reason.as_deref(), req.requeue.unwrap_or(true)).await?;
     Ok(HttpResponse::Ok().json(Errored {
         id: message,
         status: outcome.state,
         retry_count: outcome.retry_count,
         max_retries: outcome.max_retries,
     }))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// The lock now expires this many seconds from now (1 to 43200).
+    pub seconds: i64,
+    #[schema(value_type = Option<String>)]
+    pub lock_token: Option<LockToken>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Extended {
+    #[schema(value_type = String)]
+    pub id: MessageId,
+    pub status: MessageState,
+    pub lock_expires_at: DateTime<Utc>,
+}
+
+/// Renew the lock on a message being processed, so it does not expire at the old time.
+#[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/{message_id}/extend", tag = "messages",
+    params(("webhook_id" = String, Path), ("message_id" = String, Path)), request_body = ExtendRequest,
+    security(("api_key" = [])),
+    responses((status = 200, body = Extended), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "Not locked, or locked under another token"),
+              (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn extend(
+    auth: Authenticated,
+    state: web::Data<ApiState>,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let (webhook, message) = ids(&path)?;
+    auth.require(Scope::Consume, Some(&webhook))?;
+    auth.rate_limit(&state, webhook, Operation::Ack)?;
+    let req: ExtendRequest = parse_json(&body, false)?;
+    let seconds = LockTimeout::parse(req.seconds)
+        .map_err(|_| ApiError::Validation(format!("seconds must be between 1 and {}", LockTimeout::MAX)))?;
+    let target =
+        LockedRef { project: auth.project(), webhook: &webhook, message: &message, token: req.lock_token.as_ref() };
+    let mut conn = state.pool.acquire().await?;
+    let lock_expires_at = store::extend(&mut conn, &target, seconds.get()).await?;
+    Ok(HttpResponse::Ok().json(Extended { id: message, status: MessageState::Locked, lock_expires_at }))
 }
 
 /// A message's state, counters, timestamps and last error.

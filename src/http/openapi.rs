@@ -14,7 +14,7 @@ use super::{dead_letters, error, health, ingest, keys, messages, session, webhoo
         health::healthz, health::readyz,
         ingest::ingest,
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,
-        messages::dequeue, messages::commit, messages::error, messages::get,
+        messages::dequeue, messages::commit, messages::error, messages::extend, messages::get,
         dead_letters::list, dead_letters::retry, dead_letters::discard,
         keys::create, keys::list, keys::revoke,
         session::login, session::current, session::logout,

@@ -166,18 +166,41 @@ pub struct ErrorOutcome {
 }
 
 /// locked -> queued at the same position (retry_count + 1), or dead at max_retries.
-pub async fn error(db: &mut PgConnection, target: &LockedRef<'_>, reason: Option<&str>) -> StoreResult<ErrorOutcome> {
+/// With `requeue` false, dead at once (the consumer knows retrying cannot help).
+pub async fn error(
+    db: &mut PgConnection,
+    target: &LockedRef<'_>,
+    reason: Option<&str>,
+    requeue: bool,
+) -> StoreResult<ErrorOutcome> {
     let row: Result<(MessageState, i32, i32), sqlx::Error> =
-        sqlx::query_as("SELECT new_state, new_retry_count, max_retries FROM hookline_error($1, $2, $3, $4, $5)")
+        sqlx::query_as("SELECT new_state, new_retry_count, max_retries FROM hookline_error($1, $2, $3, $4, $5, $6)")
             .bind(target.webhook.as_uuid())
             .bind(target.project)
             .bind(target.message.as_uuid())
             .bind(target.token.map(|t| *t.as_uuid()))
             .bind(reason)
+            .bind(requeue)
             .fetch_one(&mut *db)
             .await;
     match row {
         Ok((state, retry_count, max_retries)) => Ok(ErrorOutcome { state, retry_count, max_retries }),
+        Err(e) => Err(refusal(db, target, e).await),
+    }
+}
+
+/// Renews the lock the message holds; returns when it now expires.
+pub async fn extend(db: &mut PgConnection, target: &LockedRef<'_>, seconds: i32) -> StoreResult<DateTime<Utc>> {
+    let expires = sqlx::query_scalar("SELECT hookline_extend($1, $2, $3, $4, $5)")
+        .bind(target.webhook.as_uuid())
+        .bind(target.project)
+        .bind(target.message.as_uuid())
+        .bind(target.token.map(|t| *t.as_uuid()))
+        .bind(seconds)
+        .fetch_one(&mut *db)
+        .await;
+    match expires {
+        Ok(at) => Ok(at),
         Err(e) => Err(refusal(db, target, e).await),
     }
 }

@@ -13,6 +13,7 @@ mod head_of_line;
 mod jobs;
 mod keys;
 mod lifecycle;
+mod lock_control;
 mod plans;
 mod session;
 mod signatures;
