@@ -14,6 +14,7 @@ pub mod signature;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod wakeups;
 
 pub use config::Config;
 pub use startup::Application;

@@ -19,6 +19,7 @@ use crate::group_commit::GroupCommitter;
 use crate::http::{self, ApiState};
 use crate::limits::{PlanCache, RateLimits};
 use crate::store;
+use crate::wakeups::Wakeups;
 
 pub struct Application {
     port: u16,
@@ -44,6 +45,8 @@ impl Application {
         let address = listener.local_addr()?;
         let verifier = Arc::new(KeyVerifier::new(pool.clone(), config.api_key_cache_ttl));
         tokio::spawn(crate::auth::follow_revocations(pool.clone(), verifier.clone()));
+        let wakeups = Arc::new(Wakeups::default());
+        tokio::spawn(crate::wakeups::listen(pool.clone(), wakeups.clone()));
         let state = web::Data::new(ApiState {
             pool: pool.clone(),
             keys,
@@ -53,6 +56,7 @@ impl Application {
             plans: PlanCache::new(pool.clone(), config.plan_cache_ttl),
             replays: Default::default(),
             logins: Default::default(),
+            wakeups: wakeups.clone(),
             max_body_bytes: config.max_body_bytes,
             public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{address}")),
         });

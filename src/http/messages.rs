@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
 use actix_web::{web, HttpResponse};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -114,9 +116,9 @@ pub struct MessageStatus {
 const MAX_REASON_CHARS: usize = 2000;
 
 /// Lock and receive the head of the queue; 204 when nothing can be delivered (empty, or
-/// the head message is locked by another consumer).
+/// the head message is locked by another consumer). With `?wait=N`, long-poll.
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/dequeue", tag = "messages",
-    params(("webhook_id" = String, Path)), security(("api_key" = [])),
+    params(("webhook_id" = String, Path), DequeueQuery), security(("api_key" = [])),
     responses((status = 200, body = DeliveredMessage), (status = 204, description = "Nothing to deliver"),
               (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"), (status = 404, body = ErrorBody),
               (status = 500, body = ErrorBody, description = "payload_unreadable: the message was dead-lettered")))]
@@ -125,14 +127,42 @@ pub async fn dequeue(
     auth: Authenticated,
     state: web::Data<ApiState>,
     path: web::Path<String>,
+    query: web::Query<DequeueQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let webhook: WebhookId = id(&path, "webhook")?;
     auth.require(Scope::Consume, Some(&webhook))?;
+    let wait = match query.wait {
+        None => Duration::ZERO,
+        Some(s @ 0..=MAX_WAIT_SECONDS) => Duration::from_secs(s),
+        Some(_) => return Err(ApiError::Validation(format!("wait must be between 0 and {MAX_WAIT_SECONDS} seconds"))),
+    };
     auth.rate_limit(&state, webhook, Operation::Dequeue)?;
-    match store::dequeue(&state.pool, auth.project(), &webhook).await? {
-        None => Ok(HttpResponse::NoContent().finish()),
-        Some(locked) => Ok(HttpResponse::Ok().json(deliver(&state, &webhook, locked).await?)),
+    let deadline = tokio::time::Instant::now() + wait;
+    let wakeup = state.wakeups.subscribe(webhook);
+    loop {
+        // Armed before the check: a wake-up that lands between the check and the wait counts.
+        let woken = wakeup.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if let Some(locked) = store::dequeue(&state.pool, auth.project(), &webhook).await? {
+            return Ok(HttpResponse::Ok().json(deliver(&state, &webhook, locked).await?));
+        }
+        if tokio::time::timeout_at(deadline, woken).await.is_err() {
+            return Ok(HttpResponse::NoContent().finish());
+        }
     }
+}
+
+/// Longest long-poll a dequeue may ask for.
+const MAX_WAIT_SECONDS: u64 = 20;
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DequeueQuery {
+    /// Long-poll: hold the request up to this many seconds (at most 20) until a message can
+    /// be delivered, then answer it, or 204 when the time runs out.
+    pub wait: Option<u64>,
 }
 
 /// Opens a locked message for its consumer. One that cannot be opened goes to the

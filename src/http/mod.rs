@@ -24,6 +24,7 @@ use crate::domain::{Limits, ProjectId, Scope, WebhookId};
 use crate::group_commit::GroupCommitter;
 use crate::limits::{LoginLimits, Operation, PlanCache, RateLimits};
 use crate::signature::ReplayGuard;
+use crate::wakeups::Wakeups;
 use error::ApiError;
 
 /// What every handler can reach.
@@ -38,6 +39,8 @@ pub struct ApiState {
     /// Signed requests seen recently, to refuse replays.
     pub replays: ReplayGuard,
     pub logins: LoginLimits,
+    /// Long-poll dequeues wait here for their webhook's wake-up.
+    pub wakeups: Arc<Wakeups>,
     pub max_body_bytes: usize,
     /// Base of `ingestUrl`, without a trailing slash.
     pub public_url: String,

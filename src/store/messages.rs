@@ -39,7 +39,8 @@ pub async fn insert_many(pool: &PgPool, items: &[(WebhookId, NewMessage)]) -> St
                    FROM item JOIN locked ON locked.webhook_id = item.webhook_id
                    GROUP BY item.webhook_id) n
              WHERE s.webhook_id = n.webhook_id
-             RETURNING s.webhook_id, s.last_seq - n.count AS base
+             -- Long-poll consumers of these webhooks wake once this commits.
+             RETURNING s.webhook_id, s.last_seq - n.count AS base, hookline_wake(s.webhook_id)
          )
          INSERT INTO messages (webhook_id, seq, id, expires_at, key_id, nonce, ciphertext)
          SELECT item.webhook_id,

@@ -146,6 +146,22 @@ pub struct TestApp {
     pub encryption_key: String,
 }
 
+impl TestApp {
+    /// Another handle on the same broker, for a concurrent task (the broker itself keeps
+    /// running as long as the test does).
+    pub fn clone_handle(&self) -> TestApp {
+        TestApp {
+            address: self.address.clone(),
+            port: self.port,
+            db_url: self.db_url.clone(),
+            pool: self.pool.clone(),
+            client: self.client.clone(),
+            key: self.key.clone(),
+            encryption_key: self.encryption_key.clone(),
+        }
+    }
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }

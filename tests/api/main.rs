@@ -14,6 +14,7 @@ mod jobs;
 mod keys;
 mod lifecycle;
 mod lock_control;
+mod long_poll;
 mod plans;
 mod session;
 mod signatures;
