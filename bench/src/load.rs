@@ -229,3 +229,67 @@ pub async fn create_webhooks(t: &Target, n: usize, lock_timeout: u32) -> anyhow:
     }
     Ok(ids)
 }
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Ingest-to-delivery: one long-poll consumer (`dequeue?wait=5`, then commit) per webhook,
+/// and an open-loop producer at `rate` over those webhooks whose bodies carry their send
+/// time. Latency is from just before the ingest request to the moment the consumer has the
+/// message in hand.
+pub async fn delivery(target: &Target, webhooks: Arc<Vec<String>>, rate: u64, secs: u64) -> Outcome {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
+    let mut consumers = JoinSet::new();
+    for w in webhooks.iter().cloned() {
+        let t = target.clone();
+        consumers.spawn(async move {
+            let mut out = Outcome::new();
+            // Keep polling a little past the producer's end, to collect what it sent last.
+            while Instant::now() < deadline + Duration::from_secs(1) {
+                let path = format!("/api/webhooks/{w}/messages/dequeue?wait=1");
+                let Some((status, m)) = post(&t, &path, None).await else {
+                    out.failures += 1;
+                    continue;
+                };
+                if status != StatusCode::OK {
+                    continue;
+                }
+                let received = now_micros();
+                let body: Value = m["body"].as_str().and_then(|b| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
+                if let Some(sent) = body["sent_us"].as_u64() {
+                    out.latency.saturating_record(received.saturating_sub(sent));
+                }
+                let id = m["id"].as_str().unwrap_or_default();
+                let commit = format!("/api/webhooks/{w}/messages/{id}/commit");
+                match post(&t, &commit, Some(serde_json::json!({ "lockToken": m["lockToken"] }))).await {
+                    Some((StatusCode::OK, _)) => out.done += 1,
+                    _ => out.failures += 1,
+                }
+            }
+            out
+        });
+    }
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut producers = JoinSet::new();
+    for n in 0..rate * secs {
+        tokio::time::sleep_until((started + interval * n as u32).into()).await;
+        let t = target.clone();
+        let url = format!("{}/ingest/{}", t.base, webhooks[n as usize % webhooks.len()]);
+        producers.spawn(async move {
+            let body = format!("{{\"type\":\"bench.delivery\",\"n\":{n},\"sent_us\":{}}}", now_micros());
+            let sent = t.client.post(url).header("content-type", "application/json").body(body).send().await;
+            sent.map(|r| r.status() == StatusCode::ACCEPTED).unwrap_or(false)
+        });
+    }
+    let mut failed_ingests = 0;
+    while let Some(r) = producers.join_next().await {
+        if !r.unwrap_or(false) {
+            failed_ingests += 1;
+        }
+    }
+    let mut total = collect(consumers, started).await;
+    total.failures += failed_ingests;
+    total
+}

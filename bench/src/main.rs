@@ -25,7 +25,7 @@ struct Args {
     /// Seconds per scenario.
     #[arg(long, default_value_t = 10)]
     secs: u64,
-    /// Comma-separated scenarios, or `all`: ingest-many, ingest-one, fifo-one, fifo-many, latency, growth, baseline.
+    /// Comma-separated scenarios, or `all`: ingest-many, ingest-one, fifo-one, fifo-many, latency, delivery, growth, baseline.
     #[arg(long, default_value = "all")]
     scenarios: String,
     /// A running broker to target instead of starting one (then baseline is skipped).
@@ -135,6 +135,12 @@ async fn run(args: &Args, exe: &std::path::Path, broker: &Broker) -> anyhow::Res
     }
     if wanted("latency") {
         rec.measure("latency", load::offered(&target, many.clone(), args.rate, secs)).await;
+    }
+    if wanted("delivery") {
+        // Strict FIFO delivers one message per webhook at a time: spread the offered load
+        // over 50 webhooks, 4 msg/s each.
+        let hooks = Arc::new(load::create_webhooks(&target, 50, 300).await?);
+        rec.measure("delivery", load::delivery(&target, hooks, 200, secs)).await;
     }
     if wanted("growth") {
         match &broker.cluster_dir {
