@@ -242,8 +242,8 @@ pub async fn delivery(target: &Target, webhooks: Arc<Vec<String>>, rate: u64, se
     let started = Instant::now();
     let deadline = started + Duration::from_secs(secs);
     let mut consumers = JoinSet::new();
-    for w in webhooks.iter().cloned() {
-        let t = target.clone();
+    for w in webhooks.iter() {
+        let (t, w) = (target.clone(), w.clone());
         consumers.spawn(async move {
             let mut out = Outcome::new();
             // Keep polling a little past the producer's end, to collect what it sent last.
