@@ -1,6 +1,6 @@
-//! Rate limits (governor's GCRA, in memory per replica): per webhook and operation at the
-//! rate of the project's plan, and per API key. A burst passes up to the per-second quota
-//! and no further; then requests pass as the quota refills.
+//! Rate limits, in memory per replica: per webhook and operation at the rate of the
+//! project's plan (governor's GCRA: a burst passes up to the per-second quota and no
+//! further, then requests pass as the quota refills), and per API key (a sliding window).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -69,14 +69,46 @@ const LIMITERS_CAPACITY: usize = 200_000;
 pub struct RateLimits {
     /// Keyed by project too, so a key of another project cannot spend a webhook's budget.
     webhooks: Limiters<(ProjectId, WebhookId, Operation)>,
-    keys: Limiters<ApiKeyId>,
+    keys: Mutex<HashMap<ApiKeyId, SlidingWindow>>,
     per_key: Option<NonZeroU32>,
+}
+
+/// A sliding-window counter over one second: this window's count plus the previous
+/// window's, weighted by how much of it still overlaps the last second. Unlike a token
+/// bucket it never lets a key make twice its limit across a window boundary.
+#[derive(Debug, Clone, Copy)]
+struct SlidingWindow {
+    started: Instant,
+    current: u32,
+    previous: u32,
+}
+
+const WINDOW: Duration = Duration::from_secs(1);
+
+impl SlidingWindow {
+    fn admit(&mut self, limit: u32, now: Instant) -> Result<(), Limited> {
+        let elapsed = now.saturating_duration_since(self.started);
+        if elapsed >= WINDOW * 2 {
+            *self = Self { started: now, current: 0, previous: 0 };
+        } else if elapsed >= WINDOW {
+            *self = Self { started: self.started + WINDOW, current: 0, previous: self.current };
+        }
+        let into = now.saturating_duration_since(self.started).as_secs_f64() / WINDOW.as_secs_f64();
+        let estimate = self.previous as f64 * (1.0 - into) + self.current as f64;
+        if estimate + 1.0 > limit as f64 {
+            // When this window ends the previous one stops counting; sooner only if it decays.
+            let retry_after = (self.started + WINDOW).saturating_duration_since(now).max(Duration::from_millis(1));
+            return Err(Limited { per_second: limit, retry_after });
+        }
+        self.current += 1;
+        Ok(())
+    }
 }
 
 impl RateLimits {
     /// `per_key`: requests per second any one API key may make (None: no per-key limit).
     pub fn new(per_key: Option<NonZeroU32>) -> Self {
-        Self { webhooks: Limiters::new(), keys: Limiters::new(), per_key }
+        Self { webhooks: Limiters::new(), keys: Mutex::new(HashMap::new()), per_key }
     }
 
     /// Counts one `operation` by `project` on `webhook` against the project's limits.
@@ -98,14 +130,18 @@ impl RateLimits {
         }
     }
 
-    /// Counts one request by `key`; the unlimited plan has no per-key limit either.
+    /// Counts one request by `key` in its sliding one-second window; the unlimited plan has
+    /// no per-key limit either.
     pub fn key(&self, key: ApiKeyId, limits: &Limits) -> Result<(), Limited> {
-        match self.per_key {
-            Some(rate) if limits.plan != crate::domain::Plan::Unlimited => {
-                self.keys.check(key, Quota::per_second(rate))
-            }
-            _ => Ok(()),
+        let Some(rate) = self.per_key.filter(|_| limits.plan != crate::domain::Plan::Unlimited) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let mut keys = self.keys.lock().expect("key windows poisoned");
+        if keys.len() >= LIMITERS_CAPACITY {
+            keys.retain(|_, w| now.saturating_duration_since(w.started) < WINDOW * 2);
         }
+        keys.entry(key).or_insert(SlidingWindow { started: now, current: 0, previous: 0 }).admit(rate.get(), now)
     }
 }
 
@@ -213,6 +249,24 @@ mod tests {
         assert_eq!(limits.webhook(p, WebhookId::new_random(), Operation::Ingest, &free), Ok(()));
         assert_eq!(limits.webhook(ProjectId(2), w, Operation::Ingest, &free), Ok(()));
         assert_eq!(limits.webhook(p, w, Operation::Ingest, &Plan::Unlimited.limits()), Ok(()));
+    }
+
+    #[test]
+    fn the_key_window_slides() {
+        let t0 = Instant::now();
+        let mut w = SlidingWindow { started: t0, current: 0, previous: 0 };
+        for _ in 0..10 {
+            assert!(w.admit(10, t0).is_ok());
+        }
+        assert!(w.admit(10, t0 + Duration::from_millis(900)).is_err());
+        // Half a second into the next window, half of the previous one still counts: 5 more.
+        let half = t0 + Duration::from_millis(1500);
+        for _ in 0..5 {
+            assert!(w.admit(10, half).is_ok());
+        }
+        assert!(w.admit(10, half).is_err());
+        // Two windows later nothing counts.
+        assert!(w.admit(10, t0 + Duration::from_secs(3)).is_ok());
     }
 
     #[test]
