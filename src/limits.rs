@@ -175,56 +175,72 @@ impl LoginLimits {
 /// each time: a plan change takes effect within `ttl`.
 pub struct PlanCache {
     pool: PgPool,
-    ttl: Duration,
-    projects: Mutex<HashMap<ProjectId, (Limits, Instant)>>,
-    targets: Mutex<HashMap<WebhookId, (IngestTarget, Instant)>>,
+    projects: Expiring<ProjectId, Limits>,
+    targets: Expiring<WebhookId, IngestTarget>,
 }
-
-const PLAN_CACHE_CAPACITY: usize = 100_000;
 
 impl PlanCache {
     pub fn new(pool: PgPool, ttl: Duration) -> Self {
-        Self { pool, ttl, projects: Mutex::new(HashMap::new()), targets: Mutex::new(HashMap::new()) }
+        Self { pool, projects: Expiring::new(ttl), targets: Expiring::new(ttl) }
     }
 
     pub async fn project(&self, project: ProjectId) -> StoreResult<Limits> {
-        if let Some((limits, at)) = self.projects.lock().expect("plan cache poisoned").get(&project) {
-            if at.elapsed() < self.ttl {
-                return Ok(limits.clone());
-            }
+        if let Some(limits) = self.projects.fresh(&project) {
+            return Ok(limits);
         }
         let limits = store::projects::limits(&self.pool, project).await?;
-        let mut map = self.projects.lock().expect("plan cache poisoned");
-        if map.len() >= PLAN_CACHE_CAPACITY {
-            map.clear();
-        }
-        map.insert(project, (limits.clone(), Instant::now()));
+        self.projects.put(project, limits.clone());
         Ok(limits)
     }
 
     /// Who owns `webhook`, their limits and its signing requirement; None for an unknown
     /// webhook (not cached).
     pub async fn ingest_target(&self, webhook: WebhookId) -> StoreResult<Option<IngestTarget>> {
-        if let Some((target, at)) = self.targets.lock().expect("plan cache poisoned").get(&webhook) {
-            if at.elapsed() < self.ttl {
-                return Ok(Some(target.clone()));
-            }
+        if let Some(target) = self.targets.fresh(&webhook) {
+            return Ok(Some(target));
         }
-        let Some(target) = store::projects::ingest_target(&self.pool, &webhook).await? else {
-            self.targets.lock().expect("plan cache poisoned").remove(&webhook);
-            return Ok(None);
-        };
-        let mut map = self.targets.lock().expect("plan cache poisoned");
-        if map.len() >= PLAN_CACHE_CAPACITY {
-            map.clear();
+        let target = store::projects::ingest_target(&self.pool, &webhook).await?;
+        match &target {
+            Some(t) => self.targets.put(webhook, t.clone()),
+            None => self.targets.remove(&webhook),
         }
-        map.insert(webhook, (target.clone(), Instant::now()));
-        Ok(Some(target))
+        Ok(target)
     }
 
     /// Forgets a deleted or re-signed webhook at once on this replica (others within `ttl`).
     pub fn forget_webhook(&self, webhook: &WebhookId) {
-        self.targets.lock().expect("plan cache poisoned").remove(webhook);
+        self.targets.remove(webhook);
+    }
+}
+
+/// A map whose entries count for `ttl` after they were put, bounded in size.
+struct Expiring<K, V> {
+    ttl: Duration,
+    map: Mutex<HashMap<K, (V, Instant)>>,
+}
+
+const EXPIRING_CAPACITY: usize = 100_000;
+
+impl<K: Eq + Hash, V: Clone> Expiring<K, V> {
+    fn new(ttl: Duration) -> Self {
+        Self { ttl, map: Mutex::new(HashMap::new()) }
+    }
+
+    fn fresh(&self, key: &K) -> Option<V> {
+        let map = self.map.lock().expect("cache poisoned");
+        map.get(key).filter(|(_, at)| at.elapsed() < self.ttl).map(|(v, _)| v.clone())
+    }
+
+    fn put(&self, key: K, value: V) {
+        let mut map = self.map.lock().expect("cache poisoned");
+        if map.len() >= EXPIRING_CAPACITY {
+            map.clear();
+        }
+        map.insert(key, (value, Instant::now()));
+    }
+
+    fn remove(&self, key: &K) {
+        self.map.lock().expect("cache poisoned").remove(key);
     }
 }
 
