@@ -14,8 +14,8 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::time::Instant;
 
-use crate::domain::{Seq, WebhookId};
-use crate::store::messages::{self, NewMessage};
+use crate::domain::WebhookId;
+use crate::store::messages::{self, NewMessage, Stored};
 use crate::store::{StoreError, StoreResult};
 
 #[derive(Debug, Clone, Copy)]
@@ -37,7 +37,7 @@ impl Default for GroupCommitConfig {
 struct Pending {
     webhook: WebhookId,
     message: NewMessage,
-    reply: oneshot::Sender<StoreResult<Seq>>,
+    reply: oneshot::Sender<StoreResult<Stored>>,
 }
 
 /// The ingestion writer. Cloning shares it; it stops once every clone is dropped and the
@@ -57,8 +57,8 @@ impl GroupCommitter {
         Self { queue }
     }
 
-    /// Writes the message durably and returns its seq, once its batch has committed.
-    pub async fn submit(&self, webhook: WebhookId, message: NewMessage) -> StoreResult<Seq> {
+    /// Writes the message durably and returns where it stands, once its batch has committed.
+    pub async fn submit(&self, webhook: WebhookId, message: NewMessage) -> StoreResult<Stored> {
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::Database(sqlx::Error::PoolClosed);
         self.queue.send(Pending { webhook, message, reply }).await.map_err(|_| stopped())?;
@@ -94,8 +94,8 @@ async fn write(pool: &PgPool, batch: Vec<Pending>) {
     let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| ((p.webhook, p.message), p.reply)).unzip();
     match messages::insert_many(pool, &items).await {
         Ok(seqs) => {
-            for (reply, seq) in replies.into_iter().zip(seqs) {
-                let _ = reply.send(seq.ok_or(StoreError::NotFound("webhook")));
+            for (reply, stored) in replies.into_iter().zip(seqs) {
+                let _ = reply.send(stored.ok_or(StoreError::NotFound("webhook")));
             }
         }
         Err(e) if items.len() > 1 => {

@@ -48,6 +48,11 @@ impl<K: Eq + Hash> Limiters<K> {
 
     /// `limit` is what the 429 reports: the burst the quota allows.
     fn check(&self, key: K, quota: Quota) -> Result<(), Limited> {
+        self.check_n(key, quota, NonZeroU32::MIN)
+    }
+
+    /// Counts `n` at once (a batch): all admitted or none.
+    fn check_n(&self, key: K, quota: Quota, n: NonZeroU32) -> Result<(), Limited> {
         let mut map = self.map.lock().expect("rate limiter map poisoned");
         if map.len() >= LIMITERS_CAPACITY {
             // Idle limiters are full again, so dropping them loses nothing but busy ones' state.
@@ -57,10 +62,15 @@ impl<K: Eq + Hash> Limiters<K> {
         if entry.0 != quota {
             *entry = (quota, DefaultDirectRateLimiter::direct(quota));
         }
-        entry.1.check().map_err(|not_until| Limited {
-            per_second: quota.burst_size().get(),
-            retry_after: not_until.wait_time_from(DefaultClock::default().now()),
-        })
+        let per_second = quota.burst_size().get();
+        match entry.1.check_n(n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => {
+                Err(Limited { per_second, retry_after: not_until.wait_time_from(DefaultClock::default().now()) })
+            }
+            // More at once than a second's budget: never admissible as one batch.
+            Err(_) => Err(Limited { per_second, retry_after: Duration::from_secs(1) }),
+        }
     }
 }
 
@@ -119,6 +129,18 @@ impl RateLimits {
         operation: Operation,
         limits: &Limits,
     ) -> Result<(), Limited> {
+        self.webhook_n(project, webhook, operation, limits, NonZeroU32::MIN)
+    }
+
+    /// Counts `n` operations at once (a batch publish or dequeue).
+    pub fn webhook_n(
+        &self,
+        project: ProjectId,
+        webhook: WebhookId,
+        operation: Operation,
+        limits: &Limits,
+        n: NonZeroU32,
+    ) -> Result<(), Limited> {
         let per_second = match operation {
             Operation::Ingest => limits.ingest_per_second,
             Operation::Dequeue => limits.dequeue_per_second,
@@ -126,7 +148,7 @@ impl RateLimits {
         };
         match per_second {
             None => Ok(()),
-            Some(rate) => self.webhooks.check((project, webhook, operation), Quota::per_second(rate)),
+            Some(rate) => self.webhooks.check_n((project, webhook, operation), Quota::per_second(rate), n),
         }
     }
 

@@ -10,32 +10,6 @@ pub struct SettingError {
     pub rule: String,
 }
 
-macro_rules! bounded_setting {
-    ($(#[$doc:meta])* $name:ident, $field:literal, $min:expr, $max:expr, $default:expr) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub struct $name(i32);
-
-        impl $name {
-            pub const MIN: i32 = $min;
-            pub const MAX: i32 = $max;
-            pub const DEFAULT: Self = Self($default);
-
-            pub fn parse(value: i64) -> Result<Self, SettingError> {
-                if (Self::MIN as i64..=Self::MAX as i64).contains(&value) {
-                    Ok(Self(value as i32))
-                } else {
-                    Err(SettingError { field: $field, rule: format!("between {} and {}", Self::MIN, Self::MAX) })
-                }
-            }
-
-            pub fn get(self) -> i32 {
-                self.0
-            }
-        }
-    };
-}
-
 bounded_setting!(
     /// How long a dequeued message stays locked: the visibility timeout.
     LockTimeout, "lockTimeoutSeconds", 1, 43_200, 300

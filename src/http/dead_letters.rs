@@ -2,17 +2,20 @@
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ErrorBody};
+use super::error::{parse_json, ApiError, ErrorBody};
 use super::messages::ids;
 use super::{id, ApiState, Authenticated, PageQuery};
 use crate::domain::{MessageId, MessageState, Scope, Seq, WebhookId};
-use crate::store::dead_letters as store;
+use crate::store::dead_letters::{self as store, DeadLetterFilter};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    // The bulk routes before `{message_id}`: "retry" and "discard" are not message ids.
     cfg.route("/webhooks/{webhook_id}/errors", web::get().to(list))
+        .route("/webhooks/{webhook_id}/errors/retry", web::post().to(retry_all))
+        .route("/webhooks/{webhook_id}/errors/discard", web::post().to(discard_all))
         .route("/webhooks/{webhook_id}/errors/{message_id}/retry", web::post().to(retry))
         .route("/webhooks/{webhook_id}/errors/{message_id}", web::delete().to(discard));
 }
@@ -46,19 +49,70 @@ pub struct Redriven {
     pub status: MessageState,
 }
 
-/// Dead letters in queue order.
+/// Which dead letters: all, or those that died in a time range or whose last error
+/// contains a text.
+#[derive(Debug, Default, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeadLetterSelection {
+    /// Died at or after this time (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Died before this time (RFC 3339).
+    pub until: Option<DateTime<Utc>>,
+    /// Case-insensitive text the last error contains.
+    pub error: Option<String>,
+}
+
+impl From<DeadLetterSelection> for DeadLetterFilter {
+    fn from(s: DeadLetterSelection) -> Self {
+        Self { since: s.since, until: s.until, error: s.error.filter(|e| !e.is_empty()) }
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeadLetterQuery {
+    /// Page size, 1 to 100 (default 50).
+    pub limit: Option<i64>,
+    /// `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Died at or after this time (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Died before this time (RFC 3339).
+    pub until: Option<DateTime<Utc>>,
+    /// Case-insensitive text the last error contains.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetriedAll {
+    /// How many dead letters went back to the queue.
+    pub retried: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DiscardedAll {
+    /// How many dead letters were deleted.
+    pub discarded: u64,
+}
+
+/// Dead letters in queue order, optionally filtered by when they died and their error.
 #[utoipa::path(get, path = "/api/webhooks/{webhook_id}/errors", tag = "dead letters",
-    params(("webhook_id" = String, Path), PageQuery), security(("api_key" = [])),
+    params(("webhook_id" = String, Path), DeadLetterQuery), security(("api_key" = [])),
     responses((status = 200, body = DeadLetterPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"),
               (status = 404, body = ErrorBody)))]
 pub async fn list(
     auth: Authenticated,
     state: web::Data<ApiState>,
     path: web::Path<String>,
-    page: web::Query<PageQuery>,
+    query: web::Query<DeadLetterQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let webhook: WebhookId = id(&path, "webhook")?;
     auth.require(Scope::Consume, Some(&webhook))?;
+    let query = query.into_inner();
+    let page = PageQuery { limit: query.limit, cursor: query.cursor };
+    let filter = DeadLetterSelection { since: query.since, until: query.until, error: query.error }.into();
     let limit = page.limit()?;
     let after = match &page.cursor {
         None => None,
@@ -67,7 +121,7 @@ pub async fn list(
         }
     };
     let mut conn = state.pool.acquire().await?;
-    let rows = store::list(&mut conn, auth.project(), &webhook, after, limit + 1).await?;
+    let rows = store::list(&mut conn, auth.project(), &webhook, &filter, after, limit + 1).await?;
     let more = rows.len() as i64 > limit;
     let data: Vec<_> = rows
         .into_iter()
@@ -117,4 +171,45 @@ pub async fn discard(
     let mut conn = state.pool.acquire().await?;
     store::discard(&mut conn, auth.project(), &webhook, &message).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Put every selected dead letter back in the queue at its original position, retry
+/// counters reset. Reports how many.
+#[utoipa::path(post, path = "/api/webhooks/{webhook_id}/errors/retry", tag = "dead letters",
+    params(("webhook_id" = String, Path)), request_body(content = Option<DeadLetterSelection>),
+    security(("api_key" = [])),
+    responses((status = 200, body = RetriedAll), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn retry_all(
+    auth: Authenticated,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let webhook: WebhookId = id(&path, "webhook")?;
+    auth.require(Scope::Consume, Some(&webhook))?;
+    let selection: DeadLetterSelection = parse_json(&body, true)?;
+    let mut conn = state.pool.acquire().await?;
+    let retried = store::retry_all(&mut conn, auth.project(), &webhook, &selection.into()).await?;
+    Ok(HttpResponse::Ok().json(RetriedAll { retried }))
+}
+
+/// Delete every selected dead letter for good. Reports how many.
+#[utoipa::path(post, path = "/api/webhooks/{webhook_id}/errors/discard", tag = "dead letters",
+    params(("webhook_id" = String, Path)), request_body(content = Option<DeadLetterSelection>),
+    security(("api_key" = [])),
+    responses((status = 200, body = DiscardedAll), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn discard_all(
+    auth: Authenticated,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let webhook: WebhookId = id(&path, "webhook")?;
+    auth.require(Scope::Consume, Some(&webhook))?;
+    let selection: DeadLetterSelection = parse_json(&body, true)?;
+    let mut conn = state.pool.acquire().await?;
+    let discarded = store::discard_all(&mut conn, auth.project(), &webhook, &selection.into()).await?;
+    Ok(HttpResponse::Ok().json(DiscardedAll { discarded }))
 }

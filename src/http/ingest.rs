@@ -11,10 +11,11 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
 use super::{id, ApiState};
-use crate::domain::{MessageId, Payload, Seq, WebhookId};
+use crate::domain::{IdempotencyKey, MessageId, Payload, Priority, Seq, WebhookId};
 use crate::limits::Operation;
 use crate::signature::{Scheme, SigningKey};
-use crate::store::messages::NewMessage;
+use crate::store::messages::{DeliveryOptions, NewMessage, Stored};
+use crate::store::projects::IngestTarget;
 use crate::store::webhooks::StoredSignature;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -44,15 +45,53 @@ pub struct Accepted {
     /// Position in the webhook's queue.
     #[schema(value_type = i64)]
     pub seq: Seq,
+    /// true: the idempotency key was seen within 24 hours; this is the original message and
+    /// nothing new was stored.
+    pub duplicate: bool,
+}
+
+impl From<Stored> for Accepted {
+    fn from(s: Stored) -> Self {
+        Self { id: s.id, seq: s.seq, duplicate: s.duplicate }
+    }
+}
+
+/// Sets a message's priority at ingestion, on webhooks with priorities enabled.
+pub const PRIORITY_HEADER: &str = "x-hookline-priority";
+
+/// The delivery options a sender sets in headers: a priority, an idempotency key.
+fn options_from_headers(req: &HttpRequest, target: &IngestTarget) -> Result<DeliveryOptions, ApiError> {
+    let header = |name: &str| req.headers().get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let priority = match header(PRIORITY_HEADER) {
+        None => Priority::default(),
+        Some(_) if !target.priorities => {
+            return Err(ApiError::Validation(
+                "X-Hookline-Priority: priorities are not enabled on this webhook (set priorities: true)".into(),
+            ))
+        }
+        Some(value) => Priority::from_header(value)?,
+    };
+    let idempotency_key = match header("idempotency-key") {
+        Some(value) => Some(IdempotencyKey::parse("Idempotency-Key", value)?),
+        None if target.idempotency_from_webhook_id => {
+            header("webhook-id").map(|v| IdempotencyKey::parse("webhook-id", v)).transpose()?
+        }
+        None => None,
+    };
+    Ok(DeliveryOptions { priority, idempotency_key, ..DeliveryOptions::default() })
 }
 
 /// Ingest a webhook delivery: any content type, stored encrypted with its headers.
 #[utoipa::path(post, path = "/ingest/{webhook_id}", tag = "ingest",
-    params(("webhook_id" = String, Path, description = "The webhook's id, the secret part of its ingestUrl")),
+    params(("webhook_id" = String, Path, description = "The webhook's id, the secret part of its ingestUrl"),
+           ("X-Hookline-Priority" = Option<u8>, Header, description = "0 to 10, on webhooks with priorities enabled"),
+           ("Idempotency-Key" = Option<String>, Header,
+            description = "A repeat within 24 hours answers the original (200) and stores nothing; on webhooks with idempotencyFromWebhookId, the webhook-id header serves when this is absent")),
     request_body(content = Vec<u8>, content_type = "*/*", description = "Any body up to HOOKLINE_MAX_BODY_BYTES"),
-    responses((status = 202, body = Accepted),
+    responses((status = 202, body = Accepted), (status = 200, body = Accepted, description = "A duplicate: the original message"),
               (status = 401, body = ErrorBody, description = "invalid_signature: the webhook requires a valid signature"),
               (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 422, body = ErrorBody, description = "A bad X-Hookline-Priority or Idempotency-Key; nothing stored"),
               (status = 429, body = ErrorBody, description = "The webhook's ingestion rate limit; nothing stored")))]
 #[tracing::instrument(skip_all, fields(path = req.path()))]
 pub async fn ingest(
@@ -69,6 +108,7 @@ pub async fn ingest(
     let limits = &target.limits;
     state.limits.webhook(target.project, webhook, Operation::Ingest, limits).map_err(ApiError::RateLimited)?;
     let max_body = limits.max_body_bytes.map_or(state.max_body_bytes, |plan| plan.min(state.max_body_bytes));
+    let options = options_from_headers(&req, &target)?;
     let body = read_limited(&req, body, max_body).await?;
     let replay_mark = match &target.signature {
         Some(signature) => Some(check_signature(&state, &webhook, signature, &req, &body)?),
@@ -82,8 +122,8 @@ pub async fn ingest(
         .collect();
     let message = MessageId::new_random();
     let sealed = state.keys.seal(&webhook, &message, &Payload { headers, body }.encode());
-    let seq = match state.ingest.submit(webhook, NewMessage { id: message, sealed }).await {
-        Ok(seq) => seq,
+    let stored = match state.ingest.submit(webhook, NewMessage { id: message, sealed, options }).await {
+        Ok(stored) => stored,
         Err(e) => {
             // Not stored: the sender's retry of this very request must not count as a replay.
             if let Some(mark) = replay_mark.flatten() {
@@ -92,7 +132,8 @@ pub async fn ingest(
             return Err(e.into());
         }
     };
-    Ok(HttpResponse::Accepted().json(Accepted { id: message, seq }))
+    let mut reply = if stored.duplicate { HttpResponse::Ok() } else { HttpResponse::Accepted() };
+    Ok(reply.json(Accepted::from(stored)))
 }
 
 /// Verifies the sender's signature (401, nothing stored, when it fails). Returns the
@@ -121,7 +162,7 @@ fn check_signature(
 }
 
 /// Reads the body, refusing (413) as soon as it passes `limit`.
-async fn read_limited(req: &HttpRequest, mut body: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+pub(super) async fn read_limited(req: &HttpRequest, mut body: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
     let declared =
         req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {

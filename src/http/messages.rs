@@ -14,7 +14,10 @@ use utoipa::ToSchema;
 
 use super::error::{parse_json, ApiError, ErrorBody};
 use super::{id, ApiState, Authenticated};
-use crate::domain::{LockTimeout, LockToken, MessageId, MessageState, Payload, Scope, Seq, WebhookId};
+use crate::domain::{
+    LockTimeout, LockToken, MaxMessages, MessageId, MessageState, Payload, Priority, Scope, Seq, SettingError,
+    WebhookId,
+};
 use crate::limits::Operation;
 use crate::store::messages::{self as store, LockedMessage, LockedRef};
 
@@ -24,6 +27,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/webhooks/{webhook_id}/messages")
             .route("/dequeue", web::post().to(dequeue))
+            .route("", web::post().to(super::publish::publish))
+            .route("/batch", web::post().to(super::publish::publish_batch))
             .route("/{message_id}/commit", web::post().to(commit))
             .route("/{message_id}/error", web::post().to(error))
             .route("/{message_id}/extend", web::post().to(extend))
@@ -47,6 +52,9 @@ pub struct DeliveredMessage {
     pub retry_count: i32,
     pub max_retries: i32,
     pub received_at: DateTime<Utc>,
+    /// 0 to 10, higher delivered first (0 unless the webhook has priorities enabled).
+    #[schema(value_type = i32)]
+    pub priority: Priority,
     /// The request headers as received (hop-by-hop ones removed); repeated names joined by ", ".
     pub headers: BTreeMap<String, String>,
     pub content_type: Option<String>,
@@ -111,16 +119,23 @@ pub struct MessageStatus {
     pub lock_expires_at: Option<DateTime<Utc>>,
     pub committed_at: Option<DateTime<Utc>>,
     pub dead_at: Option<DateTime<Utc>>,
+    #[schema(value_type = i32)]
+    pub priority: Priority,
+    /// When a delayed message joins its queue.
+    pub deliver_at: Option<DateTime<Utc>>,
 }
 
 const MAX_REASON_CHARS: usize = 2000;
 
-/// Lock and receive the head of the queue; 204 when nothing can be delivered (empty, or
-/// the head message is locked by another consumer). With `?wait=N`, long-poll.
+/// Lock and receive what can be delivered: in a FIFO webhook the head of the queue (204
+/// while it is locked by another consumer, or when the queue is empty), in a standard
+/// webhook up to `maxMessages` at once. With `?wait=N`, long-poll.
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/dequeue", tag = "messages",
     params(("webhook_id" = String, Path), DequeueQuery), security(("api_key" = [])),
-    responses((status = 200, body = DeliveredMessage), (status = 204, description = "Nothing to deliver"),
+    responses((status = 200, body = DeliveredMessage, description = "Without maxMessages: one message. With maxMessages: a DeliveredBatch"),
+              (status = 204, description = "Nothing to deliver"),
               (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"), (status = 404, body = ErrorBody),
+              (status = 422, body = ErrorBody),
               (status = 500, body = ErrorBody, description = "payload_unreadable: the message was dead-lettered")))]
 #[tracing::instrument(skip_all, fields(webhook_id = %path))]
 pub async fn dequeue(
@@ -136,6 +151,11 @@ pub async fn dequeue(
         Some(s @ 0..=MAX_WAIT_SECONDS) => Duration::from_secs(s),
         Some(_) => return Err(ApiError::Validation(format!("wait must be between 0 and {MAX_WAIT_SECONDS} seconds"))),
     };
+    let max = query.max_messages.map(MaxMessages::parse).transpose()?;
+    let visibility = query
+        .visibility_timeout
+        .map(|v| LockTimeout::parse(v).map_err(|e| SettingError { field: "visibilityTimeout", ..e }))
+        .transpose()?;
     auth.rate_limit(&state, webhook, Operation::Dequeue)?;
     let deadline = tokio::time::Instant::now() + wait;
     let wakeup = state.wakeups.subscribe(webhook);
@@ -144,10 +164,26 @@ pub async fn dequeue(
         let woken = wakeup.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        if let Some(locked) = store::dequeue(&state.pool, auth.project(), &webhook).await? {
-            return Ok(HttpResponse::Ok().json(deliver(&state, &webhook, locked).await?));
+        let locked = store::dequeue(&state.pool, auth.project(), &webhook, max.unwrap_or_default(), visibility).await?;
+        if !locked.is_empty() {
+            return match max {
+                None => {
+                    let first = locked.into_iter().next().expect("not empty");
+                    Ok(HttpResponse::Ok().json(deliver(&state, &webhook, first).await?))
+                }
+                Some(_) => deliver_batch(&state, &webhook, locked).await,
+            };
         }
-        if tokio::time::timeout_at(deadline, woken).await.is_err() {
+        if wait.is_zero() {
+            return Ok(HttpResponse::NoContent().finish());
+        }
+        // A delay running out or a lock expiring wakes nobody: wait no longer than that.
+        let due = store::next_due(&state.pool, &webhook).await?.map(|at| {
+            let from_now = (at - Utc::now()).to_std().unwrap_or_default().max(MIN_RECHECK);
+            tokio::time::Instant::now() + from_now
+        });
+        let until = due.map_or(deadline, |due| due.min(deadline));
+        if tokio::time::timeout_at(until, woken).await.is_err() && until == deadline {
             return Ok(HttpResponse::NoContent().finish());
         }
     }
@@ -156,13 +192,48 @@ pub async fn dequeue(
 /// Longest long-poll a dequeue may ask for.
 const MAX_WAIT_SECONDS: u64 = 20;
 
+/// Shortest pause before re-checking a queue whose next due time has (by our clock) passed.
+const MIN_RECHECK: Duration = Duration::from_millis(20);
+
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DequeueQuery {
     /// Long-poll: hold the request up to this many seconds (at most 20) until a message can
     /// be delivered, then answer it, or 204 when the time runs out.
     pub wait: Option<u64>,
+    /// Lock up to this many messages (1 to 100) and answer a DeliveredBatch. A FIFO webhook
+    /// has at most one message in flight, so it answers at most one.
+    pub max_messages: Option<i64>,
+    /// Seconds these locks last (1 to 43200), instead of the webhook's lockTimeoutSeconds.
+    pub visibility_timeout: Option<i64>,
+}
+
+/// What a dequeue with `maxMessages` answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveredBatch {
+    /// In delivery order: priority, then seq.
+    pub messages: Vec<DeliveredMessage>,
+}
+
+/// Opens each message; unreadable ones are dead-lettered and left out.
+async fn deliver_batch(
+    state: &ApiState,
+    webhook: &WebhookId,
+    locked: Vec<LockedMessage>,
+) -> Result<HttpResponse, ApiError> {
+    let mut messages = Vec::with_capacity(locked.len());
+    for m in locked {
+        match deliver(state, webhook, m).await {
+            Ok(delivered) => messages.push(delivered),
+            Err(ApiError::UnreadablePayload(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if messages.is_empty() {
+        return Ok(HttpResponse::NoContent().finish());
+    }
+    Ok(HttpResponse::Ok().json(DeliveredBatch { messages }))
 }
 
 /// Opens a locked message for its consumer. One that cannot be opened goes to the
@@ -195,6 +266,7 @@ async fn deliver(state: &ApiState, webhook: &WebhookId, m: LockedMessage) -> Res
         retry_count: m.retry_count,
         max_retries: m.max_retries,
         received_at: m.received_at,
+        priority: m.priority,
         headers,
         content_type,
         body,
@@ -354,6 +426,8 @@ pub async fn get(
         lock_expires_at: m.lock_expires_at,
         committed_at: m.committed_at,
         dead_at: m.dead_at,
+        priority: m.priority,
+        deliver_at: m.deliver_at,
     }))
 }
 

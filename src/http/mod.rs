@@ -8,6 +8,8 @@ mod ingest;
 mod keys;
 mod messages;
 pub mod openapi;
+mod publish;
+mod queue;
 mod session;
 mod webhooks;
 
@@ -64,6 +66,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::scope("/api")
             .configure(messages::routes)
             .configure(dead_letters::routes)
+            .configure(queue::routes)
             .configure(webhooks::routes)
             .configure(keys::routes)
             .configure(session::routes),
@@ -113,7 +116,19 @@ impl Authenticated {
 
     /// Counts one `operation` on `webhook` against the project's plan.
     pub fn rate_limit(&self, state: &ApiState, webhook: WebhookId, operation: Operation) -> Result<(), ApiError> {
-        state.limits.webhook(self.project(), webhook, operation, &self.limits).map_err(ApiError::RateLimited)
+        self.rate_limit_n(state, webhook, operation, 1)
+    }
+
+    /// Counts `n` operations at once (a batch), all admitted or none.
+    pub fn rate_limit_n(
+        &self,
+        state: &ApiState,
+        webhook: WebhookId,
+        operation: Operation,
+        n: usize,
+    ) -> Result<(), ApiError> {
+        let n = std::num::NonZeroU32::new(n.clamp(1, u32::MAX as usize) as u32).unwrap_or(std::num::NonZeroU32::MIN);
+        state.limits.webhook_n(self.project(), webhook, operation, &self.limits, n).map_err(ApiError::RateLimited)
     }
 }
 

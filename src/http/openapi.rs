@@ -5,21 +5,23 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{dead_letters, error, health, ingest, keys, messages, session, webhooks};
+use super::{dead_letters, error, health, ingest, keys, messages, publish, queue, session, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "hookline", description = "Webhook ingestion broker: per-webhook strict FIFO queues on PostgreSQL."),
+    info(title = "hookline", description = "Webhook ingestion broker: per-webhook strict FIFO or standard queues on PostgreSQL."),
     paths(
         health::healthz, health::readyz,
         ingest::ingest,
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,
+        queue::stats, queue::purge,
+        publish::publish, publish::publish_batch,
         messages::dequeue, messages::commit, messages::error, messages::extend, messages::get,
-        dead_letters::list, dead_letters::retry, dead_letters::discard,
+        dead_letters::list, dead_letters::retry_all, dead_letters::discard_all, dead_letters::retry, dead_letters::discard,
         keys::create, keys::list, keys::revoke,
         session::login, session::current, session::logout,
     ),
-    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    components(schemas(error::ErrorBody, error::ErrorDetail, messages::DeliveredBatch)),
     modifiers(&ApiKeyAuth),
 )]
 pub struct ApiDoc;

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use super::error::{parse_json, ApiError, ErrorBody};
 use super::{id, ApiState, Authenticated, PageQuery};
-use crate::domain::{LockTimeout, MaxRetries, Scope, WebhookId, WebhookName};
+use crate::domain::{DeliveryMode, LockTimeout, MaxRetries, Scope, WebhookId, WebhookName};
 use crate::signature::{Scheme, SigningKey};
 use crate::store::webhooks::StoredSignature;
 use crate::store::webhooks::{self as store, NewWebhook, Webhook, WebhookChanges};
@@ -37,6 +37,14 @@ pub struct CreateWebhook {
     pub ttl_days: Option<i64>,
     /// Require senders to sign each request (401 and nothing stored otherwise).
     pub signature: Option<SignatureSettings>,
+    /// `fifo` (default): strict order, one message in flight, head-of-line blocking.
+    /// `standard`: many in flight at once for concurrent consumers. Fixed at creation.
+    pub mode: Option<String>,
+    /// Let producers set a priority (0 to 10, higher first). Default false.
+    pub priorities: Option<bool>,
+    /// Use a Standard Webhooks sender's `webhook-id` header as the idempotency key when no
+    /// `Idempotency-Key` header is sent. Default false.
+    pub idempotency_from_webhook_id: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -50,6 +58,10 @@ pub struct UpdateWebhook {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<SignatureSettings>)]
     pub signature: Option<Option<SignatureSettings>>,
+    /// Not changeable: refused with 422 (create a new webhook instead).
+    pub mode: Option<String>,
+    pub priorities: Option<bool>,
+    pub idempotency_from_webhook_id: Option<bool>,
 }
 
 /// Tells a field set to null (Some(None)) from one left out (None).
@@ -89,6 +101,9 @@ pub struct WebhookResponse {
     pub ttl_days: i32,
     /// The signing requirement, if any (never the secret).
     pub signature: Option<SignatureInfo>,
+    pub mode: DeliveryMode,
+    pub priorities: bool,
+    pub idempotency_from_webhook_id: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -112,6 +127,9 @@ fn respond(state: &ApiState, w: Webhook) -> WebhookResponse {
         signature: w
             .signature_scheme
             .map(|scheme| SignatureInfo { scheme, tolerance_seconds: w.signature_tolerance_seconds }),
+        mode: w.mode,
+        priorities: w.priorities,
+        idempotency_from_webhook_id: w.idempotency_from_webhook_id,
         created_at: w.created_at,
         updated_at: w.updated_at,
     }
@@ -137,6 +155,9 @@ pub async fn create(
         lock_timeout: req.lock_timeout_seconds.map(LockTimeout::parse).transpose()?.unwrap_or(LockTimeout::DEFAULT),
         max_retries: req.max_retries.map(MaxRetries::parse).transpose()?.unwrap_or(MaxRetries::DEFAULT),
         ttl_days: limits.ttl_days(req.ttl_days)?,
+        mode: req.mode.as_deref().map(DeliveryMode::parse).transpose()?.unwrap_or_default(),
+        priorities: req.priorities.unwrap_or(false),
+        idempotency_from_webhook_id: req.idempotency_from_webhook_id.unwrap_or(false),
     };
     let signing = req.signature.as_ref().map(parse_signature).transpose()?;
     let mut tx = state.pool.begin().await?;
@@ -204,6 +225,10 @@ pub async fn update(
     let webhook_id: WebhookId = id(&path, "webhook")?;
     auth.require(Scope::Manage, Some(&webhook_id))?;
     let req: UpdateWebhook = parse_json(&body, false)?;
+    if req.mode.is_some() {
+        // Switching modes under consumers would strand locks of the other kind.
+        return Err(ApiError::Validation("mode is fixed at creation; create a new webhook to change it".into()));
+    }
     let changes = WebhookChanges {
         name: req.name.as_deref().map(WebhookName::parse).transpose()?,
         lock_timeout: req.lock_timeout_seconds.map(LockTimeout::parse).transpose()?,
@@ -214,6 +239,8 @@ pub async fn update(
                 Some(crate::store::projects::limits(&state.pool, auth.project()).await?.ttl_days(Some(days))?)
             }
         },
+        priorities: req.priorities,
+        idempotency_from_webhook_id: req.idempotency_from_webhook_id,
     };
     let signing = match &req.signature {
         None => None,

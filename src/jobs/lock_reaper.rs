@@ -1,4 +1,4 @@
-//! Releases locks whose holder went quiet: each expired lock is a failed attempt, so the
+//! Releases locks whose holder went quiet (FIFO and standard mode alike): each expired lock is a failed attempt, so the
 //! message goes back to its position with retry_count + 1, or dead at max_retries.
 //! Dequeue does the same for its own webhook; this catches queues nobody is polling.
 
@@ -26,11 +26,14 @@ impl LockReaper {
     pub async fn run_once(&self) -> Result<u64, sqlx::Error> {
         super::in_batches(&self.pool, super::REAPER_LOCK, self.batch, |tx, batch| {
             async move {
-                let n: i32 = sqlx::query_scalar("SELECT hookline_release_expired_locks($1::int)")
-                    .bind(batch)
-                    .fetch_one(tx)
-                    .await?;
-                Ok(n as u64)
+                // FIFO locks live on webhook rows, standard-mode locks on message rows.
+                let (fifo, standard): (i32, i32) = sqlx::query_as(
+                    "SELECT hookline_release_expired_locks($1::int), hookline_release_expired_message_locks(NULL, $1::int)",
+                )
+                .bind(batch)
+                .fetch_one(tx)
+                .await?;
+                Ok((fifo + standard) as u64)
             }
             .boxed()
         })

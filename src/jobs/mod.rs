@@ -2,11 +2,13 @@
 //! directly; tokio-cron-scheduler only decides when. Each run holds a PostgreSQL advisory
 //! lock, so with many replicas one of them does the work.
 
+mod count_folder;
 mod lock_reaper;
 mod ttl_purger;
 
 use std::time::Duration;
 
+pub use count_folder::CountFolder;
 pub use lock_reaper::LockReaper;
 use sqlx::PgPool;
 use tokio_cron_scheduler::{Job, JobScheduler};
@@ -15,11 +17,13 @@ pub use ttl_purger::TtlPurger;
 /// Advisory lock keys, one per job (arbitrary constants, "hl" + job number).
 const REAPER_LOCK: i64 = 0x686c_0001;
 const PURGER_LOCK: i64 = 0x686c_0002;
+const FOLDER_LOCK: i64 = 0x686c_0003;
 
 pub const REAPER_EVERY: Duration = Duration::from_secs(60);
 pub const PURGER_EVERY: Duration = Duration::from_secs(15 * 60);
+pub const FOLDER_EVERY: Duration = Duration::from_secs(60);
 
-/// Starts the scheduler with both jobs. Shut it down with `JobScheduler::shutdown`.
+/// Starts the scheduler with every job. Shut it down with `JobScheduler::shutdown`.
 pub async fn start(pool: PgPool) -> anyhow::Result<JobScheduler> {
     let scheduler = JobScheduler::new().await?;
     let reaper = LockReaper::new(pool.clone());
@@ -31,6 +35,17 @@ pub async fn start(pool: PgPool) -> anyhow::Result<JobScheduler> {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(released = n, "released expired locks"),
                     Err(e) => tracing::error!(error = ?e, "lock reaper failed"),
+                }
+            })
+        })?)
+        .await?;
+    let folder = CountFolder::new(pool.clone());
+    scheduler
+        .add(Job::new_repeated_async(FOLDER_EVERY, move |_, _| {
+            let folder = folder.clone();
+            Box::pin(async move {
+                if let Err(e) = folder.run_once().await {
+                    tracing::error!(error = ?e, "count folder failed");
                 }
             })
         })?)

@@ -44,6 +44,14 @@ impl TtlPurger {
                 )
                 .execute(&mut *tx)
                 .await?;
+                // Idempotency keys answer for 24 hours, then they are free again.
+                sqlx::query(
+                    "DELETE FROM idempotency_keys WHERE ctid IN (
+                         SELECT ctid FROM idempotency_keys WHERE created_at <= now() - interval '24 hours' LIMIT $1)",
+                )
+                .bind(batch)
+                .execute(&mut *tx)
+                .await?;
                 Ok(done.rows_affected())
             }
             .boxed()

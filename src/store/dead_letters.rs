@@ -28,21 +28,41 @@ pub struct DeadLetter {
     pub dead_at: DateTime<Utc>,
 }
 
+/// Which dead letters a listing or a bulk action covers; empty: all of them.
+#[derive(Debug, Default, Clone)]
+pub struct DeadLetterFilter {
+    /// Died at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Died before.
+    pub until: Option<DateTime<Utc>>,
+    /// Case-insensitive substring of the last error.
+    pub error: Option<String>,
+}
+
+/// The filter as SQL over `messages`, its parameters starting at $2 ($1 is the webhook).
+const FILTERED: &str = "webhook_id = $1 AND state = 'dead'
+    AND ($2::timestamptz IS NULL OR dead_at >= $2) AND ($3::timestamptz IS NULL OR dead_at < $3)
+    AND ($4::text IS NULL OR strpos(lower(last_error), lower($4)) > 0)";
+
 /// A page in seq order after the seq `after`. Checks the webhook belongs to the project.
 pub async fn list(
     db: &mut PgConnection,
     project: ProjectId,
     webhook: &WebhookId,
+    filter: &DeadLetterFilter,
     after: Option<Seq>,
     limit: i64,
 ) -> StoreResult<Vec<DeadLetter>> {
     super::webhooks::get(&mut *db, project, webhook).await?;
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows: Vec<Row> = sqlx::query_as(&format!(
         "SELECT id, seq, last_error, retry_count, received_at, dead_at FROM messages
-         WHERE webhook_id = $1 AND state = 'dead' AND seq > $2
-         ORDER BY seq LIMIT $3",
-    )
+         WHERE {FILTERED} AND seq > $5
+         ORDER BY seq LIMIT $6"
+    ))
     .bind(webhook.as_uuid())
+    .bind(filter.since)
+    .bind(filter.until)
+    .bind(filter.error.as_deref())
     .bind(after.map_or(0, |s| s.0))
     .bind(limit)
     .fetch_all(&mut *db)
@@ -103,6 +123,44 @@ pub async fn discard(
         return Err(not_dead(db, project, webhook, message).await);
     }
     Ok(())
+}
+
+/// Every dead letter the filter covers -> queued at its original seq, retries reset.
+/// Returns how many.
+pub async fn retry_all(
+    db: &mut PgConnection,
+    project: ProjectId,
+    webhook: &WebhookId,
+    filter: &DeadLetterFilter,
+) -> StoreResult<u64> {
+    super::webhooks::get(&mut *db, project, webhook).await?;
+    let done =
+        sqlx::query(&format!("UPDATE messages SET state = 'queued', retry_count = 0, dead_at = NULL WHERE {FILTERED}"))
+            .bind(webhook.as_uuid())
+            .bind(filter.since)
+            .bind(filter.until)
+            .bind(filter.error.as_deref())
+            .execute(&mut *db)
+            .await?;
+    Ok(done.rows_affected())
+}
+
+/// Every dead letter the filter covers -> gone. Returns how many.
+pub async fn discard_all(
+    db: &mut PgConnection,
+    project: ProjectId,
+    webhook: &WebhookId,
+    filter: &DeadLetterFilter,
+) -> StoreResult<u64> {
+    super::webhooks::get(&mut *db, project, webhook).await?;
+    let done = sqlx::query(&format!("DELETE FROM messages WHERE {FILTERED}"))
+        .bind(webhook.as_uuid())
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(filter.error.as_deref())
+        .execute(&mut *db)
+        .await?;
+    Ok(done.rows_affected())
 }
 
 async fn not_dead(db: impl PgExecutor<'_>, project: ProjectId, webhook: &WebhookId, message: &MessageId) -> StoreError {

@@ -1,35 +1,147 @@
 //! Messages: ingestion (a batch per transaction), the strict-FIFO dequeue, and the
 //! commit / error transitions of a locked message.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use super::{not_found_as, StoreError, StoreResult};
 use crate::crypto::{KeyId, Sealed};
-use crate::domain::{LockToken, MessageId, MessageState, ProjectId, Seq, WebhookId};
+use crate::domain::{
+    DelaySeconds, IdempotencyKey, LockTimeout, LockToken, MaxMessages, MessageId, MessageState, Priority, ProjectId,
+    Seq, TtlSeconds, WebhookId,
+};
 
 /// A message ready to insert: its id chosen and its payload sealed by the caller.
 pub struct NewMessage {
     pub id: MessageId,
     pub sealed: Sealed,
+    pub options: DeliveryOptions,
 }
 
-/// Inserts messages, possibly for many webhooks, each webhook's in input order, in one
-/// statement (one round trip, atomic). Seq ranges come from the webhooks' counter rows,
-/// locked in webhook-id order before any is updated (the aggregate over `locked` consumes it
-/// whole first), so two concurrent batches never deadlock. Returns each item's seq in input
-/// order, None where the webhook does not exist.
-pub async fn insert_many(pool: &PgPool, items: &[(WebhookId, NewMessage)]) -> StoreResult<Vec<Option<Seq>>> {
-    let webhooks: Vec<Uuid> = items.iter().map(|(w, _)| *w.as_uuid()).collect();
-    let ids: Vec<Uuid> = items.iter().map(|(_, m)| *m.id.as_uuid()).collect();
-    let key_ids: Vec<i32> = items.iter().map(|(_, m)| m.sealed.key_id.0).collect();
-    let nonces: Vec<&[u8]> = items.iter().map(|(_, m)| m.sealed.nonce.as_slice()).collect();
-    let ciphertexts: Vec<&[u8]> = items.iter().map(|(_, m)| m.sealed.ciphertext.as_slice()).collect();
+/// What a producer may ask of one message's delivery.
+#[derive(Debug, Default, Clone)]
+pub struct DeliveryOptions {
+    pub priority: Priority,
+    pub delay: Option<DelaySeconds>,
+    /// Capped by the webhook's ttlDays.
+    pub ttl: Option<TtlSeconds>,
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+/// Where an accepted message stands: newly stored, or (`duplicate`) the message an earlier
+/// request with the same idempotency key stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub id: MessageId,
+    pub seq: Seq,
+    pub duplicate: bool,
+}
+
+/// Inserts messages, possibly for many webhooks, each webhook's in input order, atomically.
+/// Returns each item's outcome in input order, None where the webhook does not exist.
+///
+/// Without idempotency keys this is one statement. With them, one transaction that first
+/// claims the keys (in key order, so concurrent claimants cannot deadlock: a repeated key
+/// waits for the first claim to commit or roll back, then sees it), then inserts the
+/// messages whose keys it won.
+pub async fn insert_many(pool: &PgPool, items: &[(WebhookId, NewMessage)]) -> StoreResult<Vec<Option<Stored>>> {
+    if items.iter().all(|(_, m)| m.options.idempotency_key.is_none()) {
+        let seqs = insert_rows(pool, items.iter()).await?;
+        return Ok(items.iter().map(|(_, m)| stored_new(&seqs, &m.id)).collect());
+    }
+    // The first item of the batch to use a key claims it; later ones are its duplicates.
+    let mut claims: BTreeMap<(Uuid, &str), Uuid> = BTreeMap::new();
+    for (webhook, m) in items {
+        if let Some(key) = &m.options.idempotency_key {
+            claims.entry((*webhook.as_uuid(), key.as_str())).or_insert(*m.id.as_uuid());
+        }
+    }
+    let (claim_webhooks, claim_keys): (Vec<Uuid>, Vec<&str>) = claims.keys().copied().unzip();
+    let claim_ids: Vec<Uuid> = claims.values().copied().collect();
+
+    let mut tx = pool.begin().await?;
+    let won: HashSet<Uuid> = sqlx::query_scalar(
+        "INSERT INTO idempotency_keys AS k (webhook_id, key, message_id)
+         SELECT c.webhook_id, c.key, c.message_id
+         FROM unnest($1::uuid[], $2::text[], $3::uuid[]) WITH ORDINALITY AS c(webhook_id, key, message_id, ord)
+         WHERE EXISTS (SELECT 1 FROM webhooks w WHERE w.id = c.webhook_id)
+         ORDER BY c.ord
+         -- An expired key (over 24 hours old) is free to claim again.
+         ON CONFLICT (webhook_id, key) DO UPDATE SET message_id = EXCLUDED.message_id, seq = NULL, created_at = now()
+             WHERE k.created_at <= now() - interval '24 hours'
+         RETURNING message_id",
+    )
+    .bind(&claim_webhooks)
+    .bind(&claim_keys)
+    .bind(&claim_ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    let fresh = items.iter().filter(|(_, m)| m.options.idempotency_key.is_none() || won.contains(m.id.as_uuid()));
+    let seqs = insert_rows(&mut *tx, fresh).await?;
+    let won_ids: Vec<Uuid> = won.iter().copied().collect();
+    let won_seqs: Vec<i64> = won_ids.iter().map(|id| seqs.get(id).copied().unwrap_or(0)).collect();
+    sqlx::query(
+        "UPDATE idempotency_keys k SET seq = w.seq
+         FROM unnest($1::uuid[], $2::int8[]) AS w(message_id, seq), messages m
+         WHERE m.id = w.message_id AND k.webhook_id = m.webhook_id AND k.message_id = w.message_id",
+    )
+    .bind(&won_ids)
+    .bind(&won_seqs)
+    .execute(&mut *tx)
+    .await?;
+    let originals: Vec<(Uuid, String, Uuid, Option<i64>)> = sqlx::query_as(
+        "SELECT k.webhook_id, k.key, k.message_id, k.seq
+         FROM idempotency_keys k JOIN unnest($1::uuid[], $2::text[]) AS c(webhook_id, key)
+           ON k.webhook_id = c.webhook_id AND k.key = c.key",
+    )
+    .bind(&claim_webhooks)
+    .bind(&claim_keys)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    let originals: HashMap<(Uuid, &str), (Uuid, i64)> =
+        originals.iter().map(|(webhook, key, id, seq)| ((*webhook, key.as_str()), (*id, seq.unwrap_or(0)))).collect();
+    Ok(items
+        .iter()
+        .map(|(webhook, m)| match &m.options.idempotency_key {
+            None => stored_new(&seqs, &m.id),
+            Some(key) => {
+                let &(id, seq) = originals.get(&(*webhook.as_uuid(), key.as_str()))?;
+                Some(Stored { id: MessageId::from_uuid(id), seq: Seq(seq), duplicate: id != *m.id.as_uuid() })
+            }
+        })
+        .collect())
+}
+
+fn stored_new(seqs: &HashMap<Uuid, i64>, id: &MessageId) -> Option<Stored> {
+    seqs.get(id.as_uuid()).map(|&seq| Stored { id: *id, seq: Seq(seq), duplicate: false })
+}
+
+/// The insert itself, one statement. Seq ranges come from the webhooks' counter rows,
+/// locked in webhook-id order before any is updated (the aggregate over `locked` consumes
+/// it whole first), so two concurrent batches never deadlock. Returns id -> seq.
+async fn insert_rows<'a>(
+    db: impl PgExecutor<'_>,
+    items: impl Iterator<Item = &'a (WebhookId, NewMessage)>,
+) -> StoreResult<HashMap<Uuid, i64>> {
+    let mut columns = InsertColumns::default();
+    for (webhook, m) in items {
+        columns.push(webhook, m);
+    }
+    if columns.ids.is_empty() {
+        return Ok(HashMap::new());
+    }
     let rows: Vec<(Uuid, i64)> = sqlx::query_as(
         "WITH item AS (
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::bytea[], $5::bytea[])
-                 WITH ORDINALITY AS i(webhook_id, id, key_id, nonce, ciphertext, ord)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::bytea[], $5::bytea[], $6::int2[],
+                                  $7::int4[], $8::int4[])
+                 WITH ORDINALITY AS i(webhook_id, id, key_id, nonce, ciphertext, priority, delay, ttl, ord)
          ), locked AS MATERIALIZED (
              SELECT webhook_id FROM webhook_sequences WHERE webhook_id = ANY($1)
              ORDER BY webhook_id FOR UPDATE
@@ -42,24 +154,56 @@ pub async fn insert_many(pool: &PgPool, items: &[(WebhookId, NewMessage)]) -> St
              -- Long-poll consumers of these webhooks wake once this commits.
              RETURNING s.webhook_id, s.last_seq - n.count AS base, hookline_wake(s.webhook_id)
          )
-         INSERT INTO messages (webhook_id, seq, id, expires_at, key_id, nonce, ciphertext)
+         INSERT INTO messages (webhook_id, seq, id, expires_at, key_id, nonce, ciphertext, priority, deliver_at)
          SELECT item.webhook_id,
                 counter.base + row_number() OVER (PARTITION BY item.webhook_id ORDER BY item.ord),
-                item.id, now() + make_interval(days => w.ttl_days), item.key_id, item.nonce, item.ciphertext
+                item.id,
+                now() + CASE WHEN item.ttl IS NULL THEN make_interval(days => w.ttl_days)
+                             ELSE least(make_interval(days => w.ttl_days), make_interval(secs => item.ttl)) END,
+                item.key_id, item.nonce, item.ciphertext, item.priority,
+                CASE WHEN item.delay > 0 THEN now() + make_interval(secs => item.delay) END
          FROM item
          JOIN counter ON counter.webhook_id = item.webhook_id
          JOIN webhooks w ON w.id = item.webhook_id
          RETURNING id, seq",
     )
-    .bind(&webhooks)
-    .bind(&ids)
-    .bind(&key_ids)
-    .bind(&nonces)
-    .bind(&ciphertexts)
-    .fetch_all(pool)
+    .bind(&columns.webhooks)
+    .bind(&columns.ids)
+    .bind(&columns.key_ids)
+    .bind(&columns.nonces)
+    .bind(&columns.ciphertexts)
+    .bind(&columns.priorities)
+    .bind(&columns.delays)
+    .bind(&columns.ttls)
+    .fetch_all(db)
     .await?;
-    let seqs: std::collections::HashMap<Uuid, i64> = rows.into_iter().collect();
-    Ok(ids.iter().map(|id| seqs.get(id).map(|s| Seq(*s))).collect())
+    Ok(rows.into_iter().collect())
+}
+
+/// Messages as parallel arrays, one per column, for `unnest`.
+#[derive(Default)]
+struct InsertColumns<'a> {
+    webhooks: Vec<Uuid>,
+    ids: Vec<Uuid>,
+    key_ids: Vec<i32>,
+    nonces: Vec<&'a [u8]>,
+    ciphertexts: Vec<&'a [u8]>,
+    priorities: Vec<i16>,
+    delays: Vec<Option<i32>>,
+    ttls: Vec<Option<i32>>,
+}
+
+impl<'a> InsertColumns<'a> {
+    fn push(&mut self, webhook: &WebhookId, m: &'a NewMessage) {
+        self.webhooks.push(*webhook.as_uuid());
+        self.ids.push(*m.id.as_uuid());
+        self.key_ids.push(m.sealed.key_id.0);
+        self.nonces.push(&m.sealed.nonce);
+        self.ciphertexts.push(&m.sealed.ciphertext);
+        self.priorities.push(m.options.priority.get() as i16);
+        self.delays.push(m.options.delay.map(DelaySeconds::get));
+        self.ttls.push(m.options.ttl.map(TtlSeconds::get));
+    }
 }
 
 /// A message handed out by dequeue, still sealed.
@@ -71,6 +215,7 @@ pub struct LockedMessage {
     pub lock_token: LockToken,
     pub lock_expires_at: DateTime<Utc>,
     pub received_at: DateTime<Utc>,
+    pub priority: Priority,
     pub sealed: Sealed,
 }
 
@@ -86,22 +231,56 @@ struct LockedRow {
     key_id: i32,
     nonce: Vec<u8>,
     ciphertext: Vec<u8>,
+    priority: i16,
 }
 
-/// Locks and returns the head of the queue, or None when nothing can be delivered
-/// (empty, or the head is locked).
+/// Locks and returns what can be delivered now, in delivery order: in a FIFO webhook the
+/// head (none while it is locked), in a standard one up to `max` messages. `visibility`
+/// replaces the webhook's lock timeout for these locks.
 pub async fn dequeue(
     db: impl PgExecutor<'_>,
     project: ProjectId,
     webhook: &WebhookId,
-) -> StoreResult<Option<LockedMessage>> {
-    let row: Option<LockedRow> = sqlx::query_as("SELECT * FROM hookline_dequeue($1, $2)")
+    max: MaxMessages,
+    visibility: Option<LockTimeout>,
+) -> StoreResult<Vec<LockedMessage>> {
+    let rows: Vec<LockedRow> = sqlx::query_as("SELECT * FROM hookline_dequeue($1, $2, $3, $4)")
         .bind(webhook.as_uuid())
         .bind(project)
-        .fetch_optional(db)
+        .bind(max.get())
+        .bind(visibility.map(LockTimeout::get))
+        .fetch_all(db)
         .await
         .map_err(|e| not_found_as(e, "webhook"))?;
-    Ok(row.map(LockedMessage::from))
+    let mut locked: Vec<LockedMessage> = rows.into_iter().map(LockedMessage::from).collect();
+    locked.sort_by_key(|m| (std::cmp::Reverse(m.priority.get()), m.seq));
+    Ok(locked)
+}
+
+/// When something of the webhook may become deliverable with no write to wake anyone: a
+/// delay running out or a lock expiring. None: only a write can change anything.
+pub async fn next_due(db: impl PgExecutor<'_>, webhook: &WebhookId) -> StoreResult<Option<DateTime<Utc>>> {
+    Ok(sqlx::query_scalar("SELECT hookline_next_due($1)").bind(webhook.as_uuid()).fetch_one(db).await?)
+}
+
+/// Deletes every live message (queued, delayed or locked) of the webhook; returns how many.
+pub async fn purge(db: &mut PgConnection, project: ProjectId, webhook: &WebhookId) -> StoreResult<u64> {
+    let mut tx = sqlx::Connection::begin(&mut *db).await?;
+    sqlx::query_scalar::<_, Uuid>(
+        "UPDATE webhooks SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL
+         WHERE id = $1 AND project_id = $2 RETURNING id",
+    )
+    .bind(webhook.as_uuid())
+    .bind(project)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(StoreError::NotFound("webhook"))?;
+    let done = sqlx::query("DELETE FROM messages WHERE webhook_id = $1 AND state = 'queued'")
+        .bind(webhook.as_uuid())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(done.rows_affected())
 }
 
 impl From<LockedRow> for LockedMessage {
@@ -114,6 +293,7 @@ impl From<LockedRow> for LockedMessage {
             lock_token: LockToken::from_uuid(r.lock_token),
             lock_expires_at: r.lock_expires_at,
             received_at: r.received_at,
+            priority: Priority::parse(r.priority.into()).unwrap_or_default(),
             sealed: Sealed { key_id: KeyId(r.key_id), nonce: r.nonce, ciphertext: r.ciphertext },
         }
     }
@@ -123,7 +303,7 @@ impl From<LockedRow> for LockedMessage {
 /// Ok(None): committed, nothing to deliver next.
 pub async fn commit_next(db: &mut PgConnection, target: &LockedRef<'_>) -> StoreResult<Option<LockedMessage>> {
     let row: Result<Option<LockedRow>, sqlx::Error> =
-        sqlx::query_as("SELECT * FROM hookline_commit_next($1, $2, $3, $4)")
+        sqlx::query_as("SELECT * FROM hookline_commit_message($1, $2, $3, $4, true)")
             .bind(target.webhook.as_uuid())
             .bind(target.project)
             .bind(target.message.as_uuid())
@@ -144,9 +324,9 @@ pub struct LockedRef<'a> {
     pub token: Option<&'a LockToken>,
 }
 
-/// locked -> committed, releasing the webhook's lock.
+/// locked -> committed, releasing its lock.
 pub async fn commit(db: &mut PgConnection, target: &LockedRef<'_>) -> StoreResult<()> {
-    let done = sqlx::query("SELECT 1 FROM hookline_commit($1, $2, $3, $4)")
+    let done = sqlx::query("SELECT count(*) FROM hookline_commit_message($1, $2, $3, $4, false)")
         .bind(target.webhook.as_uuid())
         .bind(target.project)
         .bind(target.message.as_uuid())
@@ -249,6 +429,9 @@ pub struct MessageInfo {
     pub lock_expires_at: Option<DateTime<Utc>>,
     pub committed_at: Option<DateTime<Utc>>,
     pub dead_at: Option<DateTime<Utc>>,
+    pub priority: Priority,
+    /// When a delayed message joins its queue.
+    pub deliver_at: Option<DateTime<Utc>>,
 }
 
 /// The webhook always, the message if it exists: tells "no webhook" from "no message".
@@ -266,6 +449,8 @@ struct FindRow {
     lock_expires_at: Option<DateTime<Utc>>,
     committed_at: Option<DateTime<Utc>>,
     dead_at: Option<DateTime<Utc>>,
+    priority: Option<i16>,
+    deliver_at: Option<DateTime<Utc>>,
 }
 
 pub async fn find(
@@ -275,8 +460,11 @@ pub async fn find(
     message: &MessageId,
 ) -> StoreResult<MessageInfo> {
     let row: Option<FindRow> = sqlx::query_as(
-        "SELECT w.max_retries, m.id, m.seq, m.state, w.locked_seq = m.seq AS locked, m.retry_count, m.last_error,
-                m.received_at, m.expires_at, w.lock_expires_at, m.committed_at, m.dead_at
+        "SELECT w.max_retries, m.id, m.seq, m.state, m.retry_count, m.last_error, m.received_at, m.expires_at,
+                m.committed_at, m.dead_at, m.priority, m.deliver_at,
+                -- FIFO: the webhook's lock points at it; standard: it holds its own.
+                (w.locked_seq = m.seq OR m.lock_token IS NOT NULL) AS locked,
+                coalesce(m.lock_expires_at, w.lock_expires_at) AS lock_expires_at
          FROM webhooks w
          LEFT JOIN messages m ON m.webhook_id = w.id AND m.id = $3
          WHERE w.id = $1 AND w.project_id = $2",
@@ -296,7 +484,7 @@ pub async fn find(
     Ok(MessageInfo {
         id: MessageId::from_uuid(id),
         seq: Seq(seq),
-        // Stored as queued while its webhook's lock points at it.
+        // Stored as queued while it is locked.
         state: if locked { MessageState::Locked } else { state },
         retry_count,
         max_retries: row.max_retries,
@@ -306,6 +494,8 @@ pub async fn find(
         lock_expires_at: row.lock_expires_at.filter(|_| locked),
         committed_at: row.committed_at,
         dead_at: row.dead_at,
+        priority: row.priority.and_then(|p| Priority::parse(p.into()).ok()).unwrap_or_default(),
+        deliver_at: row.deliver_at,
     })
 }
 
@@ -324,8 +514,10 @@ pub async fn bury(
              WHERE id = $1 AND lock_token = $3
              RETURNING id
          )
-         UPDATE messages m SET state = 'dead', dead_at = now(), last_error = $4
-         FROM released WHERE m.webhook_id = released.id AND m.id = $2 AND m.state = 'queued'",
+         UPDATE messages m
+         SET state = 'dead', dead_at = now(), last_error = $4, lock_token = NULL, lock_expires_at = NULL
+         WHERE m.webhook_id = $1 AND m.id = $2 AND m.state = 'queued'
+           AND (m.lock_token = $3 OR EXISTS (SELECT 1 FROM released))",
     )
     .bind(webhook.as_uuid())
     .bind(message.as_uuid())

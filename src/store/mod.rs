@@ -8,6 +8,7 @@ pub mod dead_letters;
 pub mod keys;
 pub mod messages;
 pub mod projects;
+pub mod stats;
 pub mod webhooks;
 
 use sqlx::postgres::PgPoolOptions;

@@ -74,6 +74,12 @@ pub struct IngestTarget {
     pub project: ProjectId,
     pub limits: Limits,
     pub signature: Option<Arc<StoredSignature>>,
+    /// Whether `X-Hookline-Priority` may set a priority.
+    pub priorities: bool,
+    /// The longest a message may live.
+    pub ttl_days: i32,
+    /// Whether a Standard Webhooks `webhook-id` header is the idempotency key.
+    pub idempotency_from_webhook_id: bool,
 }
 
 /// The owner of a webhook, its limits and signing requirement; None for an unknown webhook.
@@ -88,10 +94,13 @@ pub async fn ingest_target(db: impl PgExecutor<'_>, webhook: &WebhookId) -> Stor
         signature_key_id: Option<i32>,
         signature_nonce: Option<Vec<u8>>,
         signature_secret: Option<Vec<u8>>,
+        priorities: bool,
+        ttl_days: i32,
+        idempotency_from_webhook_id: bool,
     }
     let row: Option<Row> = sqlx::query_as(&format!(
         "SELECT p.id, {LIMIT_COLUMNS}, w.signature_scheme, w.signature_tolerance_seconds, w.signature_key_id,
-                w.signature_nonce, w.signature_secret
+                w.signature_nonce, w.signature_secret, w.priorities, w.ttl_days, w.idempotency_from_webhook_id
          FROM webhooks w JOIN projects p ON p.id = w.project_id WHERE w.id = $1"
     ))
     .bind(webhook.as_uuid())
@@ -111,7 +120,14 @@ pub async fn ingest_target(db: impl PgExecutor<'_>, webhook: &WebhookId) -> Stor
             })),
             _ => None,
         };
-        IngestTarget { project: ProjectId(r.id), limits: r.limits.into(), signature }
+        IngestTarget {
+            project: ProjectId(r.id),
+            limits: r.limits.into(),
+            signature,
+            priorities: r.priorities,
+            ttl_days: r.ttl_days,
+            idempotency_from_webhook_id: r.idempotency_from_webhook_id,
+        }
     }))
 }
 

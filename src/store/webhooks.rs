@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::{StoreError, StoreResult};
 use crate::crypto::Sealed;
-use crate::domain::{LockTimeout, MaxRetries, ProjectId, TtlDays, WebhookId, WebhookName};
+use crate::domain::{DeliveryMode, LockTimeout, MaxRetries, ProjectId, TtlDays, WebhookId, WebhookName};
 use crate::signature::Scheme;
 
 #[derive(Debug, Clone)]
@@ -19,6 +19,9 @@ pub struct Webhook {
     /// The signing scheme senders must use, if any (the secret is never read back out).
     pub signature_scheme: Option<String>,
     pub signature_tolerance_seconds: i32,
+    pub mode: DeliveryMode,
+    pub priorities: bool,
+    pub idempotency_from_webhook_id: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -32,6 +35,9 @@ struct Row {
     ttl_days: i32,
     signature_scheme: Option<String>,
     signature_tolerance_seconds: i32,
+    mode: DeliveryMode,
+    priorities: bool,
+    idempotency_from_webhook_id: bool,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -46,6 +52,9 @@ impl From<Row> for Webhook {
             ttl_days: r.ttl_days,
             signature_scheme: r.signature_scheme,
             signature_tolerance_seconds: r.signature_tolerance_seconds,
+            mode: r.mode,
+            priorities: r.priorities,
+            idempotency_from_webhook_id: r.idempotency_from_webhook_id,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -53,13 +62,16 @@ impl From<Row> for Webhook {
 }
 
 const COLUMNS: &str = "id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme, \
-                       signature_tolerance_seconds, created_at, updated_at";
+                       signature_tolerance_seconds, mode, priorities, idempotency_from_webhook_id, created_at, updated_at";
 
 pub struct NewWebhook {
     pub name: WebhookName,
     pub lock_timeout: LockTimeout,
     pub max_retries: MaxRetries,
     pub ttl_days: TtlDays,
+    pub mode: DeliveryMode,
+    pub priorities: bool,
+    pub idempotency_from_webhook_id: bool,
 }
 
 /// Creates the webhook and its sequence counter together, unless the project already has
@@ -82,8 +94,9 @@ pub async fn create(
         }
     }
     let row: Row = sqlx::query_as(&format!(
-        "INSERT INTO webhooks (id, project_id, name, lock_timeout_seconds, max_retries, ttl_days)
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
+        "INSERT INTO webhooks (id, project_id, name, lock_timeout_seconds, max_retries, ttl_days, mode, priorities,
+                               idempotency_from_webhook_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
     ))
     .bind(WebhookId::new_random().as_uuid())
     .bind(project)
@@ -91,6 +104,9 @@ pub async fn create(
     .bind(new.lock_timeout.get())
     .bind(new.max_retries.get())
     .bind(new.ttl_days.get())
+    .bind(new.mode)
+    .bind(new.priorities)
+    .bind(new.idempotency_from_webhook_id)
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query("INSERT INTO webhook_sequences (webhook_id) VALUES ($1)").bind(row.id).execute(&mut *tx).await?;
@@ -139,6 +155,8 @@ pub struct WebhookChanges {
     pub lock_timeout: Option<LockTimeout>,
     pub max_retries: Option<MaxRetries>,
     pub ttl_days: Option<TtlDays>,
+    pub priorities: Option<bool>,
+    pub idempotency_from_webhook_id: Option<bool>,
 }
 
 /// Changes apply to messages from now on; a message's TTL was fixed when it arrived.
@@ -154,6 +172,8 @@ pub async fn update(
              lock_timeout_seconds = COALESCE($4, lock_timeout_seconds),
              max_retries = COALESCE($5, max_retries),
              ttl_days = COALESCE($6, ttl_days),
+             priorities = COALESCE($7, priorities),
+             idempotency_from_webhook_id = COALESCE($8, idempotency_from_webhook_id),
              updated_at = now()
          WHERE id = $1 AND project_id = $2
          RETURNING {COLUMNS}"
@@ -164,6 +184,8 @@ pub async fn update(
     .bind(changes.lock_timeout.map(LockTimeout::get))
     .bind(changes.max_retries.map(MaxRetries::get))
     .bind(changes.ttl_days.map(TtlDays::get))
+    .bind(changes.priorities)
+    .bind(changes.idempotency_from_webhook_id)
     .fetch_optional(db)
     .await?;
     row.map(Webhook::from).ok_or(StoreError::NotFound("webhook"))

@@ -20,7 +20,7 @@ fn lingering_committer(app: &TestApp) -> GroupCommitter {
 
 fn sealed(app: &TestApp, webhook: &WebhookId, id: MessageId) -> NewMessage {
     let keys = KeyRing::from_base64(&app.encryption_key, &[]).unwrap();
-    NewMessage { id, sealed: keys.seal(webhook, &id, b"payload") }
+    NewMessage { id, sealed: keys.seal(webhook, &id, b"payload"), options: Default::default() }
 }
 
 async fn seqs_of(app: &TestApp, webhook: &WebhookId) -> Vec<i64> {
@@ -47,7 +47,7 @@ async fn concurrent_ingests_across_webhooks_get_contiguous_seqs_in_one_batch_eac
     }
     let mut results = Vec::new();
     for t in tasks {
-        results.push(t.await.unwrap().expect("every ingest succeeds").0);
+        results.push(t.await.unwrap().expect("every ingest succeeds").seq.0);
     }
 
     assert_eq!(seqs_of(&app, &a).await, (1..=20).collect::<Vec<_>>());
@@ -73,7 +73,7 @@ async fn a_failing_item_fails_only_its_own_request() {
     let (good_1, bad, good_2) = tokio::join!(good_1, bad, good_2);
 
     assert!(matches!(bad, Err(StoreError::Database(_))), "the duplicate fails: {bad:?}");
-    let mut seqs = vec![good_1.unwrap().0, good_2.unwrap().0];
+    let mut seqs = vec![good_1.unwrap().seq.0, good_2.unwrap().seq.0];
     seqs.sort_unstable();
     assert_eq!(seqs, vec![2, 3]);
     assert_eq!(seqs_of(&app, &webhook).await, vec![1, 2, 3], "nothing lost, no gap from the failed item");
@@ -90,7 +90,7 @@ async fn an_unknown_webhook_in_a_batch_is_not_found_and_the_rest_are_stored() {
     let missing = committer.submit(unknown, sealed(&app, &unknown, MessageId::new_random()));
     let (known, missing) = tokio::join!(known, missing);
 
-    assert_eq!(known.unwrap().0, 1);
+    assert_eq!(known.unwrap().seq.0, 1);
     assert!(matches!(missing, Err(StoreError::NotFound("webhook"))), "{missing:?}");
     assert_eq!(seqs_of(&app, &webhook).await, vec![1]);
 }

@@ -154,6 +154,7 @@ async fn every_api_route_refuses_missing_revoked_and_wrong_scope_keys_and_hides_
     let revoked = mint(&app, json!({})).await;
     app.api(Method::DELETE, &format!("/api/keys/{}", prefix(&revoked)), None).await;
     let publish_only = mint(&app, json!({"scopes": ["publish"]})).await;
+    let consume_only = mint(&app, json!({"scopes": ["consume"]})).await;
     let (_, other) =
         hookline::auth::create_key(&app.pool, "other", hookline::domain::Plan::Unlimited, false).await.unwrap();
     let other = other.expose().to_owned();
@@ -163,6 +164,12 @@ async fn every_api_route_refuses_missing_revoked_and_wrong_scope_keys_and_hides_
         // A well-formed body where the route needs one, so each answer is about the key.
         let body = if template.ends_with("/extend") {
             Some(json!({"seconds": 30}))
+        } else if template.ends_with("/messages") {
+            Some(json!({"payload": {"probe": true}}))
+        } else if template.ends_with("/messages/batch") {
+            Some(json!({"messages": [{"payload": {"probe": true}}]}))
+        } else if template.ends_with("/errors/retry") || template.ends_with("/errors/discard") {
+            Some(json!({}))
         } else if (method == Method::POST || method == Method::PATCH) && !template.contains("{message_id}") {
             Some(json!({"name": "probe"}))
         } else {
@@ -175,7 +182,9 @@ async fn every_api_route_refuses_missing_revoked_and_wrong_scope_keys_and_hides_
         assert_eq!(r.error_code(), "unauthorized", "{what}");
         let r = app.api_as(&revoked, method.clone(), &path, body.clone()).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{what} with a revoked key");
-        let r = app.api_as(&publish_only, method.clone(), &path, body.clone()).await;
+        let publishes = template.ends_with("/messages") || template.ends_with("/messages/batch");
+        let lacking = if publishes { &consume_only } else { &publish_only };
+        let r = app.api_as(lacking, method.clone(), &path, body.clone()).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{what} with a key lacking its scope: {}", r.body);
         assert_eq!(r.error_code(), "forbidden", "{what}");
 

@@ -1,0 +1,228 @@
+//! POST /api/webhooks/{id}/messages and .../messages/batch: producers that are not
+//! third-party webhook senders publish through the API, with delivery options in the body.
+
+use std::collections::BTreeMap;
+
+use actix_web::http::header::HeaderName;
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody};
+use super::ingest::{read_limited, Accepted};
+use super::{id, ApiState, Authenticated};
+use crate::domain::{
+    DelaySeconds, IdempotencyKey, MessageId, Payload, Priority, Scope, SettingError, TtlSeconds, WebhookId,
+};
+use crate::limits::Operation;
+use crate::store::messages::{self as store, DeliveryOptions, NewMessage};
+use crate::store::projects::IngestTarget;
+
+/// Most messages one batch may publish.
+pub const MAX_BATCH: usize = 100;
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PublishRequest {
+    /// Any JSON value, delivered as its JSON text (content type application/json).
+    #[serde(default, deserialize_with = "any_json")]
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<serde_json::Value>,
+    /// Raw bytes in base64 instead of `payload` (content type application/octet-stream
+    /// unless `headers` says otherwise).
+    pub payload_base64: Option<String>,
+    /// 0 to 10, higher first; only on webhooks with priorities enabled.
+    pub priority: Option<i64>,
+    /// Not deliverable before this many seconds (0 to 604800).
+    pub delay_seconds: Option<i64>,
+    /// Expires (never delivered, then purged) after this many seconds: 1 to the webhook's
+    /// ttlDays in seconds.
+    pub ttl_seconds: Option<i64>,
+    /// A repeat on this webhook within 24 hours answers the original message and stores nothing.
+    pub idempotency_key: Option<String>,
+    /// Delivered with the message, names lowercased.
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+/// `payload: null` is a JSON payload too, not an absent one.
+fn any_json<'de, D: Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PublishBatch {
+    /// 1 to 100 messages, stored in this order in one transaction: all or none.
+    pub messages: Vec<PublishRequest>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublishedBatch {
+    /// One entry per message, in input order.
+    pub messages: Vec<Accepted>,
+}
+
+/// Publish one message. 201 when stored; 200 with `duplicate: true` for a repeated
+/// idempotency key (the original message; nothing stored).
+#[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages", tag = "publish",
+    params(("webhook_id" = String, Path)), request_body = PublishRequest, security(("api_key" = [])),
+    responses((status = 201, body = Accepted), (status = 200, body = Accepted, description = "A duplicate: the original message"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 429, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(webhook_id = %path))]
+pub async fn publish(
+    auth: Authenticated,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let webhook: WebhookId = id(&path, "webhook")?;
+    auth.require(Scope::Publish, Some(&webhook))?;
+    let target = target(&state, &auth, webhook).await?;
+    auth.rate_limit(&state, webhook, Operation::Ingest)?;
+    let max_body = max_body(&state, &target);
+    let raw = read_limited(&req, body, request_limit(max_body, 1)).await?;
+    let request: PublishRequest = parse_body(&raw)?;
+    let message = prepare(&state, &webhook, &target, max_body, request)?;
+    let stored = state.ingest.submit(webhook, message).await?;
+    let mut reply = if stored.duplicate { HttpResponse::Ok() } else { HttpResponse::Created() };
+    Ok(reply.json(Accepted::from(stored)))
+}
+
+/// Publish up to 100 messages in one transaction: all stored or none. A bad message
+/// rejects the batch with 422 naming its index (`messages[3]: ...`).
+#[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/batch", tag = "publish",
+    params(("webhook_id" = String, Path)), request_body = PublishBatch, security(("api_key" = [])),
+    responses((status = 201, body = PublishedBatch), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(webhook_id = %path))]
+pub async fn publish_batch(
+    auth: Authenticated,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let webhook: WebhookId = id(&path, "webhook")?;
+    auth.require(Scope::Publish, Some(&webhook))?;
+    let target = target(&state, &auth, webhook).await?;
+    let max_body = max_body(&state, &target);
+    let raw = read_limited(&req, body, request_limit(max_body, MAX_BATCH)).await?;
+    let batch: PublishBatch = parse_body(&raw)?;
+    if batch.messages.is_empty() || batch.messages.len() > MAX_BATCH {
+        return Err(ApiError::Validation(format!("messages must hold 1 to {MAX_BATCH} messages")));
+    }
+    auth.rate_limit_n(&state, webhook, Operation::Ingest, batch.messages.len())?;
+    let items = batch
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, request)| {
+            prepare(&state, &webhook, &target, max_body, request).map(|m| (webhook, m)).map_err(|e| match e {
+                ApiError::Validation(why) => ApiError::Validation(format!("messages[{i}]: {why}")),
+                ApiError::PayloadTooLarge(limit) => {
+                    ApiError::Validation(format!("messages[{i}]: the payload exceeds {limit} bytes"))
+                }
+                other => other,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    // One statement (or one transaction with idempotency keys): all or none.
+    let stored = store::insert_many(&state.pool, &items).await?;
+    let messages = stored
+        .into_iter()
+        .map(|s| s.map(Accepted::from).ok_or(ApiError::NotFound("webhook")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(HttpResponse::Created().json(PublishedBatch { messages }))
+}
+
+/// The webhook, if it is this project's (404 otherwise, like an unknown id).
+async fn target(state: &ApiState, auth: &Authenticated, webhook: WebhookId) -> Result<IngestTarget, ApiError> {
+    match state.plans.ingest_target(webhook).await? {
+        Some(target) if target.project == auth.project() => Ok(target),
+        _ => Err(ApiError::NotFound("webhook")),
+    }
+}
+
+fn max_body(state: &ApiState, target: &IngestTarget) -> usize {
+    target.limits.max_body_bytes.map_or(state.max_body_bytes, |plan| plan.min(state.max_body_bytes))
+}
+
+/// A request carries payloads as JSON text or base64: room for that and the envelope.
+fn request_limit(max_body: usize, messages: usize) -> usize {
+    (max_body * 2 + 4096) * messages
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(raw).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+/// Checks one message and seals it for storage.
+fn prepare(
+    state: &ApiState,
+    webhook: &WebhookId,
+    target: &IngestTarget,
+    max_body: usize,
+    request: PublishRequest,
+) -> Result<NewMessage, ApiError> {
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for (name, value) in request.headers.unwrap_or_default() {
+        let valid = HeaderName::from_bytes(name.as_bytes()).is_ok() && !value.contains(['\r', '\n']);
+        if !valid {
+            return Err(SettingError {
+                field: "headers",
+                rule: format!("valid HTTP header names and values ({name:?})"),
+            }
+            .into());
+        }
+        headers.push((name.to_ascii_lowercase(), value));
+    }
+    let (body, default_type) = match (request.payload, request.payload_base64) {
+        (Some(json), None) => (serde_json::to_vec(&json).expect("a JSON value serializes"), "application/json"),
+        (None, Some(encoded)) => {
+            let bytes = BASE64
+                .decode(encoded.as_bytes())
+                .map_err(|e| ApiError::Validation(format!("payloadBase64 is not base64: {e}")))?;
+            (bytes, "application/octet-stream")
+        }
+        _ => return Err(ApiError::Validation("exactly one of payload and payloadBase64 is required".into())),
+    };
+    if body.len() > max_body {
+        return Err(ApiError::PayloadTooLarge(max_body));
+    }
+    if !headers.iter().any(|(name, _)| name == "content-type") {
+        headers.push(("content-type".into(), default_type.into()));
+    }
+    let priority = match request.priority {
+        None => Priority::default(),
+        Some(_) if !target.priorities => {
+            return Err(ApiError::Validation(
+                "priority: priorities are not enabled on this webhook (set priorities: true)".into(),
+            ))
+        }
+        Some(p) => Priority::parse(p)?,
+    };
+    let options = DeliveryOptions {
+        priority,
+        delay: request.delay_seconds.map(DelaySeconds::parse).transpose()?,
+        ttl: request.ttl_seconds.map(|ttl| ttl_within(ttl, target)).transpose()?,
+        idempotency_key: request.idempotency_key.map(|k| IdempotencyKey::parse("idempotencyKey", &k)).transpose()?,
+    };
+    let id = MessageId::new_random();
+    let sealed = state.keys.seal(webhook, &id, &Payload { headers, body }.encode());
+    Ok(NewMessage { id, sealed, options })
+}
+
+/// A message may not outlive its webhook's TTL.
+fn ttl_within(seconds: i64, target: &IngestTarget) -> Result<TtlSeconds, SettingError> {
+    let max = i64::from(target.ttl_days) * 86_400;
+    match TtlSeconds::parse(seconds) {
+        Ok(ttl) if seconds <= max => Ok(ttl),
+        _ => Err(SettingError { field: "ttlSeconds", rule: format!("between 1 and {max} (the webhook's ttlDays)") }),
+    }
+}

@@ -1,0 +1,94 @@
+//! A webhook's queue at a glance. Totals come from the append-only `webhook_counts` rows
+//! (see the delivery migration), the rest from partial indexes that hold only queued, in
+//! flight or delayed rows: none of it scans a queue of millions.
+
+use sqlx::PgExecutor;
+
+use super::{StoreError, StoreResult};
+use crate::domain::{ProjectId, WebhookId};
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct QueueStats {
+    /// Waiting and deliverable now: not locked, not delayed.
+    pub queued: i64,
+    pub locked: i64,
+    pub delayed: i64,
+    pub dead: i64,
+    pub committed: i64,
+    pub oldest_queued_age_seconds: Option<f64>,
+    pub ingested_last_minute: i64,
+    pub ingested_last_hour: i64,
+    /// Committed by a consumer.
+    pub delivered_last_minute: i64,
+    pub delivered_last_hour: i64,
+}
+
+pub async fn get(db: impl PgExecutor<'_>, project: ProjectId, webhook: &WebhookId) -> StoreResult<QueueStats> {
+    let row: Option<QueueStats> = sqlx::query_as(
+        "WITH hook AS (
+             SELECT id, locked_seq, coalesce(locked_seq, 0) AS fifo_locked FROM webhooks WHERE id = $1 AND project_id = $2
+         ), totals AS (
+             SELECT coalesce(sum(live), 0)::int8 AS live, coalesce(sum(dead), 0)::int8 AS dead,
+                    coalesce(sum(committed), 0)::int8 AS committed,
+                    coalesce(sum(ingested) FILTER (WHERE at > now() - interval '1 minute'), 0)::int8 AS ingested_minute,
+                    coalesce(sum(ingested) FILTER (WHERE at > now() - interval '1 hour'), 0)::int8 AS ingested_hour,
+                    coalesce(sum(delivered) FILTER (WHERE at > now() - interval '1 minute'), 0)::int8 AS delivered_minute,
+                    coalesce(sum(delivered) FILTER (WHERE at > now() - interval '1 hour'), 0)::int8 AS delivered_hour
+             FROM webhook_counts WHERE webhook_id = $1
+         ), gauges AS (
+             SELECT (hook.locked_seq IS NOT NULL)::int::int8
+                    + (SELECT count(*) FROM messages WHERE webhook_id = $1 AND lock_token IS NOT NULL) AS locked,
+                    (SELECT count(*) FROM messages
+                     WHERE webhook_id = $1 AND state = 'queued' AND deliver_at > now()) AS delayed,
+                    -- Each priority's first waiting seq is its oldest: 11 index probes, each
+                    -- skipping only what is in flight or delayed.
+                    (SELECT extract(epoch FROM now() - min(head.received_at))::float8
+                     FROM generate_series(0, 10) AS p(priority)
+                     CROSS JOIN LATERAL (SELECT received_at FROM messages
+                                         WHERE webhook_id = $1 AND state = 'queued' AND priority = p.priority
+                                           AND lock_token IS NULL AND seq <> hook.fifo_locked
+                                           AND (deliver_at IS NULL OR deliver_at <= now())
+                                         ORDER BY seq LIMIT 1) head) AS oldest
+             FROM hook
+         )
+         SELECT greatest(totals.live - gauges.locked - gauges.delayed, 0) AS queued, gauges.locked, gauges.delayed,
+                totals.dead, totals.committed, gauges.oldest AS oldest_queued_age_seconds,
+                totals.ingested_minute AS ingested_last_minute, totals.ingested_hour AS ingested_last_hour,
+                totals.delivered_minute AS delivered_last_minute, totals.delivered_hour AS delivered_last_hour
+         FROM gauges, totals",
+    )
+    .bind(webhook.as_uuid())
+    .bind(project)
+    .fetch_optional(db)
+    .await?;
+    row.ok_or(StoreError::NotFound("webhook"))
+}
+
+/// Merges count rows older than two minutes: into minute buckets for the last hour, and
+/// into one base row per webhook before that. Sums are unchanged, so running it twice, or
+/// concurrently with writers, is harmless. Returns how many rows it folded.
+pub async fn fold_counts(db: impl PgExecutor<'_>) -> StoreResult<u64> {
+    let folded: i64 = sqlx::query_scalar(
+        "WITH old AS (
+             DELETE FROM webhook_counts
+             WHERE at < now() - interval '2 minutes'
+               AND (at <> date_trunc('minute', at) OR at < now() - interval '1 hour')
+             RETURNING *
+         ), merged AS (
+             INSERT INTO webhook_counts (webhook_id, at, live, dead, committed, ingested, delivered)
+             SELECT webhook_id, bucket, sum(live), sum(dead), sum(committed),
+                    CASE WHEN bucket = '-infinity' THEN 0 ELSE sum(ingested) END,
+                    CASE WHEN bucket = '-infinity' THEN 0 ELSE sum(delivered) END
+             FROM (SELECT *, CASE WHEN at < now() - interval '1 hour' THEN '-infinity'::timestamptz
+                                  ELSE date_trunc('minute', at) END AS bucket
+                   FROM old) o
+             WHERE EXISTS (SELECT 1 FROM webhooks w WHERE w.id = o.webhook_id)
+             GROUP BY webhook_id, bucket
+             RETURNING 1
+         )
+         SELECT count(*) FROM old",
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(folded as u64)
+}

@@ -1,0 +1,284 @@
+//! Publishing through the API: `POST /api/webhooks/{id}/messages` and `.../messages/batch`.
+//! A JSON payload is delivered as JSON text, a base64 payload as its bytes, custom headers
+//! come along; a batch of up to 100 is stored in input order, and any bad item (or a batch
+//! of none or too many) refuses the whole batch, naming the item, with nothing stored.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::{base64, random_id, spawn_app, uuid_of, Delivery, Reply, TestApp};
+
+async fn publish(app: &TestApp, wh: &str, body: Value) -> Reply {
+    app.api(Method::POST, &format!("/api/webhooks/{wh}/messages"), Some(body)).await
+}
+
+/// Publishes a new message (asserts 201, not a duplicate); returns (id, seq).
+async fn publish_ok(app: &TestApp, wh: &str, body: Value) -> (String, i64) {
+    let r = publish(app, wh, body).await;
+    r.expect(StatusCode::CREATED);
+    assert_eq!(r.body["duplicate"], false, "{}", r.body);
+    (r.str("id"), r.i64("seq"))
+}
+
+async fn publish_batch(app: &TestApp, wh: &str, items: Vec<Value>) -> Reply {
+    app.api(Method::POST, &format!("/api/webhooks/{wh}/messages/batch"), Some(json!({ "messages": items }))).await
+}
+
+async fn stored(app: &TestApp, wh: &str) -> i64 {
+    app.sql_i64(&format!("SELECT count(*) FROM messages WHERE webhook_id = '{}'", uuid_of(wh))).await
+}
+
+fn priority(d: &Delivery) -> i64 {
+    d.raw["priority"].as_i64().unwrap_or_else(|| panic!("no integer priority in {}", d.raw))
+}
+
+/// A refused request: 422, or 400 where the value cannot even be read as its type.
+#[track_caller]
+fn refused(r: &Reply) {
+    assert!(
+        r.status == StatusCode::UNPROCESSABLE_ENTITY || r.status == StatusCode::BAD_REQUEST,
+        "not refused: {} {}",
+        r.status,
+        r.body
+    );
+    r.error_code();
+}
+
+fn good_item(i: usize) -> Value {
+    json!({"payload": {"i": i}, "priority": 1})
+}
+
+#[tokio::test]
+async fn a_published_json_payload_is_delivered_as_json_with_its_headers() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({})).await;
+    let payload = json!({"order": 7, "items": ["a", "b"], "note": "ünïcødé", "nested": {"ok": true}});
+    let r =
+        publish(&app, &wh, json!({"payload": payload, "headers": {"X-Source": "billing", "x-trace": "abc-1"}})).await;
+    r.expect(StatusCode::CREATED);
+    assert_eq!(r.body["duplicate"], false, "{}", r.body);
+    let id = r.str("id");
+    assert!(id.starts_with("msg_"), "{id}");
+    assert_eq!(r.i64("seq"), 1);
+    assert_eq!(app.message_status(&wh, &id).await, "queued");
+
+    let d = app.dequeue_ok(&wh).await;
+    assert_eq!(d.id, id);
+    assert_eq!(d.json(), payload);
+    assert_eq!(d.raw["contentType"], "application/json", "{}", d.raw);
+    assert_eq!(d.raw["headers"]["x-source"], "billing", "{}", d.raw);
+    assert_eq!(d.raw["headers"]["x-trace"], "abc-1", "{}", d.raw);
+    assert!(d.raw["bodyBase64"].is_null(), "{}", d.raw);
+    app.commit_ok(&wh, &d).await;
+
+    // Any JSON value.
+    for payload in [json!("hello"), json!(42), json!([1, {"a": null}]), json!(true)] {
+        let (id, _) = publish_ok(&app, &wh, json!({ "payload": payload })).await;
+        let d = app.dequeue_ok(&wh).await;
+        assert_eq!(d.id, id);
+        assert_eq!(d.json(), payload);
+        assert_eq!(d.raw["contentType"], "application/json", "{}", d.raw);
+        app.commit_ok(&wh, &d).await;
+    }
+    // Ingested and published messages share one sequence.
+    assert_eq!(app.ingest_ok(&wh, "{}").await.1, 6);
+}
+
+#[tokio::test]
+async fn a_base64_payload_is_delivered_as_its_bytes() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({})).await;
+    let binary = [0xffu8, 0x00, 0xfe, 0x80, 0x01];
+    let (text, _) = publish_ok(&app, &wh, json!({"payloadBase64": base64(b"plain text")})).await;
+    let (bin, _) = publish_ok(&app, &wh, json!({"payloadBase64": base64(&binary)})).await;
+    let (csv, _) =
+        publish_ok(&app, &wh, json!({"payloadBase64": base64(b"a,b\n1,2\n"), "headers": {"Content-Type": "text/csv"}}))
+            .await;
+
+    let d = app.dequeue_ok(&wh).await;
+    assert_eq!(d.id, text);
+    assert_eq!(d.body.as_deref(), Some("plain text"));
+    assert_eq!(d.raw["contentType"], "application/octet-stream", "{}", d.raw);
+    app.commit_ok(&wh, &d).await;
+
+    let d = app.dequeue_ok(&wh).await;
+    assert_eq!(d.id, bin);
+    assert_eq!(d.body, None, "{}", d.raw);
+    assert_eq!(d.raw["bodyBase64"], base64(&binary).as_str(), "{}", d.raw);
+    assert_eq!(d.raw["contentType"], "application/octet-stream", "{}", d.raw);
+    app.commit_ok(&wh, &d).await;
+
+    let d = app.dequeue_ok(&wh).await;
+    assert_eq!(d.id, csv);
+    assert_eq!(d.body.as_deref(), Some("a,b\n1,2\n"));
+    assert_eq!(d.raw["contentType"], "text/csv", "{}", d.raw);
+    assert_eq!(d.raw["headers"]["content-type"], "text/csv", "{}", d.raw);
+    app.commit_ok(&wh, &d).await;
+}
+
+#[tokio::test]
+async fn publish_needs_exactly_one_payload_and_fields_in_range() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({"ttlDays": 1})).await;
+    let cases = [
+        json!({}),
+        json!({"headers": {"x-a": "b"}}),
+        json!({"payload": {"a": 1}, "payloadBase64": "aGk="}),
+        json!({"payload": 1, "priority": 3}), // the webhook has no priorities
+        json!({"payload": 1, "delaySeconds": 604_801}),
+        json!({"payload": 1, "ttlSeconds": 0}),
+        json!({"payload": 1, "ttlSeconds": 86_401}), // past the webhook's 1 day
+        json!({"payload": 1, "idempotencyKey": ""}),
+        json!({"payload": 1, "idempotencyKey": "k".repeat(256)}),
+    ];
+    for body in cases {
+        let r = publish(&app, &wh, body.clone()).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {}", r.body);
+        assert_eq!(r.error_code(), "validation_failed", "{body}");
+    }
+    for body in [
+        json!({"payload": 1, "delaySeconds": -1}),
+        json!({"payload": 1, "ttlSeconds": -5}),
+        json!({"payloadBase64": "this is not base64!"}),
+    ] {
+        refused(&publish(&app, &wh, body).await);
+    }
+    let r = app.send(app.request(Method::POST, &format!("/api/webhooks/{wh}/messages")).body("{")).await;
+    r.expect_error(StatusCode::BAD_REQUEST, "bad_request");
+    assert_eq!(stored(&app, &wh).await, 0);
+    app.dequeue_none(&wh).await;
+
+    // The edges pass.
+    publish_ok(&app, &wh, json!({"payload": 1, "ttlSeconds": 86_400})).await;
+    publish_ok(&app, &wh, json!({"payload": 1, "ttlSeconds": 1})).await;
+    publish_ok(&app, &wh, json!({"payload": 1, "delaySeconds": 0})).await;
+    publish_ok(&app, &wh, json!({"payload": 1, "idempotencyKey": "k".repeat(255)})).await;
+    let week = app.create_webhook(json!({"ttlDays": 30})).await;
+    publish_ok(&app, &week, json!({"payload": 1, "delaySeconds": 604_800})).await;
+    assert_eq!(stored(&app, &wh).await, 4);
+
+    publish(&app, &random_id("wh_"), json!({"payload": 1})).await.expect_error(StatusCode::NOT_FOUND, "not_found");
+    publish_batch(&app, &random_id("wh_"), vec![json!({"payload": 1})])
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn a_batch_of_a_hundred_is_stored_and_delivered_in_input_order() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({})).await;
+    let items: Vec<Value> = (0..100).map(|i| json!({"payload": {"i": i}})).collect();
+    let r = publish_batch(&app, &wh, items).await;
+    r.expect(StatusCode::CREATED);
+    let answers = r.body["messages"].as_array().unwrap_or_else(|| panic!("no messages list: {}", r.body)).clone();
+    assert_eq!(answers.len(), 100);
+    assert!(answers.iter().all(|a| a["duplicate"] == false), "{}", r.body);
+    let seqs: Vec<i64> = answers.iter().map(|a| a["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=100).collect::<Vec<i64>>());
+    let ids: HashSet<&str> = answers.iter().map(|a| a["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 100);
+    assert_eq!(stored(&app, &wh).await, 100);
+
+    for (i, a) in answers.iter().enumerate() {
+        let d = app.dequeue_ok(&wh).await;
+        assert_eq!(d.id, a["id"].as_str().unwrap());
+        assert_eq!(d.json(), json!({ "i": i }));
+        app.commit_ok(&wh, &d).await;
+    }
+    app.dequeue_none(&wh).await;
+}
+
+#[tokio::test]
+async fn a_batch_of_none_or_of_a_hundred_and_one_stores_nothing() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({})).await;
+    let too_many: Vec<Value> = (0..101).map(|i| json!({"payload": {"i": i}})).collect();
+    publish_batch(&app, &wh, too_many).await.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    publish_batch(&app, &wh, vec![]).await.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_eq!(stored(&app, &wh).await, 0);
+    app.dequeue_none(&wh).await;
+}
+
+#[tokio::test]
+async fn one_bad_item_refuses_the_whole_batch_and_is_named() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({"priorities": true})).await;
+    let cases = [
+        (3, json!({"payload": 1, "priority": 11})),
+        (0, json!({"payload": 1, "payloadBase64": "aGk="})),
+        (4, json!({"payload": 1, "delaySeconds": 604_801})),
+        (2, json!({})),
+        (1, json!({"payload": 1, "idempotencyKey": ""})),
+    ];
+    for (bad_at, bad) in cases {
+        let mut items: Vec<Value> = (0..5).map(good_item).collect();
+        items[bad_at] = bad.clone();
+        let r = publish_batch(&app, &wh, items).await;
+        let message = r.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+        assert!(message.contains(&format!("messages[{bad_at}]")), "{bad}: {message}");
+    }
+    assert_eq!(stored(&app, &wh).await, 0);
+    app.dequeue_none(&wh).await;
+
+    // The same batch without the bad item goes through.
+    let r = publish_batch(&app, &wh, (0..5).map(good_item).collect()).await;
+    r.expect(StatusCode::CREATED);
+    assert_eq!(r.body["messages"].as_array().unwrap().len(), 5);
+    assert_eq!(stored(&app, &wh).await, 5);
+}
+
+#[tokio::test]
+async fn batch_items_carry_their_own_priority_delay_and_headers() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({"priorities": true})).await;
+    let items = vec![
+        json!({"payload": "a", "priority": 1}),
+        json!({"payload": "b", "priority": 5}),
+        json!({"payloadBase64": base64(b"c"), "priority": 5, "headers": {"X-Kind": "raw"}}),
+        json!({"payload": "d", "priority": 9, "delaySeconds": 3600}),
+    ];
+    let r = publish_batch(&app, &wh, items).await;
+    r.expect(StatusCode::CREATED);
+    let answers = r.body["messages"].as_array().unwrap().clone();
+    let seqs: Vec<i64> = answers.iter().map(|a| a["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 3, 4], "answers follow the input order");
+    let id = |i: usize| answers[i]["id"].as_str().unwrap().to_owned();
+
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let d = app.dequeue_ok(&wh).await;
+        got.push((d.id.clone(), priority(&d)));
+        if d.id == id(2) {
+            assert_eq!(d.body.as_deref(), Some("c"));
+            assert_eq!(d.raw["headers"]["x-kind"], "raw", "{}", d.raw);
+        }
+        app.commit_ok(&wh, &d).await;
+    }
+    assert_eq!(got, [(id(1), 5), (id(2), 5), (id(0), 1)]);
+    // The delayed one, though of the highest priority, is not due.
+    app.dequeue_none(&wh).await;
+    assert_eq!(stored(&app, &wh).await, 4);
+}
+
+#[tokio::test]
+async fn a_waiting_consumer_is_woken_by_a_publish() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({})).await;
+    let waiting = {
+        let (app, wh) = (app.clone_handle(), wh.clone());
+        tokio::spawn(async move {
+            app.api(Method::POST, &format!("/api/webhooks/{wh}/messages/dequeue?wait=10"), None).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = publish_batch(&app, &wh, vec![json!({"payload": 1}), json!({"payload": 2})]).await;
+    r.expect(StatusCode::CREATED);
+    let first = r.body["messages"][0]["id"].as_str().unwrap().to_owned();
+
+    let r = waiting.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.str("id"), first);
+}

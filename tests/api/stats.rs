@@ -1,0 +1,196 @@
+//! `GET /api/webhooks/{id}/stats`: the counts by state (queued = deliverable now, locked,
+//! delayed, dead, committed), the age of the oldest queued message, and the messages
+//! stored and acknowledged in the last minute and hour, followed through scripted
+//! sequences in standard and fifo mode.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::{random_id, spawn_app, uuid_of, Delivery, Reply, TestApp};
+
+#[derive(Debug, PartialEq)]
+struct Counts {
+    queued: i64,
+    locked: i64,
+    delayed: i64,
+    dead: i64,
+    committed: i64,
+}
+
+/// (ingestedLastMinute, ingestedLastHour, deliveredLastMinute, deliveredLastHour)
+type Windows = (i64, i64, i64, i64);
+
+async fn stats(app: &TestApp, wh: &str) -> Value {
+    let r = app.api(Method::GET, &format!("/api/webhooks/{wh}/stats"), None).await;
+    r.expect(StatusCode::OK);
+    r.body
+}
+
+fn int(s: &Value, field: &str) -> i64 {
+    s[field].as_i64().unwrap_or_else(|| panic!("no integer {field:?} in {s}"))
+}
+
+fn counts(s: &Value) -> Counts {
+    Counts {
+        queued: int(s, "queued"),
+        locked: int(s, "locked"),
+        delayed: int(s, "delayed"),
+        dead: int(s, "dead"),
+        committed: int(s, "committed"),
+    }
+}
+
+fn windows(s: &Value) -> Windows {
+    (
+        int(s, "ingestedLastMinute"),
+        int(s, "ingestedLastHour"),
+        int(s, "deliveredLastMinute"),
+        int(s, "deliveredLastHour"),
+    )
+}
+
+fn c(queued: i64, locked: i64, delayed: i64, dead: i64, committed: i64) -> Counts {
+    Counts { queued, locked, delayed, dead, committed }
+}
+
+/// The age of the oldest queued message, asserted present.
+fn oldest(s: &Value) -> f64 {
+    s["oldestQueuedAgeSeconds"].as_f64().unwrap_or_else(|| panic!("no oldestQueuedAgeSeconds in {s}"))
+}
+
+fn delivery(v: &Value) -> Delivery {
+    Delivery::from_reply(&Reply { status: StatusCode::OK, headers: Default::default(), body: v.clone() })
+}
+
+async fn error(app: &TestApp, wh: &str, d: &Delivery, requeue: bool) -> Reply {
+    let body = json!({"lockToken": d.lock_token, "reason": "failed", "requeue": requeue});
+    let r = app.error(wh, &d.id, Some(body)).await;
+    r.expect(StatusCode::OK);
+    r
+}
+
+#[tokio::test]
+async fn stats_follow_a_scripted_standard_sequence() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({"mode": "standard", "maxRetries": 1})).await;
+
+    let s = stats(&app, &wh).await;
+    assert_eq!(counts(&s), c(0, 0, 0, 0, 0), "{s}");
+    assert_eq!(windows(&s), (0, 0, 0, 0), "{s}");
+    assert!(s["oldestQueuedAgeSeconds"].is_null(), "{s}");
+
+    // Ten messages, the 3rd and the 8th delayed by an hour.
+    let items: Vec<Value> = (0..10)
+        .map(|i| if i == 2 || i == 7 { json!({"payload": i, "delaySeconds": 3600}) } else { json!({ "payload": i }) })
+        .collect();
+    let r =
+        app.api(Method::POST, &format!("/api/webhooks/{wh}/messages/batch"), Some(json!({ "messages": items }))).await;
+    r.expect(StatusCode::CREATED);
+    let s = stats(&app, &wh).await;
+    assert_eq!(counts(&s), c(8, 0, 2, 0, 0), "{s}");
+    assert_eq!(windows(&s), (10, 10, 0, 0), "{s}");
+
+    let r = app.api(Method::POST, &format!("/api/webhooks/{wh}/messages/dequeue?maxMessages=3"), None).await;
+    r.expect(StatusCode::OK);
+    let got: Vec<Delivery> = r.body["messages"].as_array().unwrap().iter().map(delivery).collect();
+    assert_eq!(got.iter().map(|d| d.seq).collect::<Vec<_>>(), [1, 2, 4]);
+    app.commit_ok(&wh, &got[0]).await;
+    assert_eq!(error(&app, &wh, &got[1], false).await.body["status"], "dead");
+    // got[2] stays locked.
+    let s = stats(&app, &wh).await;
+    assert_eq!(counts(&s), c(5, 1, 2, 1, 1), "{s}");
+    assert_eq!(windows(&s), (10, 10, 1, 1), "{s}");
+    assert!(oldest(&s) >= 0.0, "{s}");
+
+    // An ingested message counts as stored too.
+    app.ingest_ok(&wh, "{}").await;
+    let s = stats(&app, &wh).await;
+    assert_eq!(counts(&s), c(6, 1, 2, 1, 1), "{s}");
+    assert_eq!(windows(&s), (11, 11, 1, 1), "{s}");
+
+    app.commit_ok(&wh, &got[2]).await;
+    let s = stats(&app, &wh).await;
+    assert_eq!(counts(&s), c(6, 0, 2, 1, 2), "{s}");
+    assert_eq!(windows(&s), (11, 11, 2, 2), "{s}");
+
+    // A delayed message falls due; the dead letter is retried.
+    let due = app
+        .sql(&format!(
+            "UPDATE messages SET deliver_at = now() - interval '1 second' WHERE webhook_id = '{}' AND seq = 3",
+            uuid_of(&wh)
+        ))
+        .await;
+    assert_eq!(due.rows_affected(), 1);
+    let r = app.api(Method::POST, &format!("/api/webhooks/{wh}/errors/retry"), None).await;
+    r.expect(StatusCode::OK);
+    assert_eq!(r.i64("retried"), 1);
+    let s = stats(&app, &wh).await;
+    assert_eq!(counts(&s), c(8, 0, 1, 0, 2), "{s}");
+
+    // The age is the oldest queued message's (seq 2, back from the dead-letter queue).
+    let aged = app
+        .sql(&format!(
+            "UPDATE messages SET received_at = now() - interval '2 minutes' WHERE webhook_id = '{}' AND seq = 2",
+            uuid_of(&wh)
+        ))
+        .await;
+    assert_eq!(aged.rows_affected(), 1);
+    let s = stats(&app, &wh).await;
+    assert!((120.0..3600.0).contains(&oldest(&s)), "{s}");
+}
+
+#[tokio::test]
+async fn stats_follow_a_scripted_fifo_sequence() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({})).await;
+    app.ingest_many(&wh, 4).await;
+    let r = app
+        .api(Method::POST, &format!("/api/webhooks/{wh}/messages"), Some(json!({"payload": 5, "delaySeconds": 3600})))
+        .await;
+    r.expect(StatusCode::CREATED);
+    let s = stats(&app, &wh).await;
+    assert_eq!(counts(&s), c(4, 0, 1, 0, 0), "{s}");
+    assert_eq!(windows(&s), (5, 5, 0, 0), "{s}");
+    assert!(oldest(&s) >= 0.0, "{s}");
+
+    let head = app.dequeue_ok(&wh).await;
+    assert_eq!(counts(&stats(&app, &wh).await), c(3, 1, 1, 0, 0));
+    // Requeued: back in the queue.
+    assert_eq!(error(&app, &wh, &head, true).await.body["status"], "queued");
+    assert_eq!(counts(&stats(&app, &wh).await), c(4, 0, 1, 0, 0));
+
+    let head = app.dequeue_ok(&wh).await;
+    assert_eq!((head.seq, head.retry_count), (1, 1));
+    app.commit_ok(&wh, &head).await;
+    let s = stats(&app, &wh).await;
+    assert_eq!(counts(&s), c(3, 0, 1, 0, 1), "{s}");
+    assert_eq!(windows(&s), (5, 5, 1, 1), "{s}");
+
+    let head = app.dequeue_ok(&wh).await;
+    assert_eq!(error(&app, &wh, &head, false).await.body["status"], "dead");
+    assert_eq!(counts(&stats(&app, &wh).await), c(2, 0, 1, 1, 1));
+
+    assert_eq!(app.drain(&wh).await, vec![3, 4]);
+    let s = stats(&app, &wh).await;
+    assert_eq!(counts(&s), c(0, 0, 1, 1, 3), "{s}");
+    assert_eq!(windows(&s), (5, 5, 3, 3), "{s}");
+    // Only the delayed message is left: nothing is queued, so there is no oldest.
+    assert!(s["oldestQueuedAgeSeconds"].is_null(), "nothing is queued: {s}");
+}
+
+#[tokio::test]
+async fn stats_are_per_webhook_and_404_for_an_unknown_one() {
+    let app = spawn_app().await;
+    let busy = app.create_webhook(json!({})).await;
+    let idle = app.create_webhook(json!({})).await;
+    app.ingest_many(&busy, 3).await;
+    assert_eq!(counts(&stats(&app, &busy).await), c(3, 0, 0, 0, 0));
+    let s = stats(&app, &idle).await;
+    assert_eq!(counts(&s), c(0, 0, 0, 0, 0), "{s}");
+    assert_eq!(windows(&s), (0, 0, 0, 0), "{s}");
+
+    for unknown in [random_id("wh_"), "nonsense".to_owned()] {
+        let r = app.api(Method::GET, &format!("/api/webhooks/{unknown}/stats"), None).await;
+        r.expect_error(StatusCode::NOT_FOUND, "not_found");
+    }
+}
