@@ -333,3 +333,9 @@ $$;
 CREATE TRIGGER messages_lock_released AFTER UPDATE OF lock_token ON messages
     FOR EACH ROW WHEN (OLD.lock_token IS NOT NULL AND NEW.lock_token IS NULL AND NEW.state = 'queued')
     EXECUTE FUNCTION hookline_wake_on_requeue();
+
+-- A backlog that grew since the last ANALYZE looks tiny to the planner, which may then
+-- prefer a bitmap scan and a sort of the whole backlog to reading the queued index in order.
+-- Finding a head must always be the ordered index scan.
+ALTER FUNCTION hookline_lock_head(webhooks) SET enable_sort = off;
+ALTER FUNCTION hookline_lock_available(webhooks, integer) SET enable_sort = off;

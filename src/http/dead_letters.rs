@@ -51,9 +51,9 @@ pub struct Redriven {
 
 /// Which dead letters: all, or those that died in a time range or whose last error
 /// contains a text.
-#[derive(Debug, Default, Deserialize, ToSchema, utoipa::IntoParams)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
+#[schema(example = json!({"since": "2026-11-29T00:00:00Z", "error": "timeout"}))]
 pub struct DeadLetterSelection {
     /// Died at or after this time (RFC 3339).
     pub since: Option<DateTime<Utc>>,

@@ -25,6 +25,8 @@ pub const MAX_BATCH: usize = 100;
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"payload": {"job": "resize", "image": 7}, "priority": 2, "delaySeconds": 0,
+    "ttlSeconds": 3600, "idempotencyKey": "resize-7", "headers": {"x-tenant": "acme"}}))]
 pub struct PublishRequest {
     /// Any JSON value, delivered as its JSON text (content type application/json).
     #[serde(default, deserialize_with = "any_json")]
@@ -53,6 +55,8 @@ fn any_json<'de, D: Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"messages": [{"payload": "urgent", "priority": 9}, {"payloadBase64": "AAEC"},
+    {"payload": {"later": true}, "delaySeconds": 3600}]}))]
 pub struct PublishBatch {
     /// 1 to 100 messages, stored in this order in one transaction: all or none.
     pub messages: Vec<PublishRequest>,

@@ -17,6 +17,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"queued": 1200, "locked": 16, "delayed": 3, "dead": 2, "committed": 98000,
+    "oldestQueuedAgeSeconds": 4.2, "ingestedLastMinute": 5100, "ingestedLastHour": 301000,
+    "deliveredLastMinute": 5050, "deliveredLastHour": 299500}))]
 pub struct StatsResponse {
     /// Waiting and deliverable now (not locked, not delayed).
     pub queued: i64,

@@ -6,26 +6,10 @@
 use std::time::{Duration, Instant};
 
 use hookline::jobs::TtlPurger;
-use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use reqwest::StatusCode;
+use serde_json::json;
 
-use crate::helpers::{spawn_app, uuid_of, Reply, TestApp};
-
-async fn publish(app: &TestApp, wh: &str, body: Value) -> Reply {
-    app.api(Method::POST, &format!("/api/webhooks/{wh}/messages"), Some(body)).await
-}
-
-/// Publishes a new message (asserts 201); returns (id, seq).
-async fn publish_ok(app: &TestApp, wh: &str, body: Value) -> (String, i64) {
-    let r = publish(app, wh, body).await;
-    r.expect(StatusCode::CREATED);
-    (r.str("id"), r.i64("seq"))
-}
-
-fn time(v: &Value) -> chrono::DateTime<chrono::Utc> {
-    let s = v.as_str().unwrap_or_else(|| panic!("not a timestamp: {v}"));
-    chrono::DateTime::parse_from_rfc3339(s).unwrap_or_else(|e| panic!("{s}: {e}")).with_timezone(&chrono::Utc)
-}
+use crate::helpers::{spawn_app, time, uuid_of, TestApp};
 
 /// How long a message lives: expiresAt - receivedAt, in milliseconds.
 async fn lifetime_ms(app: &TestApp, wh: &str, id: &str) -> i64 {
@@ -53,12 +37,12 @@ async fn a_delayed_message_is_held_back_until_its_time_in_both_modes() {
     let published = Instant::now();
     let mut ids = Vec::new();
     for wh in [&fifo, &standard] {
-        let (id, _) = publish_ok(&app, wh, json!({"payload": {"late": true}, "delaySeconds": 1})).await;
+        let (id, _) = app.publish_ok(wh, json!({"payload": {"late": true}, "delaySeconds": 1})).await;
         ids.push(id);
     }
     for wh in [&fifo, &standard] {
         app.dequeue_none(wh).await;
-        let r = app.api(Method::POST, &format!("/api/webhooks/{wh}/messages/dequeue?maxMessages=10"), None).await;
+        let r = app.dequeue_with(wh, "maxMessages=10").await;
         assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     }
 
@@ -78,8 +62,8 @@ async fn a_delayed_message_is_held_back_until_its_time_in_both_modes() {
 async fn a_delayed_message_does_not_hold_up_the_fifo_queue_behind_it() {
     let app = spawn_app().await;
     let wh = app.create_webhook(json!({})).await;
-    let (later, later_seq) = publish_ok(&app, &wh, json!({"payload": "later", "delaySeconds": 3600})).await;
-    let (now, _) = publish_ok(&app, &wh, json!({"payload": "now"})).await;
+    let (later, later_seq) = app.publish_ok(&wh, json!({"payload": "later", "delaySeconds": 3600})).await;
+    let (now, _) = app.publish_ok(&wh, json!({"payload": "now"})).await;
     let (after, after_seq) = app.ingest_ok(&wh, r#""after""#).await;
 
     let d = app.dequeue_ok(&wh).await;
@@ -104,20 +88,18 @@ async fn a_delayed_message_does_not_hold_up_the_fifo_queue_behind_it() {
 async fn a_delayed_message_is_skipped_by_standard_consumers_until_due() {
     let app = spawn_app().await;
     let wh = app.create_webhook(json!({"mode": "standard", "priorities": true})).await;
-    let (delayed, delayed_seq) =
-        publish_ok(&app, &wh, json!({"payload": 0, "priority": 10, "delaySeconds": 3600})).await;
+    let (delayed, delayed_seq) = app.publish_ok(&wh, json!({"payload": 0, "priority": 10, "delaySeconds": 3600})).await;
     for i in 1..=3 {
-        publish_ok(&app, &wh, json!({ "payload": i })).await;
+        app.publish_ok(&wh, json!({ "payload": i })).await;
     }
-    let path = format!("/api/webhooks/{wh}/messages/dequeue?maxMessages=10");
-    let r = app.api(Method::POST, &path, None).await;
+    let r = app.dequeue_with(&wh, "maxMessages=10").await;
     r.expect(StatusCode::OK);
     let seqs: Vec<i64> = r.body["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, [2, 3, 4]);
-    assert_eq!(app.api(Method::POST, &path, None).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(app.dequeue_with(&wh, "maxMessages=10").await.status, StatusCode::NO_CONTENT);
 
     make_due(&app, &wh, delayed_seq).await;
-    let r = app.api(Method::POST, &path, None).await;
+    let r = app.dequeue_with(&wh, "maxMessages=10").await;
     r.expect(StatusCode::OK);
     let got = r.body["messages"].as_array().unwrap();
     assert_eq!(got.len(), 1, "{}", r.body);
@@ -132,12 +114,12 @@ async fn a_long_poll_is_answered_when_a_delayed_message_falls_due() {
     let published = Instant::now();
     let mut waiting = Vec::new();
     for wh in [&fifo, &standard] {
-        let (id, _) = publish_ok(&app, wh, json!({"payload": "soon", "delaySeconds": 2})).await;
+        let (id, _) = app.publish_ok(wh, json!({"payload": "soon", "delaySeconds": 2})).await;
         let (app, wh) = (app.clone_handle(), wh.clone());
         waiting.push((
             id,
             tokio::spawn(async move {
-                let r = app.api(Method::POST, &format!("/api/webhooks/{wh}/messages/dequeue?wait=10"), None).await;
+                let r = app.dequeue_with(&wh, "wait=10").await;
                 (r, Instant::now())
             }),
         ));
@@ -159,8 +141,8 @@ async fn a_message_past_its_ttl_is_never_delivered_and_the_purge_deletes_it() {
     let published = Instant::now();
     let mut messages = Vec::new();
     for wh in [&fifo, &standard] {
-        let (short, _) = publish_ok(&app, wh, json!({"payload": "short-lived", "ttlSeconds": 1})).await;
-        let (kept, _) = publish_ok(&app, wh, json!({"payload": "kept"})).await;
+        let (short, _) = app.publish_ok(wh, json!({"payload": "short-lived", "ttlSeconds": 1})).await;
+        let (kept, _) = app.publish_ok(wh, json!({"payload": "kept"})).await;
         let short_life = lifetime_ms(&app, wh, &short).await;
         assert!((800..=1200).contains(&short_life), "a 1 s TTL lives {short_life} ms");
         let kept_life = lifetime_ms(&app, wh, &kept).await;
@@ -190,15 +172,15 @@ async fn a_message_past_its_ttl_is_never_delivered_and_the_purge_deletes_it() {
 async fn a_message_ttl_is_bounded_by_the_webhooks_ttl() {
     let app = spawn_app().await;
     let wh = app.create_webhook(json!({"ttlDays": 2})).await;
-    let (id, _) = publish_ok(&app, &wh, json!({"payload": 1, "ttlSeconds": 172_800})).await;
+    let (id, _) = app.publish_ok(&wh, json!({"payload": 1, "ttlSeconds": 172_800})).await;
     let life = lifetime_ms(&app, &wh, &id).await;
     assert!((172_799_000..=172_801_000).contains(&life), "lives {life} ms");
     for ttl in [0, 172_801] {
-        let r = publish(&app, &wh, json!({"payload": 1, "ttlSeconds": ttl})).await;
+        let r = app.publish(&wh, json!({"payload": 1, "ttlSeconds": ttl})).await;
         r.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
     }
-    let (id, _) = publish_ok(&app, &wh, json!({"payload": 1, "ttlSeconds": 60})).await;
+    let (id, _) = app.publish_ok(&wh, json!({"payload": 1, "ttlSeconds": 60})).await;
     let life = lifetime_ms(&app, &wh, &id).await;
     assert!((59_800..=60_200).contains(&life), "lives {life} ms");
-    assert_eq!(app.sql_i64(&format!("SELECT count(*) FROM messages WHERE webhook_id = '{}'", uuid_of(&wh))).await, 2);
+    assert_eq!(app.stored(&wh).await, 2);
 }

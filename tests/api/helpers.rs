@@ -412,6 +412,24 @@ impl TestApp {
         ids
     }
 
+    /// Publishes one message through the API (`POST /api/webhooks/{id}/messages`).
+    pub async fn publish(&self, webhook: &str, body: Value) -> Reply {
+        self.api(reqwest::Method::POST, &format!("/api/webhooks/{webhook}/messages"), Some(body)).await
+    }
+
+    /// Publishes and asserts 201; returns (id, seq).
+    pub async fn publish_ok(&self, webhook: &str, body: Value) -> (String, i64) {
+        let r = self.publish(webhook, body).await;
+        r.expect(StatusCode::CREATED);
+        (r.str("id"), r.i64("seq"))
+    }
+
+    /// Publishes a batch (`POST /api/webhooks/{id}/messages/batch` with `{"messages": items}`).
+    pub async fn publish_batch(&self, webhook: &str, items: Vec<Value>) -> Reply {
+        let path = format!("/api/webhooks/{webhook}/messages/batch");
+        self.api(reqwest::Method::POST, &path, Some(json!({ "messages": items }))).await
+    }
+
     /// Dequeues and asserts a delivery (200).
     #[track_caller]
     pub fn dequeue_ok(&self, webhook: &str) -> impl std::future::Future<Output = Delivery> + '_ {
@@ -434,6 +452,11 @@ impl TestApp {
             assert_eq!(r.status, StatusCode::NO_CONTENT, "dequeue at {caller} delivered: {}", r.body);
             assert!(r.body.is_null(), "a 204 with a body: {}", r.body);
         }
+    }
+
+    /// Dequeues with a query string (`maxMessages=3&visibilityTimeout=1`, `wait=10`), given without the `?`.
+    pub async fn dequeue_with(&self, webhook: &str, query: &str) -> Reply {
+        self.api(reqwest::Method::POST, &format!("/api/webhooks/{webhook}/messages/dequeue?{query}"), None).await
     }
 
     /// Commits a delivery with its lock token and asserts 200 {id, status: committed}.
@@ -489,6 +512,17 @@ impl TestApp {
     pub async fn sql_strings(&self, query: &str) -> Vec<String> {
         sqlx::query_scalar::<_, String>(query).fetch_all(&self.pool).await.unwrap()
     }
+
+    /// How many messages of a webhook are stored, in any state.
+    pub async fn stored(&self, webhook: &str) -> i64 {
+        self.sql_i64(&format!("SELECT count(*) FROM messages WHERE webhook_id = '{}'", uuid_of(webhook))).await
+    }
+
+    /// How many messages of a webhook are stored and match an SQL condition (`state = 'dead'`).
+    pub async fn stored_where(&self, webhook: &str, condition: &str) -> i64 {
+        let query = format!("SELECT count(*) FROM messages WHERE webhook_id = '{}' AND {condition}", uuid_of(webhook));
+        self.sql_i64(&query).await
+    }
 }
 
 /// A delivered (locked) message, as dequeue returns it.
@@ -532,6 +566,34 @@ pub fn uuid_of(prefixed: &str) -> String {
 /// A well-formed id that names nothing.
 pub fn random_id(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// One message out of a `{"messages": [...]}` answer, as a Delivery.
+pub fn delivery(v: &Value) -> Delivery {
+    Delivery::from_reply(&Reply { status: StatusCode::OK, headers: Default::default(), body: v.clone() })
+}
+
+/// A delivered message's priority (asserted present).
+pub fn priority(d: &Delivery) -> i64 {
+    d.raw["priority"].as_i64().unwrap_or_else(|| panic!("no integer priority in {}", d.raw))
+}
+
+/// A JSON timestamp (RFC 3339) as a UTC time.
+pub fn time(v: &Value) -> chrono::DateTime<chrono::Utc> {
+    let s = v.as_str().unwrap_or_else(|| panic!("not a timestamp: {v}"));
+    chrono::DateTime::parse_from_rfc3339(s).unwrap_or_else(|e| panic!("{s}: {e}")).with_timezone(&chrono::Utc)
+}
+
+/// Asserts a refused request: a JSON error with 422, or 400 where a value cannot even be read as its type.
+#[track_caller]
+pub fn refused(r: &Reply) {
+    assert!(
+        r.status == StatusCode::UNPROCESSABLE_ENTITY || r.status == StatusCode::BAD_REQUEST,
+        "not refused: {} {}",
+        r.status,
+        r.body
+    );
+    r.error_code();
 }
 
 /// Standard base64 with padding (ten lines instead of a dev-dependency).

@@ -5,22 +5,10 @@
 
 use std::collections::HashSet;
 
-use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use reqwest::StatusCode;
+use serde_json::json;
 
 use crate::helpers::{spawn_app, uuid_of, Reply, TestApp};
-
-async fn publish(app: &TestApp, wh: &str, body: Value) -> Reply {
-    app.api(Method::POST, &format!("/api/webhooks/{wh}/messages"), Some(body)).await
-}
-
-async fn publish_batch(app: &TestApp, wh: &str, items: Vec<Value>) -> Reply {
-    app.api(Method::POST, &format!("/api/webhooks/{wh}/messages/batch"), Some(json!({ "messages": items }))).await
-}
-
-async fn stored(app: &TestApp, wh: &str) -> i64 {
-    app.sql_i64(&format!("SELECT count(*) FROM messages WHERE webhook_id = '{}'", uuid_of(wh))).await
-}
 
 async fn ingest_with(app: &TestApp, wh: &str, headers: &[(&str, &str)], body: &str) -> Reply {
     app.ingest_with_headers(wh, headers, body.as_bytes().to_vec()).await
@@ -30,38 +18,38 @@ async fn ingest_with(app: &TestApp, wh: &str, headers: &[(&str, &str)], body: &s
 async fn publishing_the_same_key_twice_stores_one_message() {
     let app = spawn_app().await;
     let wh = app.create_webhook(json!({})).await;
-    let first = publish(&app, &wh, json!({"payload": {"v": 1}, "idempotencyKey": "order-1"})).await;
+    let first = app.publish(&wh, json!({"payload": {"v": 1}, "idempotencyKey": "order-1"})).await;
     first.expect(StatusCode::CREATED);
     assert_eq!(first.body["duplicate"], false, "{}", first.body);
     let (id, seq) = (first.str("id"), first.i64("seq"));
 
     // A different payload under the same key: the original stands.
-    let again = publish(&app, &wh, json!({"payload": {"v": 2}, "idempotencyKey": "order-1"})).await;
+    let again = app.publish(&wh, json!({"payload": {"v": 2}, "idempotencyKey": "order-1"})).await;
     again.expect(StatusCode::OK);
     assert_eq!(again.body["duplicate"], true, "{}", again.body);
     assert_eq!((again.str("id"), again.i64("seq")), (id.clone(), seq));
-    assert_eq!(stored(&app, &wh).await, 1);
+    assert_eq!(app.stored(&wh).await, 1);
 
     // Another key is another message.
-    let other = publish(&app, &wh, json!({"payload": {"v": 3}, "idempotencyKey": "order-2"})).await;
+    let other = app.publish(&wh, json!({"payload": {"v": 3}, "idempotencyKey": "order-2"})).await;
     other.expect(StatusCode::CREATED);
     assert_eq!(other.body["duplicate"], false);
     assert_ne!(other.str("id"), id);
     assert!(other.i64("seq") > seq);
     // So is a message without a key, each time.
     for _ in 0..2 {
-        publish(&app, &wh, json!({"payload": {"v": 4}})).await.expect(StatusCode::CREATED);
+        app.publish(&wh, json!({"payload": {"v": 4}})).await.expect(StatusCode::CREATED);
     }
-    assert_eq!(stored(&app, &wh).await, 4);
+    assert_eq!(app.stored(&wh).await, 4);
 
     let d = app.dequeue_ok(&wh).await;
     assert_eq!((d.id.as_str(), d.json()), (id.as_str(), json!({"v": 1})));
     app.commit_ok(&wh, &d).await;
     // Still a duplicate after the original was consumed.
-    let late = publish(&app, &wh, json!({"payload": {"v": 5}, "idempotencyKey": "order-1"})).await;
+    let late = app.publish(&wh, json!({"payload": {"v": 5}, "idempotencyKey": "order-1"})).await;
     late.expect(StatusCode::OK);
     assert_eq!((late.str("id"), late.body["duplicate"].clone()), (id, json!(true)));
-    assert_eq!(stored(&app, &wh).await, 4);
+    assert_eq!(app.stored(&wh).await, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -72,7 +60,7 @@ async fn twenty_concurrent_publishes_with_one_key_store_one_message() {
     for n in 0..20 {
         let (app, wh) = (app.clone_handle(), wh.clone());
         tasks.push(tokio::spawn(async move {
-            publish(&app, &wh, json!({"payload": {"attempt": n}, "idempotencyKey": "exactly-once"})).await
+            app.publish(&wh, json!({"payload": {"attempt": n}, "idempotencyKey": "exactly-once"})).await
         }));
     }
     let (mut created, mut duplicates) = (0, 0);
@@ -97,7 +85,7 @@ async fn twenty_concurrent_publishes_with_one_key_store_one_message() {
     assert_eq!((created, duplicates), (1, 19));
     assert_eq!(ids.len(), 1, "{ids:?}");
     assert_eq!(seqs.len(), 1, "{seqs:?}");
-    assert_eq!(stored(&app, &wh).await, 1);
+    assert_eq!(app.stored(&wh).await, 1);
     let d = app.dequeue_ok(&wh).await;
     assert!(ids.contains(&d.id));
     app.commit_ok(&wh, &d).await;
@@ -109,15 +97,15 @@ async fn keys_are_per_webhook() {
     let app = spawn_app().await;
     let a = app.create_webhook(json!({})).await;
     let b = app.create_webhook(json!({})).await;
-    let on_a = publish(&app, &a, json!({"payload": 1, "idempotencyKey": "shared"})).await;
-    let on_b = publish(&app, &b, json!({"payload": 1, "idempotencyKey": "shared"})).await;
+    let on_a = app.publish(&a, json!({"payload": 1, "idempotencyKey": "shared"})).await;
+    let on_b = app.publish(&b, json!({"payload": 1, "idempotencyKey": "shared"})).await;
     on_a.expect(StatusCode::CREATED);
     on_b.expect(StatusCode::CREATED);
     assert_ne!(on_a.str("id"), on_b.str("id"));
     let headers = [("idempotency-key", "shared-ingest")];
     ingest_with(&app, &a, &headers, "{}").await.expect(StatusCode::ACCEPTED);
     ingest_with(&app, &b, &headers, "{}").await.expect(StatusCode::ACCEPTED);
-    assert_eq!((stored(&app, &a).await, stored(&app, &b).await), (2, 2));
+    assert_eq!((app.stored(&a).await, app.stored(&b).await), (2, 2));
 }
 
 #[tokio::test]
@@ -132,7 +120,7 @@ async fn an_idempotency_key_header_deduplicates_ingestion() {
     let other = ingest_with(&app, &wh, &[("idempotency-key", "evt-2")], "third").await;
     other.expect(StatusCode::ACCEPTED);
     assert_ne!(other.str("id"), first.str("id"));
-    assert_eq!(stored(&app, &wh).await, 2);
+    assert_eq!(app.stored(&wh).await, 2);
 
     let d = app.dequeue_ok(&wh).await;
     assert_eq!((d.id.as_str(), d.body.as_deref()), (first.str("id").as_str(), Some("first")));
@@ -164,7 +152,7 @@ async fn concurrent_ingests_with_one_idempotency_key_store_one_message() {
     expected.push(202);
     assert_eq!(statuses, expected);
     assert_eq!(ids.len(), 1, "{ids:?}");
-    assert_eq!(stored(&app, &wh).await, 1);
+    assert_eq!(app.stored(&wh).await, 1);
 }
 
 #[tokio::test]
@@ -180,7 +168,7 @@ async fn the_webhook_id_header_is_the_key_only_when_the_webhook_says_so() {
     for _ in 0..2 {
         ingest_with(&app, &plain, &[("webhook-id", "evt_1")], "{}").await.expect(StatusCode::ACCEPTED);
     }
-    assert_eq!(stored(&app, &plain).await, 2);
+    assert_eq!(app.stored(&plain).await, 2);
 
     let first = ingest_with(&app, &keyed, &[("webhook-id", "evt_1")], "{}").await;
     first.expect(StatusCode::ACCEPTED);
@@ -192,7 +180,7 @@ async fn the_webhook_id_header_is_the_key_only_when_the_webhook_says_so() {
     for _ in 0..2 {
         ingest_with(&app, &keyed, &[], "{}").await.expect(StatusCode::ACCEPTED);
     }
-    assert_eq!(stored(&app, &keyed).await, 4);
+    assert_eq!(app.stored(&keyed).await, 4);
 
     // Switched on later by patch.
     let r = app.patch_webhook(&plain, json!({"idempotencyFromWebhookId": true})).await;
@@ -203,24 +191,20 @@ async fn the_webhook_id_header_is_the_key_only_when_the_webhook_says_so() {
     let again = ingest_with(&app, &plain, &[("webhook-id", "evt_9")], "{}").await;
     again.expect(StatusCode::OK);
     assert_eq!(again.str("id"), first.str("id"));
-    assert_eq!(stored(&app, &plain).await, 3);
+    assert_eq!(app.stored(&plain).await, 3);
 }
 
 #[tokio::test]
 async fn a_key_repeated_inside_a_batch_answers_the_first_items_message() {
     let app = spawn_app().await;
     let wh = app.create_webhook(json!({})).await;
-    let r = publish_batch(
-        &app,
-        &wh,
-        vec![
-            json!({"payload": "a", "idempotencyKey": "k1"}),
-            json!({"payload": "b", "idempotencyKey": "k2"}),
-            json!({"payload": "c", "idempotencyKey": "k1"}),
-            json!({"payload": "d"}),
-        ],
-    )
-    .await;
+    let items = vec![
+        json!({"payload": "a", "idempotencyKey": "k1"}),
+        json!({"payload": "b", "idempotencyKey": "k2"}),
+        json!({"payload": "c", "idempotencyKey": "k1"}),
+        json!({"payload": "d"}),
+    ];
+    let r = app.publish_batch(&wh, items).await;
     r.expect(StatusCode::CREATED);
     let m = r.body["messages"].as_array().unwrap().clone();
     assert_eq!(m.len(), 4);
@@ -232,23 +216,19 @@ async fn a_key_repeated_inside_a_batch_answers_the_first_items_message() {
     assert!(new_seqs.windows(2).all(|w| w[0] < w[1]), "{new_seqs:?}");
     let new_ids: HashSet<&str> = [0, 1, 3].iter().map(|&i| m[i]["id"].as_str().unwrap()).collect();
     assert_eq!(new_ids.len(), 3);
-    assert_eq!(stored(&app, &wh).await, 3);
+    assert_eq!(app.stored(&wh).await, 3);
 
     // A later batch: a key seen before answers the earlier message.
-    let r = publish_batch(
-        &app,
-        &wh,
-        vec![json!({"payload": "e", "idempotencyKey": "k3"}), json!({"payload": "f", "idempotencyKey": "k2"})],
-    )
-    .await;
+    let items = vec![json!({"payload": "e", "idempotencyKey": "k3"}), json!({"payload": "f", "idempotencyKey": "k2"})];
+    let r = app.publish_batch(&wh, items).await;
     r.expect(StatusCode::CREATED);
     let later = r.body["messages"].as_array().unwrap().clone();
     assert_eq!(later[0]["duplicate"], false);
     assert_eq!((&later[1]["duplicate"], &later[1]["id"]), (&json!(true), &m[1]["id"]));
-    assert_eq!(stored(&app, &wh).await, 4);
+    assert_eq!(app.stored(&wh).await, 4);
 
     // And a single publish sees keys that came in a batch.
-    let r = publish(&app, &wh, json!({"payload": "g", "idempotencyKey": "k1"})).await;
+    let r = app.publish(&wh, json!({"payload": "g", "idempotencyKey": "k1"})).await;
     r.expect(StatusCode::OK);
     assert_eq!(r.body["id"], m[0]["id"]);
     let bodies: Vec<String> = {
@@ -267,9 +247,9 @@ async fn a_key_repeated_inside_a_batch_answers_the_first_items_message() {
 async fn a_key_is_free_again_after_24_hours() {
     let app = spawn_app().await;
     let wh = app.create_webhook(json!({})).await;
-    let first = publish(&app, &wh, json!({"payload": 1, "idempotencyKey": "daily"})).await;
+    let first = app.publish(&wh, json!({"payload": 1, "idempotencyKey": "daily"})).await;
     first.expect(StatusCode::CREATED);
-    publish(&app, &wh, json!({"payload": 2, "idempotencyKey": "daily"})).await.expect(StatusCode::OK);
+    app.publish(&wh, json!({"payload": 2, "idempotencyKey": "daily"})).await.expect(StatusCode::OK);
 
     // The key was first seen 25 hours ago (the broker keeps keys in idempotency_keys).
     let aged = app
@@ -279,13 +259,13 @@ async fn a_key_is_free_again_after_24_hours() {
         ))
         .await;
     assert_eq!(aged.rows_affected(), 1);
-    let later = publish(&app, &wh, json!({"payload": 3, "idempotencyKey": "daily"})).await;
+    let later = app.publish(&wh, json!({"payload": 3, "idempotencyKey": "daily"})).await;
     later.expect(StatusCode::CREATED);
     assert_eq!(later.body["duplicate"], false, "{}", later.body);
     assert_ne!(later.str("id"), first.str("id"));
     // ...and from then on it answers the new message.
-    let again = publish(&app, &wh, json!({"payload": 4, "idempotencyKey": "daily"})).await;
+    let again = app.publish(&wh, json!({"payload": 4, "idempotencyKey": "daily"})).await;
     again.expect(StatusCode::OK);
     assert_eq!(again.str("id"), later.str("id"));
-    assert_eq!(stored(&app, &wh).await, 2);
+    assert_eq!(app.stored(&wh).await, 2);
 }

@@ -3,10 +3,10 @@
 //! ingestion or `priority` on publish (0 to 10); anything else, or a priority on a webhook
 //! without priorities, is 422 and stores nothing.
 
-use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use reqwest::StatusCode;
+use serde_json::json;
 
-use crate::helpers::{spawn_app, uuid_of, Delivery, Reply, TestApp};
+use crate::helpers::{priority, refused, spawn_app, Reply, TestApp};
 
 async fn ingest_at(app: &TestApp, wh: &str, priority: &str, body: &str) -> Reply {
     let headers = [("content-type", "application/json"), ("x-hookline-priority", priority)];
@@ -18,30 +18,6 @@ async fn ingest_at_ok(app: &TestApp, wh: &str, priority: &str, body: &str) -> (S
     let r = ingest_at(app, wh, priority, body).await;
     r.expect(StatusCode::ACCEPTED);
     (r.str("id"), r.i64("seq"))
-}
-
-async fn publish(app: &TestApp, wh: &str, body: Value) -> Reply {
-    app.api(Method::POST, &format!("/api/webhooks/{wh}/messages"), Some(body)).await
-}
-
-fn priority(d: &Delivery) -> i64 {
-    d.raw["priority"].as_i64().unwrap_or_else(|| panic!("no integer priority in {}", d.raw))
-}
-
-async fn stored(app: &TestApp, wh: &str) -> i64 {
-    app.sql_i64(&format!("SELECT count(*) FROM messages WHERE webhook_id = '{}'", uuid_of(wh))).await
-}
-
-/// A refused request: 422, or 400 where the value cannot even be read as a number.
-#[track_caller]
-fn refused(r: &Reply) {
-    assert!(
-        r.status == StatusCode::UNPROCESSABLE_ENTITY || r.status == StatusCode::BAD_REQUEST,
-        "not refused: {} {}",
-        r.status,
-        r.body
-    );
-    r.error_code();
 }
 
 #[tokio::test]
@@ -108,7 +84,7 @@ async fn published_priorities_order_delivery_in_both_modes() {
     for mode in ["fifo", "standard"] {
         let wh = app.create_webhook(json!({"mode": mode, "priorities": true})).await;
         for (i, p) in priorities.iter().enumerate() {
-            let r = publish(&app, &wh, json!({"payload": {"i": i}, "priority": p})).await;
+            let r = app.publish(&wh, json!({"payload": {"i": i}, "priority": p})).await;
             r.expect(StatusCode::CREATED);
             assert_eq!(r.i64("seq"), i as i64 + 1);
         }
@@ -137,22 +113,22 @@ async fn a_bad_priority_or_one_without_priorities_enabled_is_422_and_stores_noth
     }
     ingest_at(&app, &without, "5", "{}").await.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
 
-    publish(&app, &with, json!({"payload": 1, "priority": 11}))
+    app.publish(&with, json!({"payload": 1, "priority": 11}))
         .await
         .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
-    refused(&publish(&app, &with, json!({"payload": 1, "priority": -1})).await);
-    publish(&app, &without, json!({"payload": 1, "priority": 5}))
+    refused(&app.publish(&with, json!({"payload": 1, "priority": -1})).await);
+    app.publish(&without, json!({"payload": 1, "priority": 5}))
         .await
         .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
-    assert_eq!(stored(&app, &with).await, 0);
-    assert_eq!(stored(&app, &without).await, 0);
+    assert_eq!(app.stored(&with).await, 0);
+    assert_eq!(app.stored(&without).await, 0);
 
     // The edges of the range pass.
     ingest_at_ok(&app, &with, "0", "{}").await;
     let (top, _) = ingest_at_ok(&app, &with, "10", "{}").await;
-    publish(&app, &with, json!({"payload": 1, "priority": 0})).await.expect(StatusCode::CREATED);
-    publish(&app, &with, json!({"payload": 1, "priority": 10})).await.expect(StatusCode::CREATED);
-    assert_eq!(stored(&app, &with).await, 4);
+    app.publish(&with, json!({"payload": 1, "priority": 0})).await.expect(StatusCode::CREATED);
+    app.publish(&with, json!({"payload": 1, "priority": 10})).await.expect(StatusCode::CREATED);
+    assert_eq!(app.stored(&with).await, 4);
     let d = app.dequeue_ok(&with).await;
     assert_eq!((d.id.as_str(), priority(&d)), (top.as_str(), 10));
 }
@@ -181,5 +157,5 @@ async fn priorities_can_be_switched_on_and_off_by_patch() {
     r.expect(StatusCode::OK);
     assert_eq!(r.body["priorities"], false, "{}", r.body);
     ingest_at(&app, &wh, "5", "{}").await.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
-    assert_eq!(stored(&app, &wh).await, 2);
+    assert_eq!(app.stored(&wh).await, 2);
 }

@@ -9,43 +9,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{base64, random_id, spawn_app, uuid_of, Delivery, Reply, TestApp};
-
-async fn publish(app: &TestApp, wh: &str, body: Value) -> Reply {
-    app.api(Method::POST, &format!("/api/webhooks/{wh}/messages"), Some(body)).await
-}
-
-/// Publishes a new message (asserts 201, not a duplicate); returns (id, seq).
-async fn publish_ok(app: &TestApp, wh: &str, body: Value) -> (String, i64) {
-    let r = publish(app, wh, body).await;
-    r.expect(StatusCode::CREATED);
-    assert_eq!(r.body["duplicate"], false, "{}", r.body);
-    (r.str("id"), r.i64("seq"))
-}
-
-async fn publish_batch(app: &TestApp, wh: &str, items: Vec<Value>) -> Reply {
-    app.api(Method::POST, &format!("/api/webhooks/{wh}/messages/batch"), Some(json!({ "messages": items }))).await
-}
-
-async fn stored(app: &TestApp, wh: &str) -> i64 {
-    app.sql_i64(&format!("SELECT count(*) FROM messages WHERE webhook_id = '{}'", uuid_of(wh))).await
-}
-
-fn priority(d: &Delivery) -> i64 {
-    d.raw["priority"].as_i64().unwrap_or_else(|| panic!("no integer priority in {}", d.raw))
-}
-
-/// A refused request: 422, or 400 where the value cannot even be read as its type.
-#[track_caller]
-fn refused(r: &Reply) {
-    assert!(
-        r.status == StatusCode::UNPROCESSABLE_ENTITY || r.status == StatusCode::BAD_REQUEST,
-        "not refused: {} {}",
-        r.status,
-        r.body
-    );
-    r.error_code();
-}
+use crate::helpers::{base64, priority, random_id, refused, spawn_app};
 
 fn good_item(i: usize) -> Value {
     json!({"payload": {"i": i}, "priority": 1})
@@ -56,8 +20,7 @@ async fn a_published_json_payload_is_delivered_as_json_with_its_headers() {
     let app = spawn_app().await;
     let wh = app.create_webhook(json!({})).await;
     let payload = json!({"order": 7, "items": ["a", "b"], "note": "ünïcødé", "nested": {"ok": true}});
-    let r =
-        publish(&app, &wh, json!({"payload": payload, "headers": {"X-Source": "billing", "x-trace": "abc-1"}})).await;
+    let r = app.publish(&wh, json!({"payload": payload, "headers": {"X-Source": "billing", "x-trace": "abc-1"}})).await;
     r.expect(StatusCode::CREATED);
     assert_eq!(r.body["duplicate"], false, "{}", r.body);
     let id = r.str("id");
@@ -76,7 +39,10 @@ async fn a_published_json_payload_is_delivered_as_json_with_its_headers() {
 
     // Any JSON value.
     for payload in [json!("hello"), json!(42), json!([1, {"a": null}]), json!(true)] {
-        let (id, _) = publish_ok(&app, &wh, json!({ "payload": payload })).await;
+        let r = app.publish(&wh, json!({ "payload": payload })).await;
+        r.expect(StatusCode::CREATED);
+        assert_eq!(r.body["duplicate"], false, "{}", r.body);
+        let (id, _) = (r.str("id"), r.i64("seq"));
         let d = app.dequeue_ok(&wh).await;
         assert_eq!(d.id, id);
         assert_eq!(d.json(), payload);
@@ -92,11 +58,19 @@ async fn a_base64_payload_is_delivered_as_its_bytes() {
     let app = spawn_app().await;
     let wh = app.create_webhook(json!({})).await;
     let binary = [0xffu8, 0x00, 0xfe, 0x80, 0x01];
-    let (text, _) = publish_ok(&app, &wh, json!({"payloadBase64": base64(b"plain text")})).await;
-    let (bin, _) = publish_ok(&app, &wh, json!({"payloadBase64": base64(&binary)})).await;
-    let (csv, _) =
-        publish_ok(&app, &wh, json!({"payloadBase64": base64(b"a,b\n1,2\n"), "headers": {"Content-Type": "text/csv"}}))
-            .await;
+    let mut ids = Vec::new();
+    for body in [
+        json!({"payloadBase64": base64(b"plain text")}),
+        json!({"payloadBase64": base64(&binary)}),
+        json!({"payloadBase64": base64(b"a,b\n1,2\n"), "headers": {"Content-Type": "text/csv"}}),
+    ] {
+        let r = app.publish(&wh, body).await;
+        r.expect(StatusCode::CREATED);
+        assert_eq!(r.body["duplicate"], false, "{}", r.body);
+        let (id, _) = (r.str("id"), r.i64("seq"));
+        ids.push(id);
+    }
+    let [text, bin, csv]: [String; 3] = ids.try_into().unwrap();
 
     let d = app.dequeue_ok(&wh).await;
     assert_eq!(d.id, text);
@@ -135,7 +109,7 @@ async fn publish_needs_exactly_one_payload_and_fields_in_range() {
         json!({"payload": 1, "idempotencyKey": "k".repeat(256)}),
     ];
     for body in cases {
-        let r = publish(&app, &wh, body.clone()).await;
+        let r = app.publish(&wh, body.clone()).await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {}", r.body);
         assert_eq!(r.error_code(), "validation_failed", "{body}");
     }
@@ -144,24 +118,31 @@ async fn publish_needs_exactly_one_payload_and_fields_in_range() {
         json!({"payload": 1, "ttlSeconds": -5}),
         json!({"payloadBase64": "this is not base64!"}),
     ] {
-        refused(&publish(&app, &wh, body).await);
+        refused(&app.publish(&wh, body).await);
     }
     let r = app.send(app.request(Method::POST, &format!("/api/webhooks/{wh}/messages")).body("{")).await;
     r.expect_error(StatusCode::BAD_REQUEST, "bad_request");
-    assert_eq!(stored(&app, &wh).await, 0);
+    assert_eq!(app.stored(&wh).await, 0);
     app.dequeue_none(&wh).await;
 
-    // The edges pass.
-    publish_ok(&app, &wh, json!({"payload": 1, "ttlSeconds": 86_400})).await;
-    publish_ok(&app, &wh, json!({"payload": 1, "ttlSeconds": 1})).await;
-    publish_ok(&app, &wh, json!({"payload": 1, "delaySeconds": 0})).await;
-    publish_ok(&app, &wh, json!({"payload": 1, "idempotencyKey": "k".repeat(255)})).await;
+    // The edges pass, each as a new message with an id and a seq.
     let week = app.create_webhook(json!({"ttlDays": 30})).await;
-    publish_ok(&app, &week, json!({"payload": 1, "delaySeconds": 604_800})).await;
-    assert_eq!(stored(&app, &wh).await, 4);
+    for (hook, body) in [
+        (&wh, json!({"payload": 1, "ttlSeconds": 86_400})),
+        (&wh, json!({"payload": 1, "ttlSeconds": 1})),
+        (&wh, json!({"payload": 1, "delaySeconds": 0})),
+        (&wh, json!({"payload": 1, "idempotencyKey": "k".repeat(255)})),
+        (&week, json!({"payload": 1, "delaySeconds": 604_800})),
+    ] {
+        let r = app.publish(hook, body).await;
+        r.expect(StatusCode::CREATED);
+        assert_eq!(r.body["duplicate"], false, "{}", r.body);
+        let _ = (r.str("id"), r.i64("seq"));
+    }
+    assert_eq!(app.stored(&wh).await, 4);
 
-    publish(&app, &random_id("wh_"), json!({"payload": 1})).await.expect_error(StatusCode::NOT_FOUND, "not_found");
-    publish_batch(&app, &random_id("wh_"), vec![json!({"payload": 1})])
+    app.publish(&random_id("wh_"), json!({"payload": 1})).await.expect_error(StatusCode::NOT_FOUND, "not_found");
+    app.publish_batch(&random_id("wh_"), vec![json!({"payload": 1})])
         .await
         .expect_error(StatusCode::NOT_FOUND, "not_found");
 }
@@ -171,7 +152,7 @@ async fn a_batch_of_a_hundred_is_stored_and_delivered_in_input_order() {
     let app = spawn_app().await;
     let wh = app.create_webhook(json!({})).await;
     let items: Vec<Value> = (0..100).map(|i| json!({"payload": {"i": i}})).collect();
-    let r = publish_batch(&app, &wh, items).await;
+    let r = app.publish_batch(&wh, items).await;
     r.expect(StatusCode::CREATED);
     let answers = r.body["messages"].as_array().unwrap_or_else(|| panic!("no messages list: {}", r.body)).clone();
     assert_eq!(answers.len(), 100);
@@ -180,7 +161,7 @@ async fn a_batch_of_a_hundred_is_stored_and_delivered_in_input_order() {
     assert_eq!(seqs, (1..=100).collect::<Vec<i64>>());
     let ids: HashSet<&str> = answers.iter().map(|a| a["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 100);
-    assert_eq!(stored(&app, &wh).await, 100);
+    assert_eq!(app.stored(&wh).await, 100);
 
     for (i, a) in answers.iter().enumerate() {
         let d = app.dequeue_ok(&wh).await;
@@ -196,9 +177,9 @@ async fn a_batch_of_none_or_of_a_hundred_and_one_stores_nothing() {
     let app = spawn_app().await;
     let wh = app.create_webhook(json!({})).await;
     let too_many: Vec<Value> = (0..101).map(|i| json!({"payload": {"i": i}})).collect();
-    publish_batch(&app, &wh, too_many).await.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
-    publish_batch(&app, &wh, vec![]).await.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
-    assert_eq!(stored(&app, &wh).await, 0);
+    app.publish_batch(&wh, too_many).await.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    app.publish_batch(&wh, vec![]).await.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_eq!(app.stored(&wh).await, 0);
     app.dequeue_none(&wh).await;
 }
 
@@ -216,18 +197,18 @@ async fn one_bad_item_refuses_the_whole_batch_and_is_named() {
     for (bad_at, bad) in cases {
         let mut items: Vec<Value> = (0..5).map(good_item).collect();
         items[bad_at] = bad.clone();
-        let r = publish_batch(&app, &wh, items).await;
+        let r = app.publish_batch(&wh, items).await;
         let message = r.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
         assert!(message.contains(&format!("messages[{bad_at}]")), "{bad}: {message}");
     }
-    assert_eq!(stored(&app, &wh).await, 0);
+    assert_eq!(app.stored(&wh).await, 0);
     app.dequeue_none(&wh).await;
 
     // The same batch without the bad item goes through.
-    let r = publish_batch(&app, &wh, (0..5).map(good_item).collect()).await;
+    let r = app.publish_batch(&wh, (0..5).map(good_item).collect()).await;
     r.expect(StatusCode::CREATED);
     assert_eq!(r.body["messages"].as_array().unwrap().len(), 5);
-    assert_eq!(stored(&app, &wh).await, 5);
+    assert_eq!(app.stored(&wh).await, 5);
 }
 
 #[tokio::test]
@@ -240,7 +221,7 @@ async fn batch_items_carry_their_own_priority_delay_and_headers() {
         json!({"payloadBase64": base64(b"c"), "priority": 5, "headers": {"X-Kind": "raw"}}),
         json!({"payload": "d", "priority": 9, "delaySeconds": 3600}),
     ];
-    let r = publish_batch(&app, &wh, items).await;
+    let r = app.publish_batch(&wh, items).await;
     r.expect(StatusCode::CREATED);
     let answers = r.body["messages"].as_array().unwrap().clone();
     let seqs: Vec<i64> = answers.iter().map(|a| a["seq"].as_i64().unwrap()).collect();
@@ -260,7 +241,7 @@ async fn batch_items_carry_their_own_priority_delay_and_headers() {
     assert_eq!(got, [(id(1), 5), (id(2), 5), (id(0), 1)]);
     // The delayed one, though of the highest priority, is not due.
     app.dequeue_none(&wh).await;
-    assert_eq!(stored(&app, &wh).await, 4);
+    assert_eq!(app.stored(&wh).await, 4);
 }
 
 #[tokio::test]
@@ -269,12 +250,10 @@ async fn a_waiting_consumer_is_woken_by_a_publish() {
     let wh = app.create_webhook(json!({})).await;
     let waiting = {
         let (app, wh) = (app.clone_handle(), wh.clone());
-        tokio::spawn(async move {
-            app.api(Method::POST, &format!("/api/webhooks/{wh}/messages/dequeue?wait=10"), None).await
-        })
+        tokio::spawn(async move { app.dequeue_with(&wh, "wait=10").await })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let r = publish_batch(&app, &wh, vec![json!({"payload": 1}), json!({"payload": 2})]).await;
+    let r = app.publish_batch(&wh, vec![json!({"payload": 1}), json!({"payload": 2})]).await;
     r.expect(StatusCode::CREATED);
     let first = r.body["messages"][0]["id"].as_str().unwrap().to_owned();
 

@@ -6,7 +6,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{random_id, spawn_app, uuid_of, Delivery, Reply, TestApp};
+use crate::helpers::{delivery, random_id, spawn_app, time, uuid_of, Delivery, Reply, TestApp};
 
 async fn bulk(app: &TestApp, wh: &str, action: &str, body: Option<Value>) -> Reply {
     app.api(Method::POST, &format!("/api/webhooks/{wh}/errors/{action}"), body).await
@@ -49,15 +49,6 @@ async fn dead_at(app: &TestApp, wh: &str, seq: i64, at: &str) {
         ))
         .await;
     assert_eq!(done.rows_affected(), 1, "seq {seq} is not dead");
-}
-
-fn time(v: &Value) -> chrono::DateTime<chrono::Utc> {
-    let s = v.as_str().unwrap_or_else(|| panic!("not a timestamp: {v}"));
-    chrono::DateTime::parse_from_rfc3339(s).unwrap_or_else(|e| panic!("{s}: {e}")).with_timezone(&chrono::Utc)
-}
-
-async fn count(app: &TestApp, wh: &str, condition: &str) -> i64 {
-    app.sql_i64(&format!("SELECT count(*) FROM messages WHERE webhook_id = '{}' AND {condition}", uuid_of(wh))).await
 }
 
 #[tokio::test]
@@ -182,7 +173,7 @@ async fn a_bulk_retry_since_a_time_takes_only_the_later_dead_letters() {
     assert_eq!(bulk_ok(&app, &wh, "retry", Some(json!({"since": "2024-01-01T02:00:00+01:00"}))).await, 1);
     assert_eq!(dead_seqs(&app, &wh, "").await, [1]);
     assert_eq!(app.drain(&wh).await, vec![2, 3, 4, 5]);
-    assert_eq!(count(&app, &wh, "state = 'dead'").await, 1);
+    assert_eq!(app.stored_where(&wh, "state = 'dead'").await, 1);
 }
 
 #[tokio::test]
@@ -207,7 +198,7 @@ async fn a_bulk_discard_deletes_dead_letters_and_nothing_else() {
     assert_eq!(bulk_ok(&app, &wh, "discard", None).await, 0);
     assert_eq!(dead_seqs(&app, &wh, "").await, Vec::<i64>::new());
 
-    assert_eq!(count(&app, &wh, "true").await, 3);
+    assert_eq!(app.stored(&wh).await, 3);
     assert_eq!(app.message_status(&wh, &ids[1]).await, "committed");
     assert_eq!(app.drain(&wh).await, vec![5, 6]);
 }
@@ -222,9 +213,7 @@ async fn purge_removes_every_live_message_of_a_fifo_webhook() {
     kill_head(&app, &wh, "fatal").await; // 2 dead
     let held = app.dequeue_ok(&wh).await; // 3 locked; 4, 5, 6 queued
     assert_eq!(held.seq, 3);
-    let r = app
-        .api(Method::POST, &format!("/api/webhooks/{wh}/messages"), Some(json!({"payload": 7, "delaySeconds": 3600})))
-        .await;
+    let r = app.publish(&wh, json!({"payload": 7, "delaySeconds": 3600})).await;
     r.expect(StatusCode::CREATED); // 7 delayed
 
     let r = purge(&app, &wh).await;
@@ -234,7 +223,7 @@ async fn purge_removes_every_live_message_of_a_fifo_webhook() {
     app.commit(&wh, &held.id, Some(&held.lock_token)).await.expect_error(StatusCode::NOT_FOUND, "not_found");
     assert_eq!(app.message_status(&wh, &ids[0]).await, "committed");
     assert_eq!(dead_seqs(&app, &wh, "").await, [2]);
-    assert_eq!(count(&app, &wh, "true").await, 2);
+    assert_eq!(app.stored(&wh).await, 2);
     assert_eq!(purge(&app, &wh).await.i64("purged"), 0);
 
     // The queue works on: the purged lock does not block a new message.
@@ -249,14 +238,9 @@ async fn purge_removes_every_live_message_of_a_standard_webhook() {
     let app = spawn_app().await;
     let wh = app.create_webhook(json!({"mode": "standard"})).await;
     app.ingest_many(&wh, 5).await;
-    let r = app.api(Method::POST, &format!("/api/webhooks/{wh}/messages/dequeue?maxMessages=3"), None).await;
+    let r = app.dequeue_with(&wh, "maxMessages=3").await;
     r.expect(StatusCode::OK);
-    let held: Vec<Delivery> = r.body["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| Delivery::from_reply(&Reply { status: StatusCode::OK, headers: Default::default(), body: v.clone() }))
-        .collect();
+    let held: Vec<Delivery> = r.body["messages"].as_array().unwrap().iter().map(delivery).collect();
     assert_eq!(held.len(), 3);
     app.commit_ok(&wh, &held[0]).await;
 
@@ -267,7 +251,7 @@ async fn purge_removes_every_live_message_of_a_standard_webhook() {
         app.commit(&wh, &d.id, Some(&d.lock_token)).await.expect_error(StatusCode::NOT_FOUND, "not_found");
     }
     app.dequeue_none(&wh).await;
-    assert_eq!(count(&app, &wh, "true").await, 1);
+    assert_eq!(app.stored(&wh).await, 1);
     assert_eq!(app.message_status(&wh, &held[0].id).await, "committed");
 }
 

@@ -11,25 +11,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, uuid_of, Delivery, Reply, TestApp};
-
-/// One message out of a `{"messages": [...]}` answer, as a Delivery.
-fn delivery(v: &Value) -> Delivery {
-    Delivery::from_reply(&Reply { status: StatusCode::OK, headers: Default::default(), body: v.clone() })
-}
-
-fn priority(d: &Delivery) -> i64 {
-    d.raw["priority"].as_i64().unwrap_or_else(|| panic!("no integer priority in {}", d.raw))
-}
-
-fn time(v: &Value) -> chrono::DateTime<chrono::Utc> {
-    let s = v.as_str().unwrap_or_else(|| panic!("not a timestamp: {v}"));
-    chrono::DateTime::parse_from_rfc3339(s).unwrap_or_else(|e| panic!("{s}: {e}")).with_timezone(&chrono::Utc)
-}
-
-async fn dequeue_with(app: &TestApp, wh: &str, query: &str) -> Reply {
-    app.api(Method::POST, &format!("/api/webhooks/{wh}/messages/dequeue?{query}"), None).await
-}
+use crate::helpers::{delivery, priority, spawn_app, time, Delivery, Reply, TestApp};
 
 /// The deliveries of a dequeue answered with a list (`maxMessages`); none on 204.
 fn deliveries(r: &Reply) -> Vec<Delivery> {
@@ -44,14 +26,13 @@ fn deliveries(r: &Reply) -> Vec<Delivery> {
 }
 
 async fn dequeue_list(app: &TestApp, wh: &str, query: &str) -> Vec<Delivery> {
-    deliveries(&dequeue_with(app, wh, query).await)
+    deliveries(&app.dequeue_with(wh, query).await)
 }
 
 /// Publishes a batch and asserts 201 with fresh messages; returns (id, seq) in input order.
-async fn publish_batch(app: &TestApp, wh: &str, items: Vec<Value>) -> Vec<(String, i64)> {
+async fn publish_batch_ok(app: &TestApp, wh: &str, items: Vec<Value>) -> Vec<(String, i64)> {
     let n = items.len();
-    let r =
-        app.api(Method::POST, &format!("/api/webhooks/{wh}/messages/batch"), Some(json!({ "messages": items }))).await;
+    let r = app.publish_batch(wh, items).await;
     r.expect(StatusCode::CREATED);
     let answers = r.body["messages"].as_array().unwrap_or_else(|| panic!("no messages list: {}", r.body));
     assert_eq!(answers.len(), n, "{}", r.body);
@@ -62,10 +43,6 @@ async fn publish_batch(app: &TestApp, wh: &str, items: Vec<Value>) -> Vec<(Strin
             (a["id"].as_str().unwrap().to_owned(), a["seq"].as_i64().unwrap())
         })
         .collect()
-}
-
-async fn count(app: &TestApp, wh: &str, condition: &str) -> i64 {
-    app.sql_i64(&format!("SELECT count(*) FROM messages WHERE webhook_id = '{}' AND {condition}", uuid_of(wh))).await
 }
 
 #[tokio::test]
@@ -163,8 +140,8 @@ async fn two_messages_are_in_flight_at_once_where_fifo_would_wait() {
     app.commit_ok(&standard, &again).await;
     app.commit_ok(&standard, &third).await;
     app.dequeue_none(&standard).await;
-    assert_eq!(count(&app, &standard, "state = 'committed'").await, 3);
-    assert_eq!(count(&app, &standard, "state <> 'committed'").await, 0);
+    assert_eq!(app.stored_where(&standard, "state = 'committed'").await, 3);
+    assert_eq!(app.stored_where(&standard, "state <> 'committed'").await, 0);
 }
 
 #[tokio::test]
@@ -203,7 +180,7 @@ async fn with_max_messages_standard_hands_out_a_list_and_fifo_only_one() {
     for d in all.iter().rev() {
         app.commit_ok(&standard, d).await;
     }
-    assert_eq!(count(&app, &standard, "state = 'committed'").await, 5);
+    assert_eq!(app.stored_where(&standard, "state = 'committed'").await, 5);
     app.commit_ok(&fifo, &got[0]).await;
     assert_eq!(dequeue_list(&app, &fifo, "maxMessages=100").await[0].seq, 2);
 }
@@ -223,7 +200,7 @@ async fn max_messages_and_visibility_timeout_out_of_range_are_422() {
             "maxMessages=0&visibilityTimeout=30",
             "maxMessages=5&visibilityTimeout=43201",
         ] {
-            let r = dequeue_with(&app, wh, query).await;
+            let r = app.dequeue_with(wh, query).await;
             assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {}", r.body);
             assert_eq!(r.error_code(), "validation_failed", "{query}");
         }
@@ -258,7 +235,7 @@ async fn a_visibility_timeout_replaces_the_lock_timeout_and_its_expiry_hands_the
     let gap = (time(&long.raw["lockExpiresAt"]) - time(&short.raw["lockExpiresAt"])).num_seconds();
     assert!(gap > 250, "the 1 s lock expires only {gap} s before the 300 s one");
     // Without maxMessages the answer is the single message object.
-    let fifo_short = dequeue_with(&app, &fifo, "visibilityTimeout=1").await;
+    let fifo_short = app.dequeue_with(&fifo, "visibilityTimeout=1").await;
     fifo_short.expect(StatusCode::OK);
     let fifo_short = Delivery::from_reply(&fifo_short);
     assert_eq!(fifo_short.id, fifo_ids[0]);
@@ -314,7 +291,7 @@ async fn an_extended_standard_lock_outlives_its_neighbours_expired_lock() {
     for d in &next {
         app.commit_ok(&wh, d).await;
     }
-    assert_eq!(count(&app, &wh, "state = 'committed'").await, 3);
+    assert_eq!(app.stored_where(&wh, "state = 'committed'").await, 3);
 }
 
 #[tokio::test]
@@ -342,7 +319,7 @@ async fn one_consumer_gets_thirty_mixed_priority_messages_in_priority_then_seq_o
     let priorities: Vec<i64> = (0..30).map(|i| (i * 7 % 11) as i64).collect();
     let items: Vec<Value> =
         priorities.iter().enumerate().map(|(i, p)| json!({"payload": {"i": i}, "priority": p})).collect();
-    let published = publish_batch(&app, &wh, items).await;
+    let published = publish_batch_ok(&app, &wh, items).await;
     assert!(published.windows(2).all(|w| w[0].1 < w[1].1), "{published:?}");
 
     let mut expected: Vec<(i64, i64, String)> =
@@ -384,7 +361,7 @@ async fn sixteen_standard_consumers_take_two_thousand_messages_once_each_by_prio
     for b in 0..MESSAGES / BATCH {
         let items: Vec<Value> =
             (b * BATCH..(b + 1) * BATCH).map(|i| json!({"payload": {"i": i}, "priority": priority_of(i)})).collect();
-        for (k, (id, seq)) in publish_batch(&app, &wh, items).await.into_iter().enumerate() {
+        for (k, (id, seq)) in publish_batch_ok(&app, &wh, items).await.into_iter().enumerate() {
             assert!(seq > last_seq, "seq {seq} after {last_seq}");
             last_seq = seq;
             assert!(published.insert(id, (priority_of(b * BATCH + k), seq)).is_none(), "an id handed out twice");
@@ -452,8 +429,8 @@ async fn sixteen_standard_consumers_take_two_thousand_messages_once_each_by_prio
     let twice: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
     assert_eq!(delivered.len(), MESSAGES, "not every message was delivered");
-    assert_eq!(count(&app, &wh, "state = 'committed'").await, MESSAGES as i64);
-    assert_eq!(count(&app, &wh, "state <> 'committed'").await, 0);
+    assert_eq!(app.stored_where(&wh, "state = 'committed'").await, MESSAGES as i64);
+    assert_eq!(app.stored_where(&wh, "state <> 'committed'").await, 0);
     app.dequeue_none(&wh).await;
 
     // Within one answer: priority descending, then seq.

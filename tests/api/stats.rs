@@ -6,7 +6,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{random_id, spawn_app, uuid_of, Delivery, Reply, TestApp};
+use crate::helpers::{delivery, random_id, spawn_app, uuid_of, Delivery, Reply, TestApp};
 
 #[derive(Debug, PartialEq)]
 struct Counts {
@@ -58,10 +58,6 @@ fn oldest(s: &Value) -> f64 {
     s["oldestQueuedAgeSeconds"].as_f64().unwrap_or_else(|| panic!("no oldestQueuedAgeSeconds in {s}"))
 }
 
-fn delivery(v: &Value) -> Delivery {
-    Delivery::from_reply(&Reply { status: StatusCode::OK, headers: Default::default(), body: v.clone() })
-}
-
 async fn error(app: &TestApp, wh: &str, d: &Delivery, requeue: bool) -> Reply {
     let body = json!({"lockToken": d.lock_token, "reason": "failed", "requeue": requeue});
     let r = app.error(wh, &d.id, Some(body)).await;
@@ -83,14 +79,13 @@ async fn stats_follow_a_scripted_standard_sequence() {
     let items: Vec<Value> = (0..10)
         .map(|i| if i == 2 || i == 7 { json!({"payload": i, "delaySeconds": 3600}) } else { json!({ "payload": i }) })
         .collect();
-    let r =
-        app.api(Method::POST, &format!("/api/webhooks/{wh}/messages/batch"), Some(json!({ "messages": items }))).await;
+    let r = app.publish_batch(&wh, items).await;
     r.expect(StatusCode::CREATED);
     let s = stats(&app, &wh).await;
     assert_eq!(counts(&s), c(8, 0, 2, 0, 0), "{s}");
     assert_eq!(windows(&s), (10, 10, 0, 0), "{s}");
 
-    let r = app.api(Method::POST, &format!("/api/webhooks/{wh}/messages/dequeue?maxMessages=3"), None).await;
+    let r = app.dequeue_with(&wh, "maxMessages=3").await;
     r.expect(StatusCode::OK);
     let got: Vec<Delivery> = r.body["messages"].as_array().unwrap().iter().map(delivery).collect();
     assert_eq!(got.iter().map(|d| d.seq).collect::<Vec<_>>(), [1, 2, 4]);
@@ -144,9 +139,7 @@ async fn stats_follow_a_scripted_fifo_sequence() {
     let app = spawn_app().await;
     let wh = app.create_webhook(json!({})).await;
     app.ingest_many(&wh, 4).await;
-    let r = app
-        .api(Method::POST, &format!("/api/webhooks/{wh}/messages"), Some(json!({"payload": 5, "delaySeconds": 3600})))
-        .await;
+    let r = app.publish(&wh, json!({"payload": 5, "delaySeconds": 3600})).await;
     r.expect(StatusCode::CREATED);
     let s = stats(&app, &wh).await;
     assert_eq!(counts(&s), c(4, 0, 1, 0, 0), "{s}");
