@@ -40,7 +40,7 @@ if [ -z "${DATABASE_URL:-}" ]; then
     # over HTTP and checks order; the full run is deploy/bench.sh (see BENCHMARKS.md).
     echo "== benchmark smoke"
     smoke_dir="${TMPDIR:-/tmp}/hookline-bench-smoke"
-    cargo run --quiet -p hookline-bench -- --secs 1 --scenarios ingest-one,fifo-one --check \
+    cargo run --quiet -p hookline-bench -- --secs 1 --scenarios ingest-one,fifo-one,standard --check \
         --port 18181 --data-dir "$smoke_dir" --json target/bench-smoke.json
     rm -rf "$smoke_dir"
 fi

@@ -2,8 +2,8 @@
 //! the next request), and an open-loop sender at a fixed offered rate. Latencies are
 //! recorded in microseconds.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -26,7 +26,8 @@ pub struct Outcome {
     pub failures: u64,
     /// Dequeues that found nothing (204).
     pub empty: u64,
-    /// Deliveries out of seq order within a webhook (must be 0).
+    /// Deliveries out of seq order within a FIFO webhook, or of a message already delivered
+    /// (standard mode): must be 0.
     pub out_of_order: u64,
     pub latency: Histogram<u64>,
     pub elapsed: Duration,
@@ -168,6 +169,62 @@ async fn consume(t: Target, webhooks: Vec<String>, deadline: Instant, next: bool
     out
 }
 
+/// `consumers` concurrent consumers on one standard-mode webhook, each locking up to `batch`
+/// messages per dequeue and committing each. Latency is per message, from the dequeue that
+/// handed it out to its commit.
+pub async fn standard(target: &Target, webhook: String, consumers: usize, batch: usize, secs: u64) -> Outcome {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let mut tasks = JoinSet::new();
+    for _ in 0..consumers {
+        let (t, webhook, seen) = (target.clone(), webhook.clone(), seen.clone());
+        tasks.spawn(async move { consume_standard(t, webhook, batch, deadline, seen).await });
+    }
+    collect(tasks, started).await
+}
+
+async fn consume_standard(
+    t: Target,
+    webhook: String,
+    batch: usize,
+    deadline: Instant,
+    seen: Arc<Mutex<HashSet<String>>>,
+) -> Outcome {
+    let mut out = Outcome::new();
+    let dequeue = format!("/api/webhooks/{webhook}/messages/dequeue?maxMessages={batch}");
+    while Instant::now() < deadline {
+        let sent = Instant::now();
+        let messages = match post(&t, &dequeue, None).await {
+            Some((StatusCode::OK, v)) => v["messages"].as_array().cloned().unwrap_or_default(),
+            Some((StatusCode::NO_CONTENT, _)) => {
+                // Drained: the others hold what is left.
+                out.empty += 1;
+                break;
+            }
+            _ => {
+                out.failures += 1;
+                continue;
+            }
+        };
+        for m in messages {
+            let id = m["id"].as_str().unwrap_or_default().to_owned();
+            if !seen.lock().expect("seen set poisoned").insert(id.clone()) {
+                out.out_of_order += 1;
+            }
+            let path = format!("/api/webhooks/{webhook}/messages/{id}/commit");
+            match post(&t, &path, Some(serde_json::json!({ "lockToken": m["lockToken"] }))).await {
+                Some((StatusCode::OK, _)) => {
+                    out.done += 1;
+                    out.latency.saturating_record(sent.elapsed().as_micros() as u64);
+                }
+                _ => out.failures += 1,
+            }
+        }
+    }
+    out
+}
+
 /// Open loop: one request every 1/rate s regardless of answers; latency is measured from
 /// the scheduled send time, so a stall is not hidden (no coordinated omission).
 pub async fn offered(target: &Target, webhooks: Arc<Vec<String>>, rate: u64, secs: u64) -> Outcome {
@@ -218,16 +275,21 @@ async fn post(t: &Target, path: &str, json: Option<Value>) -> Option<(StatusCode
     Some((status, value))
 }
 
-/// Creates `n` webhooks and returns their ids.
+/// Creates `n` strict-FIFO webhooks and returns their ids.
 pub async fn create_webhooks(t: &Target, n: usize, lock_timeout: u32) -> anyhow::Result<Vec<String>> {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let body = serde_json::json!({"name": format!("bench-{i}"), "lockTimeoutSeconds": lock_timeout});
-        let (status, v) = post(t, "/api/webhooks", Some(body)).await.ok_or_else(|| anyhow::anyhow!("create failed"))?;
-        anyhow::ensure!(status == StatusCode::CREATED, "creating a webhook answered {status}: {v}");
-        ids.push(v["id"].as_str().unwrap_or_default().to_owned());
+        ids.push(create_webhook(t, body).await?);
     }
     Ok(ids)
+}
+
+/// Creates one webhook with these settings and returns its id.
+pub async fn create_webhook(t: &Target, settings: Value) -> anyhow::Result<String> {
+    let (status, v) = post(t, "/api/webhooks", Some(settings)).await.ok_or_else(|| anyhow::anyhow!("create failed"))?;
+    anyhow::ensure!(status == StatusCode::CREATED, "creating a webhook answered {status}: {v}");
+    Ok(v["id"].as_str().unwrap_or_default().to_owned())
 }
 
 fn now_micros() -> u64 {

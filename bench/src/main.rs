@@ -25,7 +25,7 @@ struct Args {
     /// Seconds per scenario.
     #[arg(long, default_value_t = 10)]
     secs: u64,
-    /// Comma-separated scenarios, or `all`: ingest-many, ingest-one, fifo-one, fifo-many, latency, delivery, growth, baseline.
+    /// Comma-separated scenarios, or `all`: ingest-many, ingest-one, fifo-one, fifo-many, standard, latency, delivery, growth, baseline.
     #[arg(long, default_value = "all")]
     scenarios: String,
     /// A running broker to target instead of starting one (then baseline is skipped).
@@ -132,6 +132,13 @@ async fn run(args: &Args, exe: &std::path::Path, broker: &Broker) -> anyhow::Res
         top_up(&target, many.clone(), 12_000 * secs).await;
         rec.measure("fifo-many", load::fifo(&target, many.clone(), 64, secs, false)).await;
         rec.measure("fifo-many-next", load::fifo(&target, many.clone(), 64, secs, true)).await;
+    }
+    if wanted("standard") {
+        let hook =
+            load::create_webhook(&target, serde_json::json!({"name": "bench-standard", "mode": "standard"})).await?;
+        let hook = Arc::new(vec![hook]);
+        top_up(&target, hook.clone(), 12_000 * secs).await;
+        rec.measure("standard", load::standard(&target, hook[0].clone(), 16, 10, secs)).await;
     }
     if wanted("latency") {
         rec.measure("latency", load::offered(&target, many.clone(), args.rate, secs)).await;
