@@ -58,8 +58,11 @@ FROM messages GROUP BY webhook_id;
 
 CREATE FUNCTION hookline_count_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO webhook_counts (webhook_id, live, ingested)
-    SELECT webhook_id, count(*), count(*) FROM new_rows GROUP BY webhook_id;
+    -- Ingestion inserts queued rows; counting by state keeps bulk loads of other states exact.
+    INSERT INTO webhook_counts (webhook_id, live, dead, committed, ingested)
+    SELECT webhook_id, count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'dead'),
+           count(*) FILTER (WHERE state = 'committed'), count(*)
+    FROM new_rows GROUP BY webhook_id;
     RETURN NULL;
 END
 $$;

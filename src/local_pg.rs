@@ -32,12 +32,15 @@ impl LocalPostgres {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir.canonicalize()?;
         let mut pg = Self { bin_dir, dir, run_as, started_here: false };
-        if let Some(user) = run_as {
+        let initialized = pg.dir.join("PG_VERSION").exists();
+        // An initialized cluster already belongs to its user; walking a running one's files
+        // would race with the server creating and removing them.
+        if let Some(user) = run_as.filter(|_| !initialized) {
             pg.check(Command::new("chown").arg("-R").arg(format!("{user}:")).arg(&pg.dir))
                 .with_context(|| format!("giving {} to the `{user}` user (does it exist?)", pg.dir.display()))?;
         }
         pg.check(pg.command("chmod").arg("700").arg(&pg.dir))?;
-        if !pg.dir.join("PG_VERSION").exists() {
+        if !initialized {
             tracing::info!(dir = %pg.dir.display(), "initializing a local PostgreSQL cluster");
             pg.check(
                 pg.command(pg.tool("initdb"))

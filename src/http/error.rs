@@ -76,12 +76,19 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: bad_request, unauthorized, invalid_signature, invalid_login, forbidden, not_found, method_not_allowed,
     /// conflict, validation_failed, payload_too_large, rate_limited, payload_unreadable, internal.
     pub code: String,
     pub message: String,
+}
+
+impl ApiError {
+    /// The code and message a client sees (a 500 says only "internal error").
+    pub fn detail(&self) -> ErrorDetail {
+        ErrorDetail { code: self.code().into(), message: self.to_string() }
+    }
 }
 
 impl ResponseError for ApiError {
@@ -106,7 +113,7 @@ impl ResponseError for ApiError {
         if let Self::Unexpected(cause) = self {
             tracing::error!(error = ?cause, "request failed");
         }
-        let body = ErrorBody { error: ErrorDetail { code: self.code().into(), message: self.to_string() } };
+        let body = ErrorBody { error: self.detail() };
         let mut response = HttpResponse::build(self.status_code());
         match self {
             Self::Unauthorized => {

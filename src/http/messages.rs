@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::{parse_json, ApiError, ErrorBody};
+use super::error::{parse_json, ApiError, ErrorBody, ErrorDetail};
 use super::{id, ApiState, Authenticated};
 use crate::domain::{
     LockTimeout, LockToken, MaxMessages, MessageId, MessageState, Payload, Priority, Scope, Seq, SettingError,
@@ -20,6 +20,7 @@ use crate::domain::{
 };
 use crate::limits::Operation;
 use crate::store::messages::{self as store, LockedMessage, LockedRef};
+use crate::store::StoreError;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     // One scope, static segment first: actix-router tries each dynamic pattern in turn as a
@@ -29,6 +30,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/dequeue", web::post().to(dequeue))
             .route("", web::post().to(super::publish::publish))
             .route("/batch", web::post().to(super::publish::publish_batch))
+            .route("/commit", web::post().to(commit_batch))
             .route("/{message_id}/commit", web::post().to(commit))
             .route("/{message_id}/error", web::post().to(error))
             .route("/{message_id}/extend", web::post().to(extend))
@@ -323,6 +325,79 @@ pub async fn commit(
             Err(e) => Err(e),
         },
     }
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommitBatch {
+    /// 1 to 100 locked messages, each with the token its dequeue answered.
+    pub messages: Vec<CommitEntry>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommitEntry {
+    #[schema(value_type = String)]
+    pub id: MessageId,
+    #[schema(value_type = Option<String>)]
+    pub lock_token: Option<LockToken>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommittedBatch {
+    /// The ids committed, in input order.
+    #[schema(value_type = Vec<String>)]
+    pub committed: Vec<MessageId>,
+    /// The entries not committed and why (`not_found`, or `conflict`: not locked, or
+    /// locked under another token), in input order.
+    pub failed: Vec<CommitFailure>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommitFailure {
+    #[schema(value_type = String)]
+    pub id: MessageId,
+    pub error: ErrorDetail,
+}
+
+/// Most messages one batch commit may name.
+const MAX_COMMIT_BATCH: usize = 100;
+
+/// Acknowledge up to 100 locked messages in one request (one statement in standard mode).
+/// Each entry succeeds or fails on its own: 200 lists which were committed and why the
+/// others were not.
+#[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/commit", tag = "messages",
+    params(("webhook_id" = String, Path)), request_body = CommitBatch, security(("api_key" = [])),
+    responses((status = 200, body = CommittedBatch), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 429, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(webhook_id = %path))]
+pub async fn commit_batch(
+    auth: Authenticated,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let webhook: WebhookId = id(&path, "webhook")?;
+    auth.require(Scope::Consume, Some(&webhook))?;
+    let req: CommitBatch = parse_json(&body, false)?;
+    if req.messages.is_empty() || req.messages.len() > MAX_COMMIT_BATCH {
+        return Err(ApiError::Validation(format!("messages must hold 1 to {MAX_COMMIT_BATCH} entries")));
+    }
+    auth.rate_limit_n(&state, webhook, Operation::Ack, req.messages.len())?;
+    let entries: Vec<(MessageId, Option<LockToken>)> = req.messages.iter().map(|e| (e.id, e.lock_token)).collect();
+    let mut conn = state.pool.acquire().await?;
+    let outcomes = store::commit_many(&mut conn, auth.project(), &webhook, &entries).await?;
+    let mut answer = CommittedBatch { committed: Vec::new(), failed: Vec::new() };
+    for ((id, _), outcome) in entries.into_iter().zip(outcomes) {
+        match outcome {
+            Ok(()) => answer.committed.push(id),
+            // The database failing is the request failing, not one entry.
+            Err(e @ StoreError::Database(_)) => return Err(e.into()),
+            Err(e) => answer.failed.push(CommitFailure { id, error: ApiError::from(e).detail() }),
+        }
+    }
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 /// Report a failed attempt: the message returns to its position, or goes to the

@@ -10,8 +10,8 @@ use uuid::Uuid;
 use super::{not_found_as, StoreError, StoreResult};
 use crate::crypto::{KeyId, Sealed};
 use crate::domain::{
-    DelaySeconds, IdempotencyKey, LockTimeout, LockToken, MaxMessages, MessageId, MessageState, Priority, ProjectId,
-    Seq, TtlSeconds, WebhookId,
+    DelaySeconds, DeliveryMode, IdempotencyKey, LockTimeout, LockToken, MaxMessages, MessageId, MessageState, Priority,
+    ProjectId, Seq, TtlSeconds, WebhookId,
 };
 
 /// A message ready to insert: its id chosen and its payload sealed by the caller.
@@ -337,6 +337,59 @@ pub async fn commit(db: &mut PgConnection, target: &LockedRef<'_>) -> StoreResul
         Ok(_) => Ok(()),
         Err(e) => Err(refusal(db, target, e).await),
     }
+}
+
+/// Commits many locked messages of one webhook at once. In standard mode, one statement
+/// for all of them; in FIFO mode (one message in flight at most) each in turn. Answers per
+/// entry, in input order: committed, or why not (404 / 409 as for a single commit).
+pub async fn commit_many(
+    db: &mut PgConnection,
+    project: ProjectId,
+    webhook: &WebhookId,
+    entries: &[(MessageId, Option<LockToken>)],
+) -> StoreResult<Vec<StoreResult<()>>> {
+    let mode: Option<DeliveryMode> = sqlx::query_scalar("SELECT mode FROM webhooks WHERE id = $1 AND project_id = $2")
+        .bind(webhook.as_uuid())
+        .bind(project)
+        .fetch_optional(&mut *db)
+        .await?;
+    let mut outcomes = Vec::with_capacity(entries.len());
+    if mode.ok_or(StoreError::NotFound("webhook"))? == DeliveryMode::Fifo {
+        for (message, token) in entries {
+            outcomes.push(commit(db, &LockedRef { project, webhook, message, token: token.as_ref() }).await);
+        }
+        return Ok(outcomes);
+    }
+    let ids: Vec<Uuid> = entries.iter().map(|(m, _)| *m.as_uuid()).collect();
+    let tokens: Vec<Option<Uuid>> = entries.iter().map(|(_, t)| t.map(|t| *t.as_uuid())).collect();
+    let committed: HashSet<Uuid> = sqlx::query_scalar(
+        "WITH held AS (
+             SELECT m.webhook_id, m.seq FROM messages m
+             JOIN unnest($2::uuid[], $3::uuid[]) AS c(id, token) ON m.id = c.id
+             WHERE m.webhook_id = $1 AND m.state = 'queued' AND m.lock_token IS NOT NULL
+               AND (c.token IS NULL OR m.lock_token = c.token)
+             ORDER BY m.seq
+             FOR UPDATE OF m
+         )
+         UPDATE messages m SET state = 'committed', committed_at = now(), lock_token = NULL, lock_expires_at = NULL
+         FROM held WHERE m.webhook_id = held.webhook_id AND m.seq = held.seq
+         RETURNING m.id",
+    )
+    .bind(webhook.as_uuid())
+    .bind(&ids)
+    .bind(&tokens)
+    .fetch_all(&mut *db)
+    .await?
+    .into_iter()
+    .collect();
+    for (message, token) in entries {
+        outcomes.push(if committed.contains(message.as_uuid()) {
+            Ok(())
+        } else {
+            Err(explain_refusal(db, &LockedRef { project, webhook, message, token: token.as_ref() }).await)
+        });
+    }
+    Ok(outcomes)
 }
 
 /// What an error (NACK) did to the message.

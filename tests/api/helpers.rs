@@ -41,6 +41,9 @@ async fn server() -> &'static Server {
                 None => {
                     let dir = std::env::temp_dir().join("hookline-test-pg");
                     let pg = tokio::task::spawn_blocking(move || {
+                        // Test processes (cargo nextest runs one per test) start it one at a time.
+                        let lock = std::fs::File::create(dir.with_extension("lock")).expect("creating the start lock");
+                        lock.lock().expect("taking the start lock");
                         // Test data is disposable: trade durability for speed.
                         LocalPostgres::start(&dir, &["fsync=off", "synchronous_commit=off", "max_connections=300"])
                     })

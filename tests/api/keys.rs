@@ -168,6 +168,8 @@ async fn every_api_route_refuses_missing_revoked_and_wrong_scope_keys_and_hides_
             Some(json!({"payload": {"probe": true}}))
         } else if template.ends_with("/messages/batch") {
             Some(json!({"messages": [{"payload": {"probe": true}}]}))
+        } else if template.ends_with("/messages/commit") {
+            Some(json!({"messages": [{"id": fixture.message}]}))
         } else if template.ends_with("/errors/retry") || template.ends_with("/errors/discard") {
             Some(json!({}))
         } else if (method == Method::POST || method == Method::PATCH) && !template.contains("{message_id}") {

@@ -466,3 +466,79 @@ async fn sixteen_standard_consumers_take_two_thousand_messages_once_each_by_prio
         }
     }
 }
+
+async fn commit_batch(app: &TestApp, wh: &str, entries: Value) -> Reply {
+    app.api(Method::POST, &format!("/api/webhooks/{wh}/messages/commit"), Some(json!({ "messages": entries }))).await
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    list.as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn a_batch_commit_commits_each_held_lock_and_reports_each_refusal() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({"mode": "standard"})).await;
+    for i in 0..5 {
+        app.publish_ok(&wh, json!({"payload": {"i": i}})).await;
+    }
+    let got = dequeue_list(&app, &wh, "maxMessages=5").await;
+    assert_eq!(got.len(), 5);
+    let unknown = crate::helpers::random_id("msg_");
+    let mut entries: Vec<Value> = got[..4].iter().map(|d| json!({"id": d.id, "lockToken": d.lock_token})).collect();
+    entries.push(json!({"id": got[4].id, "lockToken": crate::helpers::random_id("lt_")}));
+    entries.push(json!({"id": unknown}));
+
+    let r = commit_batch(&app, &wh, Value::Array(entries)).await;
+    r.expect(StatusCode::OK);
+    assert_eq!(ids(&r.body["committed"]), got[..4].iter().map(|d| d.id.clone()).collect::<Vec<_>>());
+    let failed = r.body["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 2, "{}", r.body);
+    assert_eq!(failed[0]["id"], got[4].id.as_str());
+    assert_eq!(failed[0]["error"]["code"], "conflict");
+    assert_eq!(failed[1]["id"], unknown.as_str());
+    assert_eq!(failed[1]["error"]["code"], "not_found");
+
+    for d in &got[..4] {
+        assert_eq!(app.message_status(&wh, &d.id).await, "committed");
+    }
+    // The refused one still holds its lock, and its own token still commits it.
+    assert_eq!(app.message_status(&wh, &got[4].id).await, "locked");
+    let r = commit_batch(&app, &wh, json!([{"id": got[4].id, "lockToken": got[4].lock_token}])).await;
+    assert_eq!(ids(&r.body["committed"]), vec![got[4].id.clone()]);
+    assert_eq!(app.stored_where(&wh, "state = 'committed'").await, 5);
+}
+
+#[tokio::test]
+async fn a_batch_commit_in_fifo_mode_commits_the_locked_head_only() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({})).await;
+    let (first, _) = app.ingest_ok(&wh, "1").await;
+    let (second, _) = app.ingest_ok(&wh, "2").await;
+    let head = app.dequeue_ok(&wh).await;
+    assert_eq!(head.id, first);
+
+    let r = commit_batch(&app, &wh, json!([{"id": second}, {"id": head.id, "lockToken": head.lock_token}])).await;
+    r.expect(StatusCode::OK);
+    assert_eq!(ids(&r.body["committed"]), vec![first.clone()]);
+    assert_eq!(r.body["failed"][0]["id"], second.as_str());
+    assert_eq!(r.body["failed"][0]["error"]["code"], "conflict");
+    assert_eq!(app.message_status(&wh, &first).await, "committed");
+    assert_eq!(app.dequeue_ok(&wh).await.id, second);
+}
+
+#[tokio::test]
+async fn a_batch_commit_of_none_or_over_a_hundred_is_422_and_commits_nothing() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({"mode": "standard"})).await;
+    app.publish_ok(&wh, json!({"payload": 1})).await;
+    let d = dequeue_list(&app, &wh, "maxMessages=1").await.remove(0);
+    commit_batch(&app, &wh, json!([])).await.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    let too_many: Vec<Value> = (0..101).map(|_| json!({"id": d.id, "lockToken": d.lock_token})).collect();
+    commit_batch(&app, &wh, Value::Array(too_many))
+        .await
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_eq!(app.message_status(&wh, &d.id).await, "locked");
+    let r = commit_batch(&app, &crate::helpers::random_id("wh_"), json!([{"id": d.id}])).await;
+    r.expect_error(StatusCode::NOT_FOUND, "not_found");
+}
