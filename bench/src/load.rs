@@ -170,8 +170,8 @@ async fn consume(t: Target, webhooks: Vec<String>, deadline: Instant, next: bool
 }
 
 /// `consumers` concurrent consumers on one standard-mode webhook, each locking up to `batch`
-/// messages per dequeue and committing each. Latency is per message, from the dequeue that
-/// handed it out to its commit.
+/// messages per dequeue and committing them with one batch commit. Latency is per message,
+/// from the dequeue that handed it out to its commit.
 pub async fn standard(target: &Target, webhook: String, consumers: usize, batch: usize, secs: u64) -> Outcome {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
@@ -207,19 +207,25 @@ async fn consume_standard(
                 continue;
             }
         };
-        for m in messages {
+        let mut entries = Vec::with_capacity(messages.len());
+        for m in &messages {
             let id = m["id"].as_str().unwrap_or_default().to_owned();
             if !seen.lock().expect("seen set poisoned").insert(id.clone()) {
                 out.out_of_order += 1;
             }
-            let path = format!("/api/webhooks/{webhook}/messages/{id}/commit");
-            match post(&t, &path, Some(serde_json::json!({ "lockToken": m["lockToken"] }))).await {
-                Some((StatusCode::OK, _)) => {
+            entries.push(serde_json::json!({ "id": id, "lockToken": m["lockToken"] }));
+        }
+        let commit = format!("/api/webhooks/{webhook}/messages/commit");
+        match post(&t, &commit, Some(serde_json::json!({ "messages": entries }))).await {
+            Some((StatusCode::OK, v)) => {
+                let committed = v["committed"].as_array().map_or(0, Vec::len) as u64;
+                out.failures += messages.len() as u64 - committed;
+                for _ in 0..committed {
                     out.done += 1;
                     out.latency.saturating_record(sent.elapsed().as_micros() as u64);
                 }
-                _ => out.failures += 1,
             }
+            _ => out.failures += messages.len() as u64,
         }
     }
     out

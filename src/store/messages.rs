@@ -363,13 +363,18 @@ pub async fn commit_many(
     let ids: Vec<Uuid> = entries.iter().map(|(m, _)| *m.as_uuid()).collect();
     let tokens: Vec<Option<Uuid>> = entries.iter().map(|(_, t)| t.map(|t| *t.as_uuid())).collect();
     let committed: HashSet<Uuid> = sqlx::query_scalar(
+        // One unique-index probe per id (a LATERAL with FOR UPDATE is never flattened into
+        // a join, which stale statistics could turn into a scan of the whole backlog), in id
+        // order so two overlapping batches lock in the same order.
         "WITH held AS (
-             SELECT m.webhook_id, m.seq FROM messages m
-             JOIN unnest($2::uuid[], $3::uuid[]) AS c(id, token) ON m.id = c.id
-             WHERE m.webhook_id = $1 AND m.state = 'queued' AND m.lock_token IS NOT NULL
-               AND (c.token IS NULL OR m.lock_token = c.token)
-             ORDER BY m.seq
-             FOR UPDATE OF m
+             SELECT m.webhook_id, m.seq
+             FROM (SELECT * FROM unnest($2::uuid[], $3::uuid[]) AS c(id, token) ORDER BY c.id) c
+             CROSS JOIN LATERAL (
+                 SELECT webhook_id, seq FROM messages
+                 WHERE id = c.id AND webhook_id = $1 AND state = 'queued' AND lock_token IS NOT NULL
+                   AND (c.token IS NULL OR lock_token = c.token)
+                 FOR UPDATE
+             ) m
          )
          UPDATE messages m SET state = 'committed', committed_at = now(), lock_token = NULL, lock_expires_at = NULL
          FROM held WHERE m.webhook_id = held.webhook_id AND m.seq = held.seq
