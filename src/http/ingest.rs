@@ -61,7 +61,8 @@ pub const PRIORITY_HEADER: &str = "x-hookline-priority";
 
 /// The delivery options a sender sets in headers: a priority, an idempotency key.
 fn options_from_headers(req: &HttpRequest, target: &IngestTarget) -> Result<DeliveryOptions, ApiError> {
-    let header = |name: &str| req.headers().get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    // A value that is not visible ASCII reads as empty, which every rule below refuses.
+    let header = |name: &str| req.headers().get(name).map(|v| v.to_str().unwrap_or_default());
     let priority = match header(PRIORITY_HEADER) {
         None => Priority::default(),
         Some(_) if !target.priorities => {
