@@ -40,8 +40,10 @@ CREATE INDEX idempotency_keys_created_idx ON idempotency_keys (created_at);
 -- Counters without a hot row: each statement that changes messages appends its net effect
 -- per webhook; the count folder merges old rows (minute buckets for the last hour, one base
 -- row before that). Stats sum a webhook's few rows.
+-- No foreign key: its key-share lock on the webhook row would make a webhook's deletion and
+-- a concurrent commit wait on each other. Rows of a deleted webhook are dropped by the folder.
 CREATE TABLE webhook_counts (
-    webhook_id uuid NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+    webhook_id uuid NOT NULL,
     at         timestamptz NOT NULL DEFAULT now(),
     live       bigint NOT NULL DEFAULT 0,  -- state 'queued': waiting, delayed or locked
     dead       bigint NOT NULL DEFAULT 0,
@@ -174,18 +176,19 @@ DECLARE
     released integer;
 BEGIN
     WITH expired AS (
-        SELECT m.webhook_id, m.seq FROM messages m
+        SELECT m.ctid AS row_id FROM messages m
         WHERE m.lock_token IS NOT NULL AND m.lock_expires_at <= now()
           AND (p_webhook IS NULL OR m.webhook_id = p_webhook)
         ORDER BY m.lock_expires_at LIMIT p_limit
         FOR UPDATE SKIP LOCKED
     )
+    -- The rows just locked, by their physical address: no join to plan.
     UPDATE messages m
     SET lock_token = NULL, lock_expires_at = NULL, retry_count = m.retry_count + 1, last_error = 'lock expired',
         state = CASE WHEN m.retry_count + 1 >= w.max_retries THEN 'dead'::message_state ELSE 'queued'::message_state END,
         dead_at = CASE WHEN m.retry_count + 1 >= w.max_retries THEN now() END
-    FROM expired e, webhooks w
-    WHERE m.webhook_id = e.webhook_id AND m.seq = e.seq AND w.id = m.webhook_id AND m.state = 'queued';
+    FROM webhooks w
+    WHERE m.ctid = ANY (ARRAY(SELECT row_id FROM expired)) AND w.id = m.webhook_id AND m.state = 'queued';
     GET DIAGNOSTICS released = ROW_COUNT;
     RETURN released;
 END
@@ -207,8 +210,10 @@ BEGIN
         ORDER BY m.priority DESC, m.seq LIMIT p_max
         FOR UPDATE SKIP LOCKED
     )
+    -- `seq = ANY(array)`: one primary-key probe per picked message whatever the statistics
+    -- say (a join could become a scan of the webhook's whole history).
     UPDATE messages m SET lock_token = gen_random_uuid(), lock_expires_at = expires
-    FROM picked WHERE m.webhook_id = hook.id AND m.seq = picked.seq
+    WHERE m.webhook_id = hook.id AND m.seq = ANY (ARRAY(SELECT seq FROM picked))
     RETURNING m.id, m.seq, m.retry_count, hook.max_retries, m.lock_token, m.lock_expires_at, m.received_at,
               m.key_id, m.nonce, m.ciphertext, m.priority;
 END

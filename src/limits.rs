@@ -27,6 +27,25 @@ pub enum Operation {
     Ack,
 }
 
+impl Operation {
+    /// The plan's per-second, per-webhook limit for this operation (None: unlimited).
+    pub fn per_second(self, limits: &Limits) -> Option<NonZeroU32> {
+        match self {
+            Operation::Ingest => limits.ingest_per_second,
+            Operation::Dequeue => limits.dequeue_per_second,
+            Operation::Ack => limits.ack_per_second,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Ingest => "ingestion",
+            Operation::Dequeue => "dequeue",
+            Operation::Ack => "commit/error",
+        }
+    }
+}
+
 /// Over a limit: how many it allows at once (per second for the API's limits), and when
 /// the next request may pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,12 +160,7 @@ impl RateLimits {
         limits: &Limits,
         n: NonZeroU32,
     ) -> Result<(), Limited> {
-        let per_second = match operation {
-            Operation::Ingest => limits.ingest_per_second,
-            Operation::Dequeue => limits.dequeue_per_second,
-            Operation::Ack => limits.ack_per_second,
-        };
-        match per_second {
+        match operation.per_second(limits) {
             None => Ok(()),
             Some(rate) => self.webhooks.check_n((project, webhook, operation), Quota::per_second(rate), n),
         }

@@ -63,9 +63,14 @@ pub struct DeadLetterSelection {
     pub error: Option<String>,
 }
 
-impl From<DeadLetterSelection> for DeadLetterFilter {
-    fn from(s: DeadLetterSelection) -> Self {
-        Self { since: s.since, until: s.until, error: s.error.filter(|e| !e.is_empty()) }
+impl TryFrom<DeadLetterSelection> for DeadLetterFilter {
+    type Error = ApiError;
+
+    fn try_from(s: DeadLetterSelection) -> Result<Self, ApiError> {
+        if s.error.as_deref().is_some_and(|e| e.contains('\0')) {
+            return Err(ApiError::BadRequest("error must not contain NUL characters".into()));
+        }
+        Ok(Self { since: s.since, until: s.until, error: s.error.filter(|e| !e.is_empty()) })
     }
 }
 
@@ -112,7 +117,7 @@ pub async fn list(
     auth.require(Scope::Consume, Some(&webhook))?;
     let query = query.into_inner();
     let page = PageQuery { limit: query.limit, cursor: query.cursor };
-    let filter = DeadLetterSelection { since: query.since, until: query.until, error: query.error }.into();
+    let filter = DeadLetterSelection { since: query.since, until: query.until, error: query.error }.try_into()?;
     let limit = page.limit()?;
     let after = match &page.cursor {
         None => None,
@@ -190,7 +195,7 @@ pub async fn retry_all(
     auth.require(Scope::Consume, Some(&webhook))?;
     let selection: DeadLetterSelection = parse_json(&body, true)?;
     let mut conn = state.pool.acquire().await?;
-    let retried = store::retry_all(&mut conn, auth.project(), &webhook, &selection.into()).await?;
+    let retried = store::retry_all(&mut conn, auth.project(), &webhook, &selection.try_into()?).await?;
     Ok(HttpResponse::Ok().json(RetriedAll { retried }))
 }
 
@@ -210,6 +215,6 @@ pub async fn discard_all(
     auth.require(Scope::Consume, Some(&webhook))?;
     let selection: DeadLetterSelection = parse_json(&body, true)?;
     let mut conn = state.pool.acquire().await?;
-    let discarded = store::discard_all(&mut conn, auth.project(), &webhook, &selection.into()).await?;
+    let discarded = store::discard_all(&mut conn, auth.project(), &webhook, &selection.try_into()?).await?;
     Ok(HttpResponse::Ok().json(DiscardedAll { discarded }))
 }

@@ -127,6 +127,14 @@ impl Authenticated {
         operation: Operation,
         n: usize,
     ) -> Result<(), ApiError> {
+        // A batch larger than a whole second's budget could never pass: say so, not 429.
+        if let Some(rate) = operation.per_second(&self.limits).filter(|rate| n > rate.get() as usize) {
+            return Err(ApiError::Validation(format!(
+                "a batch of {n} exceeds the {} plan's {} limit of {rate} per second; send at most {rate} at once",
+                self.limits.plan.name(),
+                operation.name()
+            )));
+        }
         let n = std::num::NonZeroU32::new(n.clamp(1, u32::MAX as usize) as u32).unwrap_or(std::num::NonZeroU32::MIN);
         state.limits.webhook_n(self.project(), webhook, operation, &self.limits, n).map_err(ApiError::RateLimited)
     }

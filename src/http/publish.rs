@@ -23,6 +23,10 @@ use crate::store::projects::IngestTarget;
 /// Most messages one batch may publish.
 pub const MAX_BATCH: usize = 100;
 
+/// Largest batch request body, whatever the per-message limit: what one request may make
+/// the broker hold in memory.
+pub const MAX_BATCH_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schema(example = json!({"payload": {"job": "resize", "image": 7}, "priority": 2, "delaySeconds": 0,
@@ -98,7 +102,9 @@ pub async fn publish(
 }
 
 /// Publish up to 100 messages in one transaction: all stored or none. A bad message
-/// rejects the batch with 422 naming its index (`messages[3]: ...`).
+/// rejects the batch with 422 naming its index (`messages[3]: ...`). 201 whenever the batch
+/// is accepted; each entry's `duplicate` says whether it repeated an idempotency key. The
+/// request body is at most 16 MiB.
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/batch", tag = "publish",
     params(("webhook_id" = String, Path)), request_body = PublishBatch, security(("api_key" = [])),
     responses((status = 201, body = PublishedBatch), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -116,7 +122,7 @@ pub async fn publish_batch(
     auth.require(Scope::Publish, Some(&webhook))?;
     let target = target(&state, &auth, webhook).await?;
     let max_body = max_body(&state, &target);
-    let raw = read_limited(&req, body, request_limit(max_body, MAX_BATCH)).await?;
+    let raw = read_limited(&req, body, request_limit(max_body, MAX_BATCH).min(MAX_BATCH_REQUEST_BYTES)).await?;
     let batch: PublishBatch = parse_body(&raw)?;
     if batch.messages.is_empty() || batch.messages.len() > MAX_BATCH {
         return Err(ApiError::Validation(format!("messages must hold 1 to {MAX_BATCH} messages")));
@@ -211,10 +217,18 @@ fn prepare(
         }
         Some(p) => Priority::parse(p)?,
     };
+    let delay = request.delay_seconds.map(DelaySeconds::parse).transpose()?;
+    let ttl = request.ttl_seconds.map(|ttl| ttl_within(ttl, target)).transpose()?;
+    let lifetime = ttl.map_or(i64::from(target.ttl_days) * 86_400, |t| i64::from(t.get()));
+    if delay.is_some_and(|d| i64::from(d.get()) >= lifetime) {
+        return Err(ApiError::Validation(format!(
+            "delaySeconds must be less than the message's lifetime ({lifetime} s), or it would expire undelivered"
+        )));
+    }
     let options = DeliveryOptions {
         priority,
-        delay: request.delay_seconds.map(DelaySeconds::parse).transpose()?,
-        ttl: request.ttl_seconds.map(|ttl| ttl_within(ttl, target)).transpose()?,
+        delay,
+        ttl,
         idempotency_key: request.idempotency_key.map(|k| IdempotencyKey::parse("idempotencyKey", &k)).transpose()?,
     };
     let id = MessageId::new_random();

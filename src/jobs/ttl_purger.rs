@@ -20,9 +20,29 @@ impl TtlPurger {
         self
     }
 
-    /// Purges every message expired by now; returns how many.
+    /// Purges every message expired by now, and idempotency keys past their 24 hours;
+    /// returns how many messages.
     #[tracing::instrument(skip_all, name = "ttl_purger")]
     pub async fn run_once(&self) -> Result<u64, sqlx::Error> {
+        let messages = self.purge_messages().await?;
+        super::in_batches(&self.pool, super::PURGER_LOCK, self.batch, |tx, batch| {
+            async move {
+                let done = sqlx::query(
+                    "DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(
+                         SELECT ctid FROM idempotency_keys WHERE created_at <= now() - interval '24 hours' LIMIT $1))",
+                )
+                .bind(batch)
+                .execute(tx)
+                .await?;
+                Ok(done.rows_affected())
+            }
+            .boxed()
+        })
+        .await?;
+        Ok(messages)
+    }
+
+    async fn purge_messages(&self) -> Result<u64, sqlx::Error> {
         super::in_batches(&self.pool, super::PURGER_LOCK, self.batch, |tx, batch| {
             async move {
                 let done = sqlx::query(
@@ -42,14 +62,6 @@ impl TtlPurger {
                      WHERE w.locked_seq IS NOT NULL
                        AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.webhook_id = w.id AND m.seq = w.locked_seq)",
                 )
-                .execute(&mut *tx)
-                .await?;
-                // Idempotency keys answer for 24 hours, then they are free again.
-                sqlx::query(
-                    "DELETE FROM idempotency_keys WHERE ctid IN (
-                         SELECT ctid FROM idempotency_keys WHERE created_at <= now() - interval '24 hours' LIMIT $1)",
-                )
-                .bind(batch)
                 .execute(&mut *tx)
                 .await?;
                 Ok(done.rows_affected())

@@ -264,23 +264,39 @@ pub async fn next_due(db: impl PgExecutor<'_>, webhook: &WebhookId) -> StoreResu
 }
 
 /// Deletes every live message (queued, delayed or locked) of the webhook; returns how many.
+/// In short batches that skip rows a consumer is committing this instant (the commit wins),
+/// so a purge never waits on, or deadlocks with, consumers.
 pub async fn purge(db: &mut PgConnection, project: ProjectId, webhook: &WebhookId) -> StoreResult<u64> {
-    let mut tx = sqlx::Connection::begin(&mut *db).await?;
-    sqlx::query_scalar::<_, Uuid>(
-        "UPDATE webhooks SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL
-         WHERE id = $1 AND project_id = $2 RETURNING id",
+    const BATCH: i64 = 5000;
+    super::webhooks::get(&mut *db, project, webhook).await?;
+    let mut purged = 0;
+    loop {
+        let done = sqlx::query(
+            "WITH doomed AS (
+                 SELECT ctid AS row_id FROM messages WHERE webhook_id = $1 AND state = 'queued'
+                 LIMIT $2 FOR UPDATE SKIP LOCKED
+             )
+             DELETE FROM messages WHERE ctid = ANY (ARRAY(SELECT row_id FROM doomed))",
+        )
+        .bind(webhook.as_uuid())
+        .bind(BATCH)
+        .execute(&mut *db)
+        .await?;
+        purged += done.rows_affected();
+        if done.rows_affected() == 0 {
+            break;
+        }
+    }
+    // Last: a FIFO head locked meanwhile was deleted, and must not block what comes next.
+    sqlx::query(
+        "UPDATE webhooks w SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL
+         WHERE w.id = $1 AND w.locked_seq IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.webhook_id = w.id AND m.seq = w.locked_seq)",
     )
     .bind(webhook.as_uuid())
-    .bind(project)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(StoreError::NotFound("webhook"))?;
-    let done = sqlx::query("DELETE FROM messages WHERE webhook_id = $1 AND state = 'queued'")
-        .bind(webhook.as_uuid())
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(done.rows_affected())
+    .execute(&mut *db)
+    .await?;
+    Ok(purged)
 }
 
 impl From<LockedRow> for LockedMessage {

@@ -261,3 +261,15 @@ async fn a_waiting_consumer_is_woken_by_a_publish() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.str("id"), first);
 }
+
+#[tokio::test]
+async fn a_delay_as_long_as_the_messages_lifetime_is_refused() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({"ttlDays": 1})).await;
+    let r = app.publish(&wh, json!({"payload": 1, "delaySeconds": 60, "ttlSeconds": 60})).await;
+    let message = r.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert!(message.contains("delaySeconds"), "{message}");
+    refused(&app.publish(&wh, json!({"payload": 1, "delaySeconds": 86_400})).await);
+    assert_eq!(app.stored(&wh).await, 0);
+    app.publish(&wh, json!({"payload": 1, "delaySeconds": 59, "ttlSeconds": 60})).await.expect(StatusCode::CREATED);
+}

@@ -263,3 +263,13 @@ async fn bulk_routes_of_an_unknown_webhook_are_404() {
     bulk(&app, &unknown, "discard", None).await.expect_error(StatusCode::NOT_FOUND, "not_found");
     purge(&app, &unknown).await.expect_error(StatusCode::NOT_FOUND, "not_found");
 }
+
+#[tokio::test]
+async fn an_error_filter_with_a_nul_character_is_400_not_500() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({})).await;
+    let r = app.api(Method::GET, &format!("/api/webhooks/{wh}/errors?error=%00"), None).await;
+    r.expect_error(StatusCode::BAD_REQUEST, "bad_request");
+    let r = bulk(&app, &wh, "retry", Some(json!({"error": "a\u{0}b"}))).await;
+    r.expect_error(StatusCode::BAD_REQUEST, "bad_request");
+}
