@@ -20,9 +20,12 @@ ALTER TABLE messages
     ADD COLUMN lock_expires_at timestamptz,
     ADD CONSTRAINT messages_lock_complete CHECK ((lock_token IS NULL) = (lock_expires_at IS NULL));
 
--- Priority, then position: the head of a queue is the first entry that is due.
+-- The ready index: queued, not delayed, not locked in standard mode, in priority-then-seq
+-- order, so a head lookup never reads past delayed or in-flight rows. (A FIFO head stays in
+-- it while locked: that lock lives on the webhook row.)
 DROP INDEX messages_queued_idx;
-CREATE INDEX messages_queued_idx ON messages (webhook_id, priority DESC, seq) WHERE state = 'queued';
+CREATE INDEX messages_ready_idx ON messages (webhook_id, priority DESC, seq)
+    WHERE state = 'queued' AND deliver_at IS NULL AND lock_token IS NULL;
 CREATE INDEX messages_delayed_idx ON messages (webhook_id, deliver_at) WHERE state = 'queued' AND deliver_at IS NOT NULL;
 CREATE INDEX messages_in_flight_idx ON messages (webhook_id, lock_expires_at) WHERE lock_token IS NOT NULL;
 
@@ -138,6 +141,17 @@ DROP FUNCTION hookline_commit_next(uuid, bigint, uuid, uuid);
 DROP FUNCTION hookline_lock_head(webhooks);
 ALTER TYPE locked_message ADD ATTRIBUTE priority smallint;
 
+-- Delayed messages whose time has come join the ready index (deliver_at becomes NULL).
+-- Rows another dequeue is promoting right now are skipped, not waited for.
+CREATE FUNCTION hookline_promote_due(p_webhook uuid) RETURNS void LANGUAGE sql AS $$
+    WITH due AS (
+        SELECT ctid AS row_id FROM messages
+        WHERE webhook_id = p_webhook AND state = 'queued' AND deliver_at <= now()
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE messages SET deliver_at = NULL WHERE ctid = ANY (ARRAY(SELECT row_id FROM due))
+$$;
+
 -- FIFO: locks the head (highest priority, lowest seq, due, unexpired) unless the webhook
 -- holds an unexpired lock. An expired lock is a failed attempt, released first.
 CREATE FUNCTION hookline_lock_head(hook webhooks)
@@ -154,9 +168,10 @@ BEGIN
         PERFORM hookline_fail_attempt(hook, 'lock expired');
     END IF;
 
+    PERFORM hookline_promote_due(hook.id);
     SELECT * INTO head FROM messages m
-    WHERE m.webhook_id = hook.id AND m.state = 'queued' AND m.expires_at > now()
-      AND (m.deliver_at IS NULL OR m.deliver_at <= now())
+    WHERE m.webhook_id = hook.id AND m.state = 'queued' AND m.deliver_at IS NULL AND m.lock_token IS NULL
+      AND m.expires_at > now()
     ORDER BY m.priority DESC, m.seq LIMIT 1;
     IF NOT FOUND THEN
         RETURN;
@@ -202,11 +217,12 @@ DECLARE
     expires timestamptz := now() + make_interval(secs => hook.lock_timeout_seconds);
 BEGIN
     PERFORM hookline_release_expired_message_locks(hook.id, 100);
+    PERFORM hookline_promote_due(hook.id);
     RETURN QUERY
     WITH picked AS (
         SELECT m.seq FROM messages m
-        WHERE m.webhook_id = hook.id AND m.state = 'queued' AND m.lock_token IS NULL AND m.expires_at > now()
-          AND (m.deliver_at IS NULL OR m.deliver_at <= now())
+        WHERE m.webhook_id = hook.id AND m.state = 'queued' AND m.deliver_at IS NULL AND m.lock_token IS NULL
+          AND m.expires_at > now()
         ORDER BY m.priority DESC, m.seq LIMIT p_max
         FOR UPDATE SKIP LOCKED
     )

@@ -270,21 +270,24 @@ pub async fn purge(db: &mut PgConnection, project: ProjectId, webhook: &WebhookI
     const BATCH: i64 = 5000;
     super::webhooks::get(&mut *db, project, webhook).await?;
     let mut purged = 0;
-    loop {
-        let done = sqlx::query(
-            "WITH doomed AS (
-                 SELECT ctid AS row_id FROM messages WHERE webhook_id = $1 AND state = 'queued'
-                 LIMIT $2 FOR UPDATE SKIP LOCKED
-             )
-             DELETE FROM messages WHERE ctid = ANY (ARRAY(SELECT row_id FROM doomed))",
-        )
-        .bind(webhook.as_uuid())
-        .bind(BATCH)
-        .execute(&mut *db)
-        .await?;
-        purged += done.rows_affected();
-        if done.rows_affected() == 0 {
-            break;
+    // Live rows are ready, delayed or in flight: one partial index each.
+    for which in ["deliver_at IS NULL AND lock_token IS NULL", "deliver_at IS NOT NULL", "lock_token IS NOT NULL"] {
+        loop {
+            let done = sqlx::query(&format!(
+                "WITH doomed AS (
+                     SELECT ctid AS row_id FROM messages WHERE webhook_id = $1 AND state = 'queued' AND {which}
+                     LIMIT $2 FOR UPDATE SKIP LOCKED
+                 )
+                 DELETE FROM messages WHERE ctid = ANY (ARRAY(SELECT row_id FROM doomed))"
+            ))
+            .bind(webhook.as_uuid())
+            .bind(BATCH)
+            .execute(&mut *db)
+            .await?;
+            purged += done.rows_affected();
+            if done.rows_affected() == 0 {
+                break;
+            }
         }
     }
     // Last: a FIFO head locked meanwhile was deleted, and must not block what comes next.

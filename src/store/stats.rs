@@ -40,14 +40,13 @@ pub async fn get(db: impl PgExecutor<'_>, project: ProjectId, webhook: &WebhookI
                     + (SELECT count(*) FROM messages WHERE webhook_id = $1 AND lock_token IS NOT NULL) AS locked,
                     (SELECT count(*) FROM messages
                      WHERE webhook_id = $1 AND state = 'queued' AND deliver_at > now()) AS delayed,
-                    -- Each priority's first waiting seq is its oldest: 11 index probes, each
-                    -- skipping only what is in flight or delayed.
+                    -- Each priority's first ready seq is its oldest: 11 probes of the ready index.
                     (SELECT extract(epoch FROM now() - min(head.received_at))::float8
                      FROM generate_series(0, 10) AS p(priority)
                      CROSS JOIN LATERAL (SELECT received_at FROM messages
                                          WHERE webhook_id = $1 AND state = 'queued' AND priority = p.priority
-                                           AND lock_token IS NULL AND seq <> hook.fifo_locked
-                                           AND (deliver_at IS NULL OR deliver_at <= now())
+                                           AND deliver_at IS NULL AND lock_token IS NULL
+                                           AND seq <> hook.fifo_locked
                                          ORDER BY seq LIMIT 1) head) AS oldest
              FROM hook
          )
