@@ -143,13 +143,16 @@ ALTER TYPE locked_message ADD ATTRIBUTE priority smallint;
 
 -- Delayed messages whose time has come join the ready index (deliver_at becomes NULL).
 -- Rows another dequeue is promoting right now are skipped, not waited for.
-CREATE FUNCTION hookline_promote_due(p_webhook uuid) RETURNS void LANGUAGE sql AS $$
+-- (plpgsql, not sql: its statement plan is cached instead of made on every dequeue.)
+CREATE FUNCTION hookline_promote_due(p_webhook uuid) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
     WITH due AS (
         SELECT ctid AS row_id FROM messages
         WHERE webhook_id = p_webhook AND state = 'queued' AND deliver_at <= now()
         FOR UPDATE SKIP LOCKED
     )
-    UPDATE messages SET deliver_at = NULL WHERE ctid = ANY (ARRAY(SELECT row_id FROM due))
+    UPDATE messages SET deliver_at = NULL WHERE ctid = ANY (ARRAY(SELECT row_id FROM due));
+END
 $$;
 
 -- FIFO: locks the head (highest priority, lowest seq, due, unexpired) unless the webhook
