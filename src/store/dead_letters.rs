@@ -133,16 +133,7 @@ pub async fn retry_all(
     webhook: &WebhookId,
     filter: &DeadLetterFilter,
 ) -> StoreResult<u64> {
-    super::webhooks::get(&mut *db, project, webhook).await?;
-    let done =
-        sqlx::query(&format!("UPDATE messages SET state = 'queued', retry_count = 0, dead_at = NULL WHERE {FILTERED}"))
-            .bind(webhook.as_uuid())
-            .bind(filter.since)
-            .bind(filter.until)
-            .bind(filter.error.as_deref())
-            .execute(&mut *db)
-            .await?;
-    Ok(done.rows_affected())
+    apply(db, project, webhook, filter, "UPDATE messages SET state = 'queued', retry_count = 0, dead_at = NULL").await
 }
 
 /// Every dead letter the filter covers -> gone. Returns how many.
@@ -152,8 +143,20 @@ pub async fn discard_all(
     webhook: &WebhookId,
     filter: &DeadLetterFilter,
 ) -> StoreResult<u64> {
+    apply(db, project, webhook, filter, "DELETE FROM messages").await
+}
+
+/// Runs `statement` (an UPDATE or DELETE of messages) over the dead letters the filter
+/// covers, once the webhook is known to be the project's.
+async fn apply(
+    db: &mut PgConnection,
+    project: ProjectId,
+    webhook: &WebhookId,
+    filter: &DeadLetterFilter,
+    statement: &str,
+) -> StoreResult<u64> {
     super::webhooks::get(&mut *db, project, webhook).await?;
-    let done = sqlx::query(&format!("DELETE FROM messages WHERE {FILTERED}"))
+    let done = sqlx::query(&format!("{statement} WHERE {FILTERED}"))
         .bind(webhook.as_uuid())
         .bind(filter.since)
         .bind(filter.until)
