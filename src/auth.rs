@@ -4,20 +4,20 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use blake2::{Blake2s256, Digest};
 use rand::distributions::{Alphanumeric, DistString};
 use rand::rngs::OsRng;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
+use crate::crypto::password::{dummy_hash, hash_secret, verify_hash};
 use crate::domain::{ApiKeyId, Plan, ProjectId, Scopes, WebhookId};
 use crate::store::keys::NewKey;
-use crate::store::{self, StoreError};
+use crate::store::listener::Subscriber;
+use crate::store::{self, Context, StoreError};
 
 const PREFIX_LEN: usize = 10;
 const SECRET_LEN: usize = 32;
@@ -220,10 +220,10 @@ pub async fn create_key(
     plan: Plan,
     move_plan: bool,
 ) -> Result<(ProjectId, ApiKey), StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin().await.context("beginning a key's creation")?;
     let project = store::projects::ensure(&mut *tx, project_name, plan, move_plan).await?;
     let key = mint_key(&mut tx, project, &KeyGrant::default()).await?;
-    tx.commit().await?;
+    tx.commit().await.context("committing a key's creation")?;
     Ok((project, key))
 }
 
@@ -254,59 +254,20 @@ pub fn prefix_of(key: &ApiKey) -> &str {
     ApiKey::prefix(key.expose()).expect("generated keys are well formed")
 }
 
-/// Keeps this replica's key cache in step with revocations made on any replica, through
-/// PostgreSQL LISTEN/NOTIFY. While the listener is down, or after it reconnects (when
-/// notifications may have been missed), the cache is emptied so keys re-verify by lookup.
-pub async fn follow_revocations(pool: PgPool, verifier: Arc<KeyVerifier>) {
-    loop {
-        let listener = async {
-            let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
-            l.listen(store::keys::REVOKED_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(l)
-        };
-        let mut listener = match listener.await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for key revocations; retrying");
-                verifier.forget_all();
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        verifier.forget_all();
-        loop {
-            match listener.try_recv().await {
-                Ok(Some(n)) => match n.payload().parse::<i64>() {
-                    Ok(id) => verifier.forget_key(ApiKeyId(id)),
-                    Err(_) => verifier.forget_all(),
-                },
-                // The connection dropped and was re-established: some may have been missed.
-                Ok(None) => verifier.forget_all(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "key revocation listener failed; reconnecting");
-                    break;
-                }
-            }
+/// Keeps this replica's key cache in step with revocations made on any replica (the
+/// store's listener hears `hookline_key_revoked`). When notifications may have been missed,
+/// the cache is emptied so keys re-verify by lookup.
+impl Subscriber for KeyVerifier {
+    fn notified(&self, payload: &str) {
+        match payload.parse::<i64>() {
+            Ok(id) => self.forget_key(ApiKeyId(id)),
+            Err(_) => self.forget_all(),
         }
     }
-}
 
-/// An argon2id hash of a password or key, in PHC string form.
-pub fn hash_secret(secret: &str) -> String {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(secret.as_bytes(), &salt)
-        .expect("argon2 with default parameters cannot fail")
-        .to_string()
-}
-
-fn verify_hash(secret: &str, hash: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(secret.as_bytes(), &h).is_ok())
-}
-
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| hash_secret("hookline-dummy-key-for-constant-timing"))
+    fn missed(&self) {
+        self.forget_all();
+    }
 }
 
 #[cfg(test)]

@@ -6,22 +6,24 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use secrecy::SecretString;
 
 use crate::domain::Plan;
-use crate::group_commit::GroupCommitConfig;
+use crate::store::group_commit::GroupCommitConfig;
 
-#[derive(Clone)]
+/// Secrets are `SecretString`s: `Debug` shows them redacted, so logging the config is safe.
+#[derive(Debug, Clone)]
 pub struct Config {
     /// PostgreSQL to use. None: `serve` runs its own cluster under `data_dir`.
-    pub database_url: Option<String>,
+    pub database_url: Option<SecretString>,
     /// Address the HTTP server listens on.
     pub bind: String,
     /// Base URL clients use to reach this broker, for `ingestUrl`; derived from `bind` if unset.
     pub public_url: Option<String>,
     /// Base64 of 32 bytes; seals new payloads.
-    pub encryption_key: Option<String>,
+    pub encryption_key: Option<SecretString>,
     /// Older keys, comma-separated: they only decrypt, for rotation.
-    pub encryption_old_keys: Vec<String>,
+    pub encryption_old_keys: Vec<SecretString>,
     /// Largest accepted ingestion body.
     pub max_body_bytes: usize,
     /// Where the embedded default keeps its PostgreSQL cluster and encryption key.
@@ -42,28 +44,6 @@ pub struct Config {
     pub run_jobs: bool,
 }
 
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Secrets stay out of logs: only whether they are set.
-        f.debug_struct("Config")
-            .field("database_url", &self.database_url.as_ref().map(|_| "<set>"))
-            .field("bind", &self.bind)
-            .field("public_url", &self.public_url)
-            .field("encryption_key", &self.encryption_key.as_ref().map(|_| "<set>"))
-            .field("encryption_old_keys", &self.encryption_old_keys.len())
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("data_dir", &self.data_dir)
-            .field("db_max_connections", &self.db_max_connections)
-            .field("api_key_cache_ttl", &self.api_key_cache_ttl)
-            .field("default_plan", &self.default_plan)
-            .field("api_key_rate_limit", &self.api_key_rate_limit)
-            .field("plan_cache_ttl", &self.plan_cache_ttl)
-            .field("group_commit", &self.group_commit)
-            .field("run_jobs", &self.run_jobs)
-            .finish()
-    }
-}
-
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
@@ -78,12 +58,12 @@ impl Config {
             bail!("HOOKLINE_MAX_BODY_BYTES must be at least 1");
         }
         Ok(Self {
-            database_url: var("DATABASE_URL"),
+            database_url: var("DATABASE_URL").map(SecretString::from),
             bind: var("HOOKLINE_BIND").unwrap_or_else(|| "127.0.0.1:8080".into()),
             public_url: var("HOOKLINE_PUBLIC_URL").map(|u| u.trim_end_matches('/').to_owned()),
-            encryption_key: var("HOOKLINE_ENCRYPTION_KEY"),
+            encryption_key: var("HOOKLINE_ENCRYPTION_KEY").map(SecretString::from),
             encryption_old_keys: var("HOOKLINE_ENCRYPTION_OLD_KEYS")
-                .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+                .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(SecretString::from).collect())
                 .unwrap_or_default(),
             max_body_bytes,
             data_dir: var("HOOKLINE_DATA_DIR").map(PathBuf::from).unwrap_or_else(default_data_dir),

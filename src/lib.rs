@@ -5,16 +5,14 @@ pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod domain;
-pub mod group_commit;
 pub mod http;
 pub mod jobs;
 pub mod limits;
 pub mod local_pg;
-pub mod signature;
+pub mod settings_cache;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
-pub mod wakeups;
 
 pub use config::Config;
 pub use startup::Application;

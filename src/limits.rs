@@ -11,12 +11,9 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota};
-use sqlx::PgPool;
 use tokio::time::Instant;
 
 use crate::domain::{ApiKeyId, Limits, ProjectId, WebhookId};
-use crate::store::projects::IngestTarget;
-use crate::store::{self, StoreResult};
 
 /// What a rate limit guards, per webhook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -204,79 +201,6 @@ impl LoginLimits {
             self.addresses.check(address, per_minute(LOGINS_PER_ADDRESS_PER_MINUTE))?;
         }
         self.accounts.check(email.to_owned(), per_minute(LOGINS_PER_ACCOUNT_PER_MINUTE))
-    }
-}
-
-/// Project limits and webhook owners, cached for `ttl` so hot paths do not ask the database
-/// each time: a plan change takes effect within `ttl`.
-pub struct PlanCache {
-    pool: PgPool,
-    projects: Expiring<ProjectId, Limits>,
-    targets: Expiring<WebhookId, IngestTarget>,
-}
-
-impl PlanCache {
-    pub fn new(pool: PgPool, ttl: Duration) -> Self {
-        Self { pool, projects: Expiring::new(ttl), targets: Expiring::new(ttl) }
-    }
-
-    pub async fn project(&self, project: ProjectId) -> StoreResult<Limits> {
-        if let Some(limits) = self.projects.fresh(&project) {
-            return Ok(limits);
-        }
-        let limits = store::projects::limits(&self.pool, project).await?;
-        self.projects.put(project, limits.clone());
-        Ok(limits)
-    }
-
-    /// Who owns `webhook`, their limits and its signing requirement; None for an unknown
-    /// webhook (not cached).
-    pub async fn ingest_target(&self, webhook: WebhookId) -> StoreResult<Option<IngestTarget>> {
-        if let Some(target) = self.targets.fresh(&webhook) {
-            return Ok(Some(target));
-        }
-        let target = store::projects::ingest_target(&self.pool, &webhook).await?;
-        match &target {
-            Some(t) => self.targets.put(webhook, t.clone()),
-            None => self.targets.remove(&webhook),
-        }
-        Ok(target)
-    }
-
-    /// Forgets a deleted or re-signed webhook at once on this replica (others within `ttl`).
-    pub fn forget_webhook(&self, webhook: &WebhookId) {
-        self.targets.remove(webhook);
-    }
-}
-
-/// A map whose entries count for `ttl` after they were put, bounded in size.
-struct Expiring<K, V> {
-    ttl: Duration,
-    map: Mutex<HashMap<K, (V, Instant)>>,
-}
-
-const EXPIRING_CAPACITY: usize = 100_000;
-
-impl<K: Eq + Hash, V: Clone> Expiring<K, V> {
-    fn new(ttl: Duration) -> Self {
-        Self { ttl, map: Mutex::new(HashMap::new()) }
-    }
-
-    fn fresh(&self, key: &K) -> Option<V> {
-        let map = self.map.lock().expect("cache poisoned");
-        map.get(key).filter(|(_, at)| at.elapsed() < self.ttl).map(|(v, _)| v.clone())
-    }
-
-    fn put(&self, key: K, value: V) {
-        let mut map = self.map.lock().expect("cache poisoned");
-        if map.len() >= EXPIRING_CAPACITY {
-            map.clear();
-        }
-        map.insert(key, (value, Instant::now()));
-    }
-
-    fn remove(&self, key: &K) {
-        self.map.lock().expect("cache poisoned").remove(key);
     }
 }
 

@@ -136,24 +136,11 @@ impl LocalPostgres {
     }
 }
 
-/// Creates `name` on the server behind `admin_url` if it does not exist.
-pub async fn ensure_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
+/// Creates the `hookline` database on the server behind `admin_url` if it does not exist.
+pub async fn ensure_database(admin_url: &str) -> anyhow::Result<()> {
     use sqlx::Connection as _;
     let mut conn = sqlx::PgConnection::connect(admin_url).await.context("connecting to the local PostgreSQL")?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await?;
-    if !exists {
-        let created =
-            sqlx::query(&format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""))).execute(&mut conn).await;
-        // A concurrent creator is fine; anything else is not.
-        if let Err(e) = created {
-            if !matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42P04")) {
-                return Err(e.into());
-            }
-        }
-    }
+    crate::store::cluster::ensure_hookline_database(&mut conn).await?;
     Ok(())
 }
 

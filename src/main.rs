@@ -10,6 +10,7 @@ use hookline::domain::{LimitOverrides, Plan, Scopes, WebhookId};
 use hookline::local_pg::{self, LocalPostgres};
 use hookline::store::accounts::Role;
 use hookline::{auth, crypto::KeyRing, store, telemetry, Application, Config};
+use secrecy::{ExposeSecret, SecretString};
 
 #[derive(Parser)]
 #[command(name = "hookline", version, about = "Webhook ingestion broker: per-webhook strict FIFO queues on PostgreSQL")]
@@ -97,7 +98,7 @@ enum AdminTask {
     },
 }
 
-/// The embedded database's name inside its cluster.
+/// The embedded database's name inside its cluster (created by `store::cluster`).
 const LOCAL_DATABASE: &str = "hookline";
 
 #[tokio::main]
@@ -111,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => {
             if config.database_url.is_none() {
                 let key_file = config.data_dir.join("encryption.key");
-                config.encryption_key = Some(load_or_create_key(&key_file, config.encryption_key.take())?);
+                config.encryption_key = Some(load_or_create_key(&key_file, config.encryption_key.take())?.into());
             } else if config.encryption_key.is_none() {
                 anyhow::bail!(
                     "HOOKLINE_ENCRYPTION_KEY is required when DATABASE_URL is set: base64 of 32 random bytes \
@@ -127,15 +128,15 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let local = resolve_database(&mut config).await?;
-            let pool = store::connect(config.database_url.as_deref().unwrap_or_default(), 2).await?;
-            store::MIGRATOR.run(&pool).await.context("applying migrations")?;
+            let pool = store::connect(config.database_url.as_ref().map_or("", |u| u.expose_secret()), 2).await?;
+            store::migrate(&pool).await.context("applying migrations")?;
             println!("migrations applied");
             local.inspect(|pg| pg.stop_if_started_here());
         }
         Command::Admin { task } => {
             let local = resolve_database(&mut config).await?;
-            let pool = store::connect(config.database_url.as_deref().unwrap_or_default(), 2).await?;
-            store::MIGRATOR.run(&pool).await.context("applying migrations")?;
+            let pool = store::connect(config.database_url.as_ref().map_or("", |u| u.expose_secret()), 2).await?;
+            store::migrate(&pool).await.context("applying migrations")?;
             let result = admin(&pool, &config, task).await;
             local.inspect(|pg| pg.stop_if_started_here());
             result?;
@@ -170,7 +171,7 @@ async fn admin(pool: &sqlx::PgPool, config: &Config, task: AdminTask) -> anyhow:
             anyhow::ensure!(password.chars().count() >= 12, "the password must be at least 12 characters");
             let email = hookline::http::normalize_email(&email);
             anyhow::ensure!(email.contains('@'), "{email:?} is not an email address");
-            let hash = tokio::task::spawn_blocking(move || auth::hash_secret(&password)).await?;
+            let hash = tokio::task::spawn_blocking(move || hookline::crypto::password::hash_secret(&password)).await?;
             let mut tx = pool.begin().await?;
             let id = store::projects::ensure(&mut *tx, &project, config.default_plan, false).await?;
             let user = store::accounts::upsert_user(&mut *tx, &email, &hash).await?;
@@ -216,16 +217,16 @@ async fn resolve_database(config: &mut Config) -> anyhow::Result<Option<LocalPos
     let data_dir = config.data_dir.clone();
     let cluster = data_dir.join("postgres");
     let pg = tokio::task::spawn_blocking(move || LocalPostgres::start(&cluster, &[])).await??;
-    local_pg::ensure_database(&pg.url("postgres"), LOCAL_DATABASE).await?;
+    local_pg::ensure_database(&pg.url("postgres")).await?;
     tracing::info!(cluster = %pg.dir().display(), "using the local PostgreSQL cluster (set DATABASE_URL to use another)");
-    config.database_url = Some(pg.url(LOCAL_DATABASE));
+    config.database_url = Some(pg.url(LOCAL_DATABASE).into());
     Ok(Some(pg))
 }
 
 /// The embedded default keeps its encryption key next to its cluster, created once.
-fn load_or_create_key(path: &Path, from_env: Option<String>) -> anyhow::Result<String> {
+fn load_or_create_key(path: &Path, from_env: Option<SecretString>) -> anyhow::Result<String> {
     if let Some(key) = from_env {
-        return Ok(key);
+        return Ok(key.expose_secret().to_owned());
     }
     if let Ok(key) = std::fs::read_to_string(path) {
         return Ok(key.trim().to_owned());

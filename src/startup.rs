@@ -8,6 +8,7 @@ use actix_web::dev::Server;
 use actix_web::middleware::ErrorHandlers;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
+use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio_cron_scheduler::JobScheduler;
 use tracing_actix_web::TracingLogger;
@@ -15,11 +16,13 @@ use tracing_actix_web::TracingLogger;
 use crate::auth::KeyVerifier;
 use crate::config::Config;
 use crate::crypto::KeyRing;
-use crate::group_commit::GroupCommitter;
 use crate::http::{self, ApiState};
-use crate::limits::{PlanCache, RateLimits};
+use crate::limits::RateLimits;
+use crate::settings_cache::SettingsCache;
 use crate::store;
-use crate::wakeups::Wakeups;
+use crate::store::group_commit::GroupCommitter;
+use crate::store::listener::Listener;
+use crate::store::wakeups::Wakeups;
 
 pub struct Application {
     port: u16,
@@ -32,28 +35,30 @@ impl Application {
     /// Connects, migrates, binds and schedules the jobs. `config` must carry a database URL
     /// and an encryption key by now (main resolves the embedded default first).
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let url = config.database_url.as_deref().context("DATABASE_URL is not set")?;
-        let key = config.encryption_key.as_deref().context(
+        let url = config.database_url.as_ref().context("DATABASE_URL is not set")?.expose_secret();
+        let key = config.encryption_key.as_ref().context(
             "HOOKLINE_ENCRYPTION_KEY is required when DATABASE_URL is set (base64 of 32 random bytes, \
              e.g. `openssl rand -base64 32`)",
         )?;
-        let keys = Arc::new(KeyRing::from_base64(key, &config.encryption_old_keys)?);
+        let keys = Arc::new(KeyRing::from_base64(key.expose_secret(), &config.encryption_old_keys)?);
         let pool = store::connect(url, config.db_max_connections).await.context("connecting to PostgreSQL")?;
-        store::MIGRATOR.run(&pool).await.context("applying migrations")?;
+        store::migrate(&pool).await.context("applying migrations")?;
 
         let listener = TcpListener::bind(&config.bind).with_context(|| format!("binding {}", config.bind))?;
         let address = listener.local_addr()?;
         let verifier = Arc::new(KeyVerifier::new(pool.clone(), config.api_key_cache_ttl));
-        tokio::spawn(crate::auth::follow_revocations(pool.clone(), verifier.clone()));
         let wakeups = Arc::new(Wakeups::default());
-        tokio::spawn(crate::wakeups::listen(pool.clone(), wakeups.clone()));
+        let notifications = Listener::default()
+            .on(store::keys::REVOKED_CHANNEL, verifier.clone())
+            .on(store::wakeups::CHANNEL, wakeups.clone());
+        tokio::spawn(notifications.run(pool.clone()));
         let state = web::Data::new(ApiState {
             pool: pool.clone(),
             keys,
             verifier: verifier.clone(),
             ingest: GroupCommitter::start(pool.clone(), config.group_commit),
             limits: RateLimits::new(config.api_key_rate_limit),
-            plans: PlanCache::new(pool.clone(), config.plan_cache_ttl),
+            settings: SettingsCache::new(pool.clone(), config.plan_cache_ttl),
             replays: Default::default(),
             logins: Default::default(),
             wakeups: wakeups.clone(),

@@ -18,3 +18,20 @@ pub enum MessageState {
     Committed,
     Dead,
 }
+
+impl MessageState {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Locked => "locked",
+            Self::Committed => "committed",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+impl std::fmt::Display for MessageState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

@@ -41,6 +41,7 @@ mod message;
 mod payload;
 mod plan;
 mod scope;
+mod signature;
 mod webhook;
 
 pub use delivery::{DelaySeconds, DeliveryMode, IdempotencyKey, MaxMessages, Priority, TtlSeconds};
@@ -49,4 +50,5 @@ pub use message::{MessageState, Seq};
 pub use payload::{Payload, PayloadError};
 pub use plan::{LimitOverrides, Limits, Plan};
 pub use scope::{Scope, Scopes};
+pub use signature::SignatureScheme;
 pub use webhook::{LockTimeout, MaxRetries, SettingError, TtlDays, WebhookName};

@@ -34,12 +34,14 @@ impl fmt::Display for Scope {
     }
 }
 
-/// A non-empty set of scopes.
+/// A set of scopes; non-empty when parsed (NONE grants nothing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scopes(u8);
 
 impl Scopes {
     pub const ALL: Scopes = Scopes(0b111);
+    /// What a key whose stored scopes cannot be read is allowed: nothing.
+    pub const NONE: Scopes = Scopes(0);
 
     pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<Self, SettingError> {
         let rule = || SettingError { field: "scopes", rule: "a non-empty list of manage, consume, publish".into() };

@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{parse_json, ApiError, ErrorBody};
-use super::messages::ids;
-use super::{id, ApiState, Authenticated, PageQuery};
-use crate::domain::{MessageId, MessageState, Scope, Seq, WebhookId};
+use super::extract::{MessageRequest, Read, WebhookRequest};
+use super::responses::{BodyErrors, WebhookErrors};
+use super::{ApiState, PageQuery};
+use crate::domain::{MessageId, MessageState, Seq};
 use crate::store::dead_letters::{self as store, DeadLetterFilter};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -105,16 +106,13 @@ pub struct DiscardedAll {
 /// Dead letters in queue order, optionally filtered by when they died and their error.
 #[utoipa::path(get, path = "/api/webhooks/{webhook_id}/errors", tag = "dead letters",
     params(("webhook_id" = String, Path), DeadLetterQuery), security(("api_key" = [])),
-    responses((status = 200, body = DeadLetterPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"),
-              (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = DeadLetterPage), (status = 400, body = ErrorBody), WebhookErrors,
+              (status = 422, body = ErrorBody)))]
 pub async fn list(
-    auth: Authenticated,
-    state: web::Data<ApiState>,
-    path: web::Path<String>,
     query: web::Query<DeadLetterQuery>,
+    req: WebhookRequest<Read>,
+    state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let webhook: WebhookId = id(&path, "webhook")?;
-    auth.require(Scope::Consume, Some(&webhook))?;
     let query = query.into_inner();
     let page = PageQuery { limit: query.limit, cursor: query.cursor };
     let filter = DeadLetterSelection { since: query.since, until: query.until, error: query.error }.try_into()?;
@@ -125,8 +123,8 @@ pub async fn list(
             Some(Seq(c.parse().map_err(|_| ApiError::BadRequest("cursor is not a dead-letter cursor".into()))?))
         }
     };
-    let mut conn = state.pool.acquire().await?;
-    let rows = store::list(&mut conn, auth.project(), &webhook, &filter, after, limit + 1).await?;
+    let mut conn = crate::store::connection(&state.pool).await?;
+    let rows = store::list(&mut conn, req.project(), &req.webhook, &filter, after, limit + 1).await?;
     let more = rows.len() as i64 > limit;
     let data: Vec<_> = rows
         .into_iter()
@@ -147,34 +145,20 @@ pub async fn list(
 /// Put a dead letter back in the queue at its original position, retry counter reset.
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/errors/{message_id}/retry", tag = "dead letters",
     params(("webhook_id" = String, Path), ("message_id" = String, Path)), security(("api_key" = [])),
-    responses((status = 200, body = Redriven), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"), (status = 404, body = ErrorBody),
+    responses((status = 200, body = Redriven), WebhookErrors,
               (status = 409, body = ErrorBody, description = "The message is not dead")))]
-pub async fn retry(
-    auth: Authenticated,
-    state: web::Data<ApiState>,
-    path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
-    let (webhook, message) = ids(&path)?;
-    auth.require(Scope::Consume, Some(&webhook))?;
-    let mut conn = state.pool.acquire().await?;
-    store::retry(&mut conn, auth.project(), &webhook, &message).await?;
-    Ok(HttpResponse::Ok().json(Redriven { id: message, status: MessageState::Queued }))
+pub async fn retry(req: MessageRequest<Read>, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    store::retry(&state.pool, req.webhook.project(), &req.webhook.webhook, &req.message).await?;
+    Ok(HttpResponse::Ok().json(Redriven { id: req.message, status: MessageState::Queued }))
 }
 
 /// Delete a dead letter for good.
 #[utoipa::path(delete, path = "/api/webhooks/{webhook_id}/errors/{message_id}", tag = "dead letters",
     params(("webhook_id" = String, Path), ("message_id" = String, Path)), security(("api_key" = [])),
-    responses((status = 204, description = "Discarded"), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"), (status = 404, body = ErrorBody),
+    responses((status = 204, description = "Discarded"), WebhookErrors,
               (status = 409, body = ErrorBody, description = "The message is not dead")))]
-pub async fn discard(
-    auth: Authenticated,
-    state: web::Data<ApiState>,
-    path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
-    let (webhook, message) = ids(&path)?;
-    auth.require(Scope::Consume, Some(&webhook))?;
-    let mut conn = state.pool.acquire().await?;
-    store::discard(&mut conn, auth.project(), &webhook, &message).await?;
+pub async fn discard(req: MessageRequest<Read>, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    store::discard(&state.pool, req.webhook.project(), &req.webhook.webhook, &req.message).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -183,19 +167,15 @@ pub async fn discard(
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/errors/retry", tag = "dead letters",
     params(("webhook_id" = String, Path)), request_body(content = Option<DeadLetterSelection>),
     security(("api_key" = [])),
-    responses((status = 200, body = RetriedAll), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+    responses((status = 200, body = RetriedAll), BodyErrors, WebhookErrors))]
 pub async fn retry_all(
-    auth: Authenticated,
+    req: WebhookRequest<Read>,
     state: web::Data<ApiState>,
-    path: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let webhook: WebhookId = id(&path, "webhook")?;
-    auth.require(Scope::Consume, Some(&webhook))?;
     let selection: DeadLetterSelection = parse_json(&body, true)?;
-    let mut conn = state.pool.acquire().await?;
-    let retried = store::retry_all(&mut conn, auth.project(), &webhook, &selection.try_into()?).await?;
+    let mut conn = crate::store::connection(&state.pool).await?;
+    let retried = store::retry_all(&mut conn, req.project(), &req.webhook, &selection.try_into()?).await?;
     Ok(HttpResponse::Ok().json(RetriedAll { retried }))
 }
 
@@ -203,18 +183,14 @@ pub async fn retry_all(
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/errors/discard", tag = "dead letters",
     params(("webhook_id" = String, Path)), request_body(content = Option<DeadLetterSelection>),
     security(("api_key" = [])),
-    responses((status = 200, body = DiscardedAll), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+    responses((status = 200, body = DiscardedAll), BodyErrors, WebhookErrors))]
 pub async fn discard_all(
-    auth: Authenticated,
+    req: WebhookRequest<Read>,
     state: web::Data<ApiState>,
-    path: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let webhook: WebhookId = id(&path, "webhook")?;
-    auth.require(Scope::Consume, Some(&webhook))?;
     let selection: DeadLetterSelection = parse_json(&body, true)?;
-    let mut conn = state.pool.acquire().await?;
-    let discarded = store::discard_all(&mut conn, auth.project(), &webhook, &selection.try_into()?).await?;
+    let mut conn = crate::store::connection(&state.pool).await?;
+    let discarded = store::discard_all(&mut conn, req.project(), &req.webhook, &selection.try_into()?).await?;
     Ok(HttpResponse::Ok().json(DiscardedAll { discarded }))
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::auth::AuthError;
 use crate::domain::{MessageId, SettingError};
 use crate::limits::Limited;
-use crate::store::StoreError;
+use crate::store::{Refusal, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -31,8 +31,8 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0} not found")]
     NotFound(&'static str),
-    #[error("{0}")]
-    Conflict(String),
+    #[error(transparent)]
+    Refused(Refusal),
     #[error("{0}")]
     Validation(String),
     #[error("rate limit of {} per second exceeded; retry in {} ms", .0.per_second, .0.retry_after.as_millis())]
@@ -60,7 +60,8 @@ impl ApiError {
             Self::NoSession => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
-            Self::Conflict(_) => "conflict",
+            Self::Refused(Refusal::WebhookLimit { .. }) => "validation_failed",
+            Self::Refused(_) => "conflict",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RateLimited(_) => "rate_limited",
             Self::Validation(_) => "validation_failed",
@@ -100,7 +101,9 @@ impl ResponseError for ApiError {
             }
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Conflict(_) => StatusCode::CONFLICT,
+            // A plan's limit is a setting to change, not a state to wait out.
+            Self::Refused(Refusal::WebhookLimit { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Refused(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -138,8 +141,8 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(what) => Self::NotFound(what),
-            StoreError::Conflict(why) => Self::Conflict(why),
-            StoreError::Database(db) => Self::Unexpected(anyhow::Error::new(db).context("database")),
+            StoreError::Refused(refusal) => Self::Refused(refusal),
+            StoreError::Database(db) => Self::Unexpected(anyhow::Error::new(db)),
         }
     }
 }
@@ -156,12 +159,6 @@ impl From<AuthError> for ApiError {
 impl From<SettingError> for ApiError {
     fn from(e: SettingError) -> Self {
         Self::Validation(e.to_string())
-    }
-}
-
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        StoreError::Database(e).into()
     }
 }
 

@@ -18,7 +18,7 @@ pub async fn healthz() -> HttpResponse {
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, description = "Ready"), (status = 503, description = "Database unreachable")))]
 pub async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
-    match sqlx::query("SELECT 1").execute(&state.pool).await {
+    match crate::store::ping(&state.pool).await {
         Ok(_) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");

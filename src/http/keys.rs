@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{parse_json, ApiError, ErrorBody};
+use super::responses::{BodyErrors, KeyErrors};
 use super::{ApiState, Authenticated};
 use crate::auth::{self, KeyGrant};
 use crate::domain::{Scope, Scopes, WebhookId};
@@ -69,8 +70,7 @@ fn respond(k: store::keys::KeyInfo) -> KeyResponse {
 /// Mint a key. A key cannot grant more than it has: scopes and webhooks must be within
 /// the creating key's own.
 #[utoipa::path(post, path = "/api/keys", tag = "keys", request_body = CreateKey, security(("api_key" = [])),
-    responses((status = 201, body = CreatedKey), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"),
-              (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = CreatedKey), BodyErrors, KeyErrors, (status = 422, body = ErrorBody)))]
 pub async fn create(
     auth: Authenticated,
     state: web::Data<ApiState>,
@@ -97,7 +97,7 @@ pub async fn create(
                 .collect::<Result<_, _>>()?,
         ),
     };
-    let mut tx = state.pool.begin().await?;
+    let mut tx = store::begin(&state.pool).await?;
     for webhook in webhooks.iter().flatten() {
         if !auth.principal.may_touch(webhook) {
             return Err(ApiError::Forbidden("a key cannot grant webhooks it is not allowed".into()));
@@ -108,7 +108,7 @@ pub async fn create(
     }
     let grant = KeyGrant { name: req.name.as_deref(), scopes, webhooks: webhooks.as_deref() };
     let key = auth::mint_key(&mut tx, auth.project(), &grant).await?;
-    tx.commit().await?;
+    store::commit(tx).await?;
     let prefix = auth::prefix_of(&key);
     let info = store::keys::list(&state.pool, auth.project())
         .await?
@@ -120,7 +120,7 @@ pub async fn create(
 
 /// The project's keys, revoked ones included.
 #[utoipa::path(get, path = "/api/keys", tag = "keys", security(("api_key" = [])),
-    responses((status = 200, body = KeyList), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = KeyList), KeyErrors))]
 pub async fn list(auth: Authenticated, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     auth.require(Scope::Manage, None)?;
     let data = store::keys::list(&state.pool, auth.project()).await?.into_iter().map(respond).collect();
@@ -130,8 +130,7 @@ pub async fn list(auth: Authenticated, state: web::Data<ApiState>) -> Result<Htt
 /// Revoke a key: it stops working at once, on every replica.
 #[utoipa::path(delete, path = "/api/keys/{prefix}", tag = "keys", params(("prefix" = String, Path)),
     security(("api_key" = [])),
-    responses((status = 204, description = "Revoked"), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Revoked"), KeyErrors, (status = 404, body = ErrorBody)))]
 pub async fn revoke(
     auth: Authenticated,
     state: web::Data<ApiState>,

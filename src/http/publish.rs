@@ -11,11 +11,11 @@ use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
+use super::extract::{Publish, WebhookRequest};
 use super::ingest::{read_limited, Accepted};
-use super::{id, ApiState, Authenticated};
-use crate::domain::{
-    DelaySeconds, IdempotencyKey, MessageId, Payload, Priority, Scope, SettingError, TtlSeconds, WebhookId,
-};
+use super::responses::{BodyErrors, WebhookErrors};
+use super::ApiState;
+use crate::domain::{DelaySeconds, IdempotencyKey, MessageId, Payload, Priority, SettingError, TtlSeconds, WebhookId};
 use crate::limits::Operation;
 use crate::store::messages::{self as store, DeliveryOptions, NewMessage};
 use crate::store::projects::IngestTarget;
@@ -77,21 +77,17 @@ pub struct PublishedBatch {
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages", tag = "publish",
     params(("webhook_id" = String, Path)), request_body = PublishRequest, security(("api_key" = [])),
     responses((status = 201, body = Accepted), (status = 200, body = Accepted, description = "A duplicate: the original message"),
-              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
-              (status = 429, body = ErrorBody)))]
-#[tracing::instrument(skip_all, fields(webhook_id = %path))]
+              BodyErrors, WebhookErrors, (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(webhook_id = %access.webhook))]
 pub async fn publish(
-    auth: Authenticated,
+    access: WebhookRequest<Publish>,
     state: web::Data<ApiState>,
-    path: web::Path<String>,
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let webhook: WebhookId = id(&path, "webhook")?;
-    auth.require(Scope::Publish, Some(&webhook))?;
-    let target = target(&state, &auth, webhook).await?;
-    auth.rate_limit(&state, webhook, Operation::Ingest)?;
+    let webhook = access.webhook;
+    let target = target(&state, webhook).await?;
+    access.auth.rate_limit_n(&state, webhook, Operation::Ingest, 1)?;
     let max_body = max_body(&state, &target);
     let raw = read_limited(&req, body, request_limit(max_body, 1)).await?;
     let request: PublishRequest = parse_body(&raw)?;
@@ -107,27 +103,23 @@ pub async fn publish(
 /// request body is at most 16 MiB.
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/batch", tag = "publish",
     params(("webhook_id" = String, Path)), request_body = PublishBatch, security(("api_key" = [])),
-    responses((status = 201, body = PublishedBatch), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
-#[tracing::instrument(skip_all, fields(webhook_id = %path))]
+    responses((status = 201, body = PublishedBatch), BodyErrors, WebhookErrors, (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(webhook_id = %access.webhook))]
 pub async fn publish_batch(
-    auth: Authenticated,
+    access: WebhookRequest<Publish>,
     state: web::Data<ApiState>,
-    path: web::Path<String>,
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let webhook: WebhookId = id(&path, "webhook")?;
-    auth.require(Scope::Publish, Some(&webhook))?;
-    let target = target(&state, &auth, webhook).await?;
+    let webhook = access.webhook;
+    let target = target(&state, webhook).await?;
     let max_body = max_body(&state, &target);
     let raw = read_limited(&req, body, request_limit(max_body, MAX_BATCH).min(MAX_BATCH_REQUEST_BYTES)).await?;
     let batch: PublishBatch = parse_body(&raw)?;
     if batch.messages.is_empty() || batch.messages.len() > MAX_BATCH {
         return Err(ApiError::Validation(format!("messages must hold 1 to {MAX_BATCH} messages")));
     }
-    auth.rate_limit_n(&state, webhook, Operation::Ingest, batch.messages.len())?;
+    access.auth.rate_limit_n(&state, webhook, Operation::Ingest, batch.messages.len())?;
     let items = batch
         .messages
         .into_iter()
@@ -151,12 +143,9 @@ pub async fn publish_batch(
     Ok(HttpResponse::Created().json(PublishedBatch { messages }))
 }
 
-/// The webhook, if it is this project's (404 otherwise, like an unknown id).
-async fn target(state: &ApiState, auth: &Authenticated, webhook: WebhookId) -> Result<IngestTarget, ApiError> {
-    match state.plans.ingest_target(webhook).await? {
-        Some(target) if target.project == auth.project() => Ok(target),
-        _ => Err(ApiError::NotFound("webhook")),
-    }
+/// The webhook's ingestion settings (the extractor has checked that it is the caller's).
+async fn target(state: &ApiState, webhook: WebhookId) -> Result<IngestTarget, ApiError> {
+    state.settings.ingest_target(webhook).await?.ok_or(ApiError::NotFound("webhook"))
 }
 
 fn max_body(state: &ApiState, target: &IngestTarget) -> usize {

@@ -4,9 +4,10 @@ use actix_web::{web, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ErrorBody};
-use super::{id, ApiState, Authenticated};
-use crate::domain::{Scope, WebhookId};
+use super::error::ApiError;
+use super::extract::{Manage, Read, WebhookRequest};
+use super::responses::WebhookErrors;
+use super::ApiState;
 use crate::store::messages as message_store;
 use crate::store::stats::{self as store, QueueStats};
 
@@ -69,16 +70,9 @@ pub struct Purged {
 /// counters and partial indexes, so as fast on millions of messages as on ten.
 #[utoipa::path(get, path = "/api/webhooks/{webhook_id}/stats", tag = "webhooks",
     params(("webhook_id" = String, Path)), security(("api_key" = [])),
-    responses((status = 200, body = StatsResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
-pub async fn stats(
-    auth: Authenticated,
-    state: web::Data<ApiState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let webhook: WebhookId = id(&path, "webhook")?;
-    auth.require(Scope::Consume, Some(&webhook))?;
-    let stats = store::get(&state.pool, auth.project(), &webhook).await?;
+    responses((status = 200, body = StatsResponse), WebhookErrors))]
+pub async fn stats(req: WebhookRequest<Read>, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let stats = store::get(&state.pool, req.project(), &req.webhook).await?;
     Ok(HttpResponse::Ok().json(StatsResponse::from(stats)))
 }
 
@@ -86,16 +80,9 @@ pub async fn stats(
 /// messages stay). Consumers holding a lock then get 404 on commit.
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/purge", tag = "webhooks",
     params(("webhook_id" = String, Path)), security(("api_key" = [])),
-    responses((status = 200, body = Purged), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
-pub async fn purge(
-    auth: Authenticated,
-    state: web::Data<ApiState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let webhook: WebhookId = id(&path, "webhook")?;
-    auth.require(Scope::Manage, Some(&webhook))?;
-    let mut conn = state.pool.acquire().await?;
-    let purged = message_store::purge(&mut conn, auth.project(), &webhook).await?;
+    responses((status = 200, body = Purged), WebhookErrors))]
+pub async fn purge(req: WebhookRequest<Manage>, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let mut conn = crate::store::connection(&state.pool).await?;
+    let purged = message_store::purge(&mut conn, req.project(), &req.webhook).await?;
     Ok(HttpResponse::Ok().json(Purged { purged }))
 }

@@ -54,7 +54,7 @@ pub async fn login(req: HttpRequest, state: web::Data<ApiState>, body: web::Byte
     rand::rngs::OsRng.fill_bytes(&mut token);
     let expires = chrono::Utc::now() + chrono::Duration::hours(SESSION_HOURS);
     accounts::create_session(&state.pool, &token_hash(&token), user.id, expires).await?;
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = crate::store::connection(&state.pool).await?;
     let who = accounts::session_user(&mut conn, &token_hash(&token)).await?;
     let cookie = Cookie::build(COOKIE, URL_SAFE_NO_PAD.encode(token))
         .path("/")
@@ -71,7 +71,7 @@ pub async fn login(req: HttpRequest, state: web::Data<ApiState>, body: web::Byte
     responses((status = 200, body = SessionUser), (status = 401, body = ErrorBody)))]
 pub async fn current(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let hash = session_hash(&req).ok_or(ApiError::NoSession)?;
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = crate::store::connection(&state.pool).await?;
     let who = accounts::session_user(&mut conn, &hash).await.map_err(|_| ApiError::NoSession)?;
     Ok(HttpResponse::Ok().json(who))
 }

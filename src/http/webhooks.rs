@@ -8,12 +8,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{parse_json, ApiError, ErrorBody};
-use super::{id, ApiState, Authenticated, PageQuery};
-use crate::domain::{DeliveryMode, LockTimeout, MaxRetries, Scope, WebhookId, WebhookName};
-use crate::signature::{Scheme, SigningKey};
-use crate::store::webhooks::StoredSignature;
-use crate::store::webhooks::{self as store, NewWebhook, Webhook, WebhookChanges};
-use crate::store::StoreError;
+use super::extract::{Manage, WebhookRequest};
+use super::ingest::signature::SigningKey;
+use super::responses::{BodyErrors, KeyErrors, WebhookErrors};
+use super::{ApiState, Authenticated, PageQuery};
+use crate::domain::{DeliveryMode, LockTimeout, MaxRetries, Scope, SignatureScheme, WebhookId, WebhookName};
+use crate::store::webhooks::{self as store, NewWebhook, StoredSignature, Webhook, WebhookChanges, WebhookQuota};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/webhooks").route(web::post().to(create)).route(web::get().to(list))).service(
@@ -138,8 +138,7 @@ fn respond(state: &ApiState, w: Webhook) -> WebhookResponse {
 /// Create a webhook and its queue.
 #[utoipa::path(post, path = "/api/webhooks", tag = "webhooks", request_body = CreateWebhook,
     security(("api_key" = [])),
-    responses((status = 201, body = WebhookResponse), (status = 400, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = WebhookResponse), BodyErrors, KeyErrors, (status = 422, body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(project = auth.project().0))]
 pub async fn create(
     auth: Authenticated,
@@ -160,23 +159,22 @@ pub async fn create(
         idempotency_from_webhook_id: req.idempotency_from_webhook_id.unwrap_or(false),
     };
     let signing = req.signature.as_ref().map(parse_signature).transpose()?;
-    let mut tx = state.pool.begin().await?;
-    let mut webhook = store::create(&mut tx, auth.project(), &new, limits.max_webhooks).await.map_err(|e| match e {
-        StoreError::Conflict(why) => ApiError::Validation(format!("{why} on the {} plan", limits.plan.name())),
-        other => other.into(),
-    })?;
+    let quota = limits.max_webhooks.map(|max| WebhookQuota { max, plan: limits.plan });
+    let mut tx = crate::store::begin(&state.pool).await?;
+    let mut webhook = store::create(&mut tx, auth.project(), &new, quota).await?;
     if let Some(key) = &signing {
         store::set_signature(&mut *tx, auth.project(), &webhook.id, Some(&seal(&state, &webhook.id, key))).await?;
         webhook = store::get(&mut *tx, auth.project(), &webhook.id).await?;
     }
-    tx.commit().await?;
+    crate::store::commit(tx).await?;
     Ok(HttpResponse::Created().json(respond(&state, webhook)))
 }
 
 /// List the project's webhooks in creation order.
 #[utoipa::path(get, path = "/api/webhooks", tag = "webhooks", params(PageQuery),
     security(("api_key" = [])),
-    responses((status = 200, body = WebhookPage), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = WebhookPage), (status = 400, body = ErrorBody), KeyErrors,
+              (status = 422, body = ErrorBody)))]
 pub async fn list(
     auth: Authenticated,
     state: web::Data<ApiState>,
@@ -199,31 +197,22 @@ pub async fn list(
 /// Read one webhook.
 #[utoipa::path(get, path = "/api/webhooks/{webhook_id}", tag = "webhooks",
     params(("webhook_id" = String, Path)), security(("api_key" = [])),
-    responses((status = 200, body = WebhookResponse), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"), (status = 404, body = ErrorBody)))]
-pub async fn get(
-    auth: Authenticated,
-    state: web::Data<ApiState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let webhook_id: WebhookId = id(&path, "webhook")?;
-    auth.require(Scope::Manage, Some(&webhook_id))?;
-    let webhook = store::get(&state.pool, auth.project(), &webhook_id).await?;
+    responses((status = 200, body = WebhookResponse), WebhookErrors))]
+pub async fn get(req: WebhookRequest<Manage>, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let webhook = store::get(&state.pool, req.project(), &req.webhook).await?;
     Ok(HttpResponse::Ok().json(respond(&state, webhook)))
 }
 
 /// Change a webhook's settings; fields left out stay as they are.
 #[utoipa::path(patch, path = "/api/webhooks/{webhook_id}", tag = "webhooks", request_body = UpdateWebhook,
     params(("webhook_id" = String, Path)), security(("api_key" = [])),
-    responses((status = 200, body = WebhookResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"),
-              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = WebhookResponse), BodyErrors, WebhookErrors, (status = 422, body = ErrorBody)))]
 pub async fn update(
-    auth: Authenticated,
+    access: WebhookRequest<Manage>,
     state: web::Data<ApiState>,
-    path: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let webhook_id: WebhookId = id(&path, "webhook")?;
-    auth.require(Scope::Manage, Some(&webhook_id))?;
+    let (project, webhook_id) = (access.project(), access.webhook);
     let req: UpdateWebhook = parse_json(&body, false)?;
     if req.mode.is_some() {
         // Switching modes under consumers would strand locks of the other kind.
@@ -235,9 +224,7 @@ pub async fn update(
         max_retries: req.max_retries.map(MaxRetries::parse).transpose()?,
         ttl_days: match req.ttl_days {
             None => None,
-            Some(days) => {
-                Some(crate::store::projects::limits(&state.pool, auth.project()).await?.ttl_days(Some(days))?)
-            }
+            Some(days) => Some(crate::store::projects::limits(&state.pool, project).await?.ttl_days(Some(days))?),
         },
         priorities: req.priorities,
         idempotency_from_webhook_id: req.idempotency_from_webhook_id,
@@ -247,37 +234,31 @@ pub async fn update(
         Some(None) => Some(None),
         Some(Some(settings)) => Some(Some(parse_signature(settings)?)),
     };
-    let mut tx = state.pool.begin().await?;
-    let mut webhook = store::update(&mut *tx, auth.project(), &webhook_id, &changes).await?;
+    let mut tx = crate::store::begin(&state.pool).await?;
+    let mut webhook = store::update(&mut *tx, project, &webhook_id, &changes).await?;
     if let Some(signing) = &signing {
         let sealed = signing.as_ref().map(|key| seal(&state, &webhook_id, key));
-        store::set_signature(&mut *tx, auth.project(), &webhook_id, sealed.as_ref()).await?;
-        webhook = store::get(&mut *tx, auth.project(), &webhook_id).await?;
+        store::set_signature(&mut *tx, project, &webhook_id, sealed.as_ref()).await?;
+        webhook = store::get(&mut *tx, project, &webhook_id).await?;
     }
-    tx.commit().await?;
-    state.plans.forget_webhook(&webhook_id);
+    crate::store::commit(tx).await?;
+    state.settings.forget_webhook(&webhook_id);
     Ok(HttpResponse::Ok().json(respond(&state, webhook)))
 }
 
 /// Delete a webhook and every message in its queue.
 #[utoipa::path(delete, path = "/api/webhooks/{webhook_id}", tag = "webhooks",
     params(("webhook_id" = String, Path)), security(("api_key" = [])),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"), (status = 404, body = ErrorBody)))]
-pub async fn delete(
-    auth: Authenticated,
-    state: web::Data<ApiState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let webhook_id: WebhookId = id(&path, "webhook")?;
-    auth.require(Scope::Manage, Some(&webhook_id))?;
-    store::delete(&state.pool, auth.project(), &webhook_id).await?;
-    state.plans.forget_webhook(&webhook_id);
+    responses((status = 204, description = "Deleted"), WebhookErrors))]
+pub async fn delete(req: WebhookRequest<Manage>, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    store::delete(&state.pool, req.project(), &req.webhook).await?;
+    state.settings.forget_webhook(&req.webhook);
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// Checks a signing requirement before anything is stored.
 fn parse_signature(settings: &SignatureSettings) -> Result<SigningKey, ApiError> {
-    let scheme = Scheme::parse(&settings.scheme).ok_or_else(|| {
+    let scheme = SignatureScheme::parse(&settings.scheme).ok_or_else(|| {
         ApiError::Validation("signature.scheme must be one of standard-webhooks, stripe, github".into())
     })?;
     let tolerance = match settings.tolerance_seconds {

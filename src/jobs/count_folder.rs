@@ -3,7 +3,7 @@
 
 use sqlx::PgPool;
 
-use crate::store::{self, StoreError};
+use crate::store::{self, Context, StoreResult};
 
 #[derive(Clone)]
 pub struct CountFolder {
@@ -17,17 +17,13 @@ impl CountFolder {
 
     /// Folds once; returns how many rows were merged (0 if another replica is folding).
     #[tracing::instrument(skip_all, name = "count_folder")]
-    pub async fn run_once(&self) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(super::FOLDER_LOCK)
-            .fetch_one(&mut *tx)
-            .await?;
-        if !got {
+    pub async fn run_once(&self) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await.context("beginning a count fold")?;
+        if !store::maintenance::try_job_lock(&mut tx, super::FOLDER_LOCK).await? {
             return Ok(0);
         }
         let folded = store::stats::fold_counts(&mut *tx).await?;
-        tx.commit().await?;
+        tx.commit().await.context("committing a count fold")?;
         Ok(folded)
     }
 }

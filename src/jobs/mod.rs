@@ -11,6 +11,8 @@ use std::time::Duration;
 pub use count_folder::CountFolder;
 pub use lock_reaper::LockReaper;
 use sqlx::PgPool;
+
+use crate::store::{self, Context, StoreResult};
 use tokio_cron_scheduler::{Job, JobScheduler};
 pub use ttl_purger::TtlPurger;
 
@@ -70,20 +72,18 @@ pub async fn start(pool: PgPool) -> anyhow::Result<JobScheduler> {
 /// Runs `step` in batches, each in its own short transaction holding the job's advisory
 /// lock, until a batch comes back short. Returns the rows handled, 0 if another replica
 /// holds the lock.
-async fn in_batches<F>(pool: &PgPool, lock_key: i64, batch: i64, step: F) -> Result<u64, sqlx::Error>
+async fn in_batches<F>(pool: &PgPool, lock_key: i64, batch: i32, step: F) -> StoreResult<u64>
 where
-    F: for<'c> Fn(&'c mut sqlx::PgConnection, i64) -> futures_util::future::BoxFuture<'c, Result<u64, sqlx::Error>>,
+    F: for<'c> Fn(&'c mut sqlx::PgConnection, i32) -> futures_util::future::BoxFuture<'c, StoreResult<u64>>,
 {
     let mut total = 0;
     loop {
-        let mut tx = pool.begin().await?;
-        let got: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(lock_key).fetch_one(&mut *tx).await?;
-        if !got {
+        let mut tx = pool.begin().await.context("beginning a job's batch")?;
+        if !store::maintenance::try_job_lock(&mut tx, lock_key).await? {
             return Ok(total);
         }
         let n = step(&mut tx, batch).await?;
-        tx.commit().await?;
+        tx.commit().await.context("committing a job's batch")?;
         total += n;
         if n < batch as u64 {
             return Ok(total);

@@ -4,10 +4,12 @@
 use futures_util::FutureExt as _;
 use sqlx::PgPool;
 
+use crate::store::{messages, StoreResult};
+
 #[derive(Clone)]
 pub struct TtlPurger {
     pool: PgPool,
-    batch: i64,
+    batch: i32,
 }
 
 impl TtlPurger {
@@ -15,7 +17,7 @@ impl TtlPurger {
         Self { pool, batch: 5000 }
     }
 
-    pub fn with_batch(mut self, batch: i64) -> Self {
+    pub fn with_batch(mut self, batch: i32) -> Self {
         self.batch = batch;
         self
     }
@@ -23,51 +25,15 @@ impl TtlPurger {
     /// Purges every message expired by now, and idempotency keys past their 24 hours;
     /// returns how many messages.
     #[tracing::instrument(skip_all, name = "ttl_purger")]
-    pub async fn run_once(&self) -> Result<u64, sqlx::Error> {
-        let messages = self.purge_messages().await?;
-        super::in_batches(&self.pool, super::PURGER_LOCK, self.batch, |tx, batch| {
-            async move {
-                let done = sqlx::query(
-                    "DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(
-                         SELECT ctid FROM idempotency_keys WHERE created_at <= now() - interval '24 hours' LIMIT $1))",
-                )
-                .bind(batch)
-                .execute(tx)
-                .await?;
-                Ok(done.rows_affected())
-            }
-            .boxed()
+    pub async fn run_once(&self) -> StoreResult<u64> {
+        let purged = super::in_batches(&self.pool, super::PURGER_LOCK, self.batch, |tx, batch| {
+            messages::purge_expired(tx, batch).boxed()
         })
         .await?;
-        Ok(messages)
-    }
-
-    async fn purge_messages(&self) -> Result<u64, sqlx::Error> {
         super::in_batches(&self.pool, super::PURGER_LOCK, self.batch, |tx, batch| {
-            async move {
-                let done = sqlx::query(
-                    "DELETE FROM messages m USING (
-                         SELECT webhook_id, seq FROM messages WHERE expires_at <= now()
-                         ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
-                     ) expired
-                     WHERE m.webhook_id = expired.webhook_id AND m.seq = expired.seq",
-                )
-                .bind(batch)
-                .execute(&mut *tx)
-                .await?;
-                // A purged message may have held its webhook's lock: release such locks
-                // now rather than making the queue wait out the timeout.
-                sqlx::query(
-                    "UPDATE webhooks w SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL
-                     WHERE w.locked_seq IS NOT NULL
-                       AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.webhook_id = w.id AND m.seq = w.locked_seq)",
-                )
-                .execute(&mut *tx)
-                .await?;
-                Ok(done.rows_affected())
-            }
-            .boxed()
+            messages::purge_idempotency_keys(tx, batch).boxed()
         })
-        .await
+        .await?;
+        Ok(purged)
     }
 }

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
-use super::{StoreError, StoreResult};
+use super::{Context, StoreError, StoreResult};
 use crate::domain::ProjectId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, sqlx::Type, utoipa::ToSchema)]
@@ -33,34 +33,37 @@ pub struct StoredUser {
 
 /// Creates the user, or resets the password of an existing one.
 pub async fn upsert_user(db: impl PgExecutor<'_>, email: &str, password_hash: &str) -> StoreResult<i64> {
-    Ok(sqlx::query_scalar(
+    sqlx::query_scalar!(
         "INSERT INTO users (email, password_hash) VALUES ($1, $2)
          ON CONFLICT ON CONSTRAINT users_email_key DO UPDATE SET password_hash = EXCLUDED.password_hash
          RETURNING id",
+        email,
+        password_hash
     )
-    .bind(email)
-    .bind(password_hash)
     .fetch_one(db)
-    .await?)
+    .await
+    .context("storing a user")
 }
 
 pub async fn add_member(db: impl PgExecutor<'_>, user: i64, project: ProjectId, role: Role) -> StoreResult<()> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO memberships (user_id, project_id, role) VALUES ($1, $2, $3)
          ON CONFLICT ON CONSTRAINT memberships_pkey DO UPDATE SET role = EXCLUDED.role",
+        user,
+        project.0,
+        role as _
     )
-    .bind(user)
-    .bind(project)
-    .bind(role)
     .execute(db)
-    .await?;
+    .await
+    .context("storing a membership")?;
     Ok(())
 }
 
 pub async fn find_user(db: impl PgExecutor<'_>, email: &str) -> StoreResult<Option<StoredUser>> {
-    let row: Option<(i64, String)> =
-        sqlx::query_as("SELECT id, password_hash FROM users WHERE email = $1").bind(email).fetch_optional(db).await?;
-    Ok(row.map(|(id, password_hash)| StoredUser { id, password_hash }))
+    sqlx::query_as!(StoredUser, "SELECT id, password_hash FROM users WHERE email = $1", email)
+        .fetch_optional(db)
+        .await
+        .context("finding a user")
 }
 
 pub async fn create_session(
@@ -69,17 +72,23 @@ pub async fn create_session(
     user: i64,
     expires_at: DateTime<Utc>,
 ) -> StoreResult<()> {
-    sqlx::query("INSERT INTO sessions (token_hash, user_id, expires_at) VALUES ($1, $2, $3)")
-        .bind(token_hash)
-        .bind(user)
-        .bind(expires_at)
-        .execute(db)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO sessions (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
+        token_hash,
+        user,
+        expires_at
+    )
+    .execute(db)
+    .await
+    .context("starting a session")?;
     Ok(())
 }
 
 pub async fn end_session(db: impl PgExecutor<'_>, token_hash: &[u8]) -> StoreResult<()> {
-    sqlx::query("DELETE FROM sessions WHERE token_hash = $1").bind(token_hash).execute(db).await?;
+    sqlx::query!("DELETE FROM sessions WHERE token_hash = $1", token_hash)
+        .execute(db)
+        .await
+        .context("ending a session")?;
     Ok(())
 }
 
@@ -90,7 +99,7 @@ pub struct SessionUser {
     pub projects: Vec<Membership>,
 }
 
-#[derive(Debug, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Membership {
     pub project: String,
     pub role: Role,
@@ -98,20 +107,24 @@ pub struct Membership {
 
 /// The user behind an unexpired session.
 pub async fn session_user(db: &mut sqlx::PgConnection, token_hash: &[u8]) -> StoreResult<SessionUser> {
-    let row: Option<(i64, String)> = sqlx::query_as(
+    let user = sqlx::query!(
         "SELECT u.id, u.email FROM sessions s JOIN users u ON u.id = s.user_id
          WHERE s.token_hash = $1 AND s.expires_at > now()",
+        token_hash
     )
-    .bind(token_hash)
     .fetch_optional(&mut *db)
-    .await?;
-    let (id, email) = row.ok_or(StoreError::NotFound("session"))?;
-    let projects = sqlx::query_as(
-        "SELECT p.name AS project, m.role FROM memberships m JOIN projects p ON p.id = m.project_id
-         WHERE m.user_id = $1 ORDER BY p.name",
+    .await
+    .context("reading a session")?
+    .ok_or(StoreError::NotFound("session"))?;
+    let (id, email) = (user.id, user.email);
+    let projects = sqlx::query_as!(
+        Membership,
+        r#"SELECT p.name AS project, m.role AS "role: Role" FROM memberships m JOIN projects p ON p.id = m.project_id
+           WHERE m.user_id = $1 ORDER BY p.name"#,
+        id
     )
-    .bind(id)
     .fetch_all(&mut *db)
-    .await?;
+    .await
+    .context("reading a user's projects")?;
     Ok(SessionUser { email, projects })
 }

@@ -1,22 +1,12 @@
 //! The dead-letter queue: messages whose retries ran out, inspected, redriven or discarded.
-//! A dead message keeps its seq, so a retried one goes back to its original position.
+//! A dead message keeps its seq, so a retried one goes back to its original position. Which
+//! dead letters a filter covers is one SQL function, `hookline_dead_letters`.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
-use uuid::Uuid;
 
-use super::{StoreError, StoreResult};
+use super::{Context, Refusal, StoreError, StoreResult};
 use crate::domain::{MessageId, MessageState, ProjectId, Seq, WebhookId};
-
-#[derive(Debug, sqlx::FromRow)]
-struct Row {
-    id: Uuid,
-    seq: i64,
-    last_error: Option<String>,
-    retry_count: i32,
-    received_at: DateTime<Utc>,
-    dead_at: DateTime<Utc>,
-}
 
 #[derive(Debug)]
 pub struct DeadLetter {
@@ -39,11 +29,6 @@ pub struct DeadLetterFilter {
     pub error: Option<String>,
 }
 
-/// The filter as SQL over `messages`, its parameters starting at $2 ($1 is the webhook).
-const FILTERED: &str = "webhook_id = $1 AND state = 'dead'
-    AND ($2::timestamptz IS NULL OR dead_at >= $2) AND ($3::timestamptz IS NULL OR dead_at < $3)
-    AND ($4::text IS NULL OR strpos(lower(last_error), lower($4)) > 0)";
-
 /// A page in seq order after the seq `after`. Checks the webhook belongs to the project.
 pub async fn list(
     db: &mut PgConnection,
@@ -54,19 +39,21 @@ pub async fn list(
     limit: i64,
 ) -> StoreResult<Vec<DeadLetter>> {
     super::webhooks::get(&mut *db, project, webhook).await?;
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT id, seq, last_error, retry_count, received_at, dead_at FROM messages
-         WHERE {FILTERED} AND seq > $5
-         ORDER BY seq LIMIT $6"
-    ))
-    .bind(webhook.as_uuid())
-    .bind(filter.since)
-    .bind(filter.until)
-    .bind(filter.error.as_deref())
-    .bind(after.map_or(0, |s| s.0))
-    .bind(limit)
+    let rows = sqlx::query!(
+        r#"SELECT id AS "id!", seq AS "seq!", last_error, retry_count AS "retry_count!",
+                  received_at AS "received_at!", dead_at AS "dead_at!"
+           FROM hookline_dead_letters($1, $2, $3, $4)
+           WHERE seq > $5 ORDER BY seq LIMIT $6"#,
+        webhook.as_uuid(),
+        filter.since,
+        filter.until,
+        filter.error.as_deref(),
+        after.map_or(0, |s| s.0),
+        limit
+    )
     .fetch_all(&mut *db)
-    .await?;
+    .await
+    .context_for("listing dead letters", webhook)?;
     Ok(rows
         .into_iter()
         .map(|r| DeadLetter {
@@ -82,47 +69,50 @@ pub async fn list(
 
 /// dead -> queued with its retry counter reset, at its original seq.
 pub async fn retry(
-    db: &mut PgConnection,
+    db: impl PgExecutor<'_>,
     project: ProjectId,
     webhook: &WebhookId,
     message: &MessageId,
 ) -> StoreResult<()> {
-    let done = sqlx::query(
-        "UPDATE messages m SET state = 'queued', retry_count = 0, dead_at = NULL
-         FROM webhooks w
-         WHERE w.id = $1 AND w.project_id = $2 AND m.webhook_id = w.id AND m.id = $3 AND m.state = 'dead'",
+    let found = sqlx::query!(
+        r#"SELECT state AS "state!: MessageState", locked AS "locked!" FROM hookline_retry_dead($1, $2, $3)"#,
+        webhook.as_uuid(),
+        project.0,
+        message.as_uuid()
     )
-    .bind(webhook.as_uuid())
-    .bind(project)
-    .bind(message.as_uuid())
-    .execute(&mut *db)
-    .await?;
-    if done.rows_affected() == 0 {
-        return Err(not_dead(db, project, webhook, message).await);
-    }
-    Ok(())
+    .fetch_optional(db)
+    .await
+    .context_for("retrying a dead letter", webhook)?;
+    was_dead(found.map(|f| (f.state, f.locked)))
 }
 
 /// dead -> gone.
 pub async fn discard(
-    db: &mut PgConnection,
+    db: impl PgExecutor<'_>,
     project: ProjectId,
     webhook: &WebhookId,
     message: &MessageId,
 ) -> StoreResult<()> {
-    let done = sqlx::query(
-        "DELETE FROM messages m USING webhooks w
-         WHERE w.id = $1 AND w.project_id = $2 AND m.webhook_id = w.id AND m.id = $3 AND m.state = 'dead'",
+    let found = sqlx::query!(
+        r#"SELECT state AS "state!: MessageState", locked AS "locked!" FROM hookline_discard_dead($1, $2, $3)"#,
+        webhook.as_uuid(),
+        project.0,
+        message.as_uuid()
     )
-    .bind(webhook.as_uuid())
-    .bind(project)
-    .bind(message.as_uuid())
-    .execute(&mut *db)
-    .await?;
-    if done.rows_affected() == 0 {
-        return Err(not_dead(db, project, webhook, message).await);
+    .fetch_optional(db)
+    .await
+    .context_for("discarding a dead letter", webhook)?;
+    was_dead(found.map(|f| (f.state, f.locked)))
+}
+
+/// Whether the message an action found was dead (and so was acted on).
+fn was_dead(found: Option<(MessageState, bool)>) -> StoreResult<()> {
+    match found {
+        None => Err(StoreError::NotFound("message")),
+        Some((MessageState::Dead, _)) => Ok(()),
+        Some((_, true)) => Err(Refusal::NotDead { state: MessageState::Locked }.into()),
+        Some((state, false)) => Err(Refusal::NotDead { state }.into()),
     }
-    Ok(())
 }
 
 /// Every dead letter the filter covers -> queued at its original seq, retries reset.
@@ -133,7 +123,19 @@ pub async fn retry_all(
     webhook: &WebhookId,
     filter: &DeadLetterFilter,
 ) -> StoreResult<u64> {
-    apply(db, project, webhook, filter, "UPDATE messages SET state = 'queued', retry_count = 0, dead_at = NULL").await
+    super::webhooks::get(&mut *db, project, webhook).await?;
+    let done = sqlx::query!(
+        "UPDATE messages SET state = 'queued', retry_count = 0, dead_at = NULL
+         WHERE webhook_id = $1 AND seq IN (SELECT seq FROM hookline_dead_letters($1, $2, $3, $4))",
+        webhook.as_uuid(),
+        filter.since,
+        filter.until,
+        filter.error.as_deref()
+    )
+    .execute(&mut *db)
+    .await
+    .context_for("retrying dead letters", webhook)?;
+    Ok(done.rows_affected())
 }
 
 /// Every dead letter the filter covers -> gone. Returns how many.
@@ -143,33 +145,17 @@ pub async fn discard_all(
     webhook: &WebhookId,
     filter: &DeadLetterFilter,
 ) -> StoreResult<u64> {
-    apply(db, project, webhook, filter, "DELETE FROM messages").await
-}
-
-/// Runs `statement` (an UPDATE or DELETE of messages) over the dead letters the filter
-/// covers, once the webhook is known to be the project's.
-async fn apply(
-    db: &mut PgConnection,
-    project: ProjectId,
-    webhook: &WebhookId,
-    filter: &DeadLetterFilter,
-    statement: &str,
-) -> StoreResult<u64> {
     super::webhooks::get(&mut *db, project, webhook).await?;
-    let done = sqlx::query(&format!("{statement} WHERE {FILTERED}"))
-        .bind(webhook.as_uuid())
-        .bind(filter.since)
-        .bind(filter.until)
-        .bind(filter.error.as_deref())
-        .execute(&mut *db)
-        .await?;
+    let done = sqlx::query!(
+        "DELETE FROM messages
+         WHERE webhook_id = $1 AND seq IN (SELECT seq FROM hookline_dead_letters($1, $2, $3, $4))",
+        webhook.as_uuid(),
+        filter.since,
+        filter.until,
+        filter.error.as_deref()
+    )
+    .execute(&mut *db)
+    .await
+    .context_for("discarding dead letters", webhook)?;
     Ok(done.rows_affected())
-}
-
-async fn not_dead(db: impl PgExecutor<'_>, project: ProjectId, webhook: &WebhookId, message: &MessageId) -> StoreError {
-    match super::messages::find(db, project, webhook, message).await {
-        Err(e) => e,
-        Ok(m) if m.state == MessageState::Dead => StoreError::Conflict("message changed concurrently".into()),
-        Ok(m) => StoreError::Conflict(format!("message is {}, not dead", super::messages::state_name(m.state))),
-    }
 }

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-use super::{StoreError, StoreResult};
+use super::{Context, StoreError, StoreResult};
 use crate::domain::{ApiKeyId, ProjectId, Scopes, WebhookId};
 
 /// Sent with a revoked key's id, so every replica forgets it at once.
@@ -29,18 +29,19 @@ pub struct NewKey<'a> {
 }
 
 pub async fn insert(db: impl PgExecutor<'_>, key: &NewKey<'_>) -> StoreResult<ApiKeyId> {
-    let id = sqlx::query_scalar(
+    let id = sqlx::query_scalar!(
         "INSERT INTO api_keys (project_id, prefix, hash, name, scopes, webhook_ids)
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        key.project.0,
+        key.prefix,
+        key.hash,
+        key.name,
+        &key.scopes.names() as _,
+        key.webhooks.map(uuids) as _
     )
-    .bind(key.project)
-    .bind(key.prefix)
-    .bind(key.hash)
-    .bind(key.name)
-    .bind(key.scopes.names())
-    .bind(key.webhooks.map(uuids))
     .fetch_one(db)
-    .await?;
+    .await
+    .context("storing an API key")?;
     Ok(ApiKeyId(id))
 }
 
@@ -48,50 +49,44 @@ fn uuids(ids: &[WebhookId]) -> Vec<Uuid> {
     ids.iter().map(|w| *w.as_uuid()).collect()
 }
 
-#[derive(sqlx::FromRow)]
-struct Row {
-    id: i64,
-    project_id: i64,
-    hash: String,
-    scopes: Vec<String>,
-    webhook_ids: Option<Vec<Uuid>>,
-}
-
 /// The live (not revoked) key with this prefix.
 pub async fn find_live(db: impl PgExecutor<'_>, prefix: &str) -> StoreResult<Option<StoredKey>> {
-    let row: Option<Row> = sqlx::query_as(
+    let row = sqlx::query!(
         "SELECT id, project_id, hash, scopes, webhook_ids FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL",
+        prefix
     )
-    .bind(prefix)
     .fetch_optional(db)
-    .await?;
-    row.map(|r| {
-        Ok(StoredKey {
-            id: ApiKeyId(r.id),
-            project_id: ProjectId(r.project_id),
-            hash: r.hash,
-            // The schema's check admits only known scopes.
-            scopes: Scopes::parse(&r.scopes).map_err(|e| StoreError::Conflict(e.to_string()))?,
-            webhooks: r.webhook_ids.map(|ids| ids.into_iter().map(WebhookId::from_uuid).collect()),
-        })
-    })
-    .transpose()
+    .await
+    .context("finding an API key")?;
+    Ok(row.map(|r| StoredKey {
+        id: ApiKeyId(r.id),
+        project_id: ProjectId(r.project_id),
+        hash: r.hash,
+        // The schema's check (api_keys_scopes_known) admits only known scopes.
+        scopes: Scopes::parse(&r.scopes).unwrap_or(Scopes::NONE),
+        webhooks: r.webhook_ids.map(|ids| ids.into_iter().map(WebhookId::from_uuid).collect()),
+    }))
 }
 
 pub async fn touch(db: impl PgExecutor<'_>, id: ApiKeyId) -> StoreResult<()> {
-    sqlx::query("UPDATE api_keys SET last_used_at = now() WHERE id = $1").bind(id).execute(db).await?;
+    sqlx::query!("UPDATE api_keys SET last_used_at = now() WHERE id = $1", id.0)
+        .execute(db)
+        .await
+        .context("recording an API key's use")?;
     Ok(())
 }
 
 /// Whether the key still exists and is not revoked.
 pub async fn is_live(db: impl PgExecutor<'_>, id: ApiKeyId) -> StoreResult<bool> {
-    let live: Option<bool> =
-        sqlx::query_scalar("SELECT revoked_at IS NULL FROM api_keys WHERE id = $1").bind(id).fetch_optional(db).await?;
+    let live = sqlx::query_scalar!(r#"SELECT revoked_at IS NULL AS "live!" FROM api_keys WHERE id = $1"#, id.0)
+        .fetch_optional(db)
+        .await
+        .context("checking an API key")?;
     Ok(live == Some(true))
 }
 
 /// A key as listed: never its secret or hash.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 pub struct KeyInfo {
     pub prefix: String,
     pub name: Option<String>,
@@ -103,29 +98,32 @@ pub struct KeyInfo {
 }
 
 pub async fn list(db: impl PgExecutor<'_>, project: ProjectId) -> StoreResult<Vec<KeyInfo>> {
-    Ok(sqlx::query_as(
+    sqlx::query_as!(
+        KeyInfo,
         "SELECT prefix, name, scopes, webhook_ids, created_at, last_used_at, revoked_at
          FROM api_keys WHERE project_id = $1 ORDER BY id",
+        project.0
     )
-    .bind(project)
     .fetch_all(db)
-    .await?)
+    .await
+    .context("listing API keys")
 }
 
 /// Revokes the key with this prefix (of `project`, or of any project for an operator) and
 /// tells every replica, in one transaction.
 pub async fn revoke(db: impl PgExecutor<'_>, project: Option<ProjectId>, prefix: &str) -> StoreResult<ApiKeyId> {
-    let id: Option<i64> = sqlx::query_scalar(
-        "WITH revoked AS (
-             UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now())
-             WHERE ($1::bigint IS NULL OR project_id = $1) AND prefix = $2 RETURNING id
-         )
-         SELECT r.id FROM revoked r CROSS JOIN LATERAL pg_notify($3, r.id::text)",
+    let id = sqlx::query_scalar!(
+        r#"WITH revoked AS (
+               UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now())
+               WHERE ($1::bigint IS NULL OR project_id = $1) AND prefix = $2 RETURNING id
+           )
+           SELECT r.id AS "id!" FROM revoked r CROSS JOIN LATERAL pg_notify($3, r.id::text)"#,
+        project.map(|p| p.0),
+        prefix,
+        REVOKED_CHANNEL
     )
-    .bind(project)
-    .bind(prefix)
-    .bind(REVOKED_CHANNEL)
     .fetch_optional(db)
-    .await?;
+    .await
+    .context("revoking an API key")?;
     id.map(ApiKeyId).ok_or(StoreError::NotFound("API key"))
 }

@@ -6,35 +6,36 @@ use std::sync::Arc;
 use sqlx::PgExecutor;
 
 use super::webhooks::StoredSignature;
-use super::{StoreError, StoreResult};
+use super::{Context, StoreError, StoreResult};
 use crate::crypto::{KeyId, Sealed};
-use crate::domain::{LimitOverrides, Limits, Plan, ProjectId, WebhookId};
-use crate::signature::Scheme;
+use crate::domain::{LimitOverrides, Limits, Plan, ProjectId, SignatureScheme, WebhookId};
 
 /// The project of that name, created on `plan` if it does not exist yet; with
 /// `set_plan`, an existing project is moved to `plan` too.
 pub async fn ensure(db: impl PgExecutor<'_>, name: &str, plan: Plan, set_plan: bool) -> StoreResult<ProjectId> {
-    let id = sqlx::query_scalar(
+    let id = sqlx::query_scalar!(
         "INSERT INTO projects (name, plan) VALUES ($1, $2)
          ON CONFLICT ON CONSTRAINT projects_name_key
          DO UPDATE SET plan = CASE WHEN $3 THEN EXCLUDED.plan ELSE projects.plan END
          RETURNING id",
+        name,
+        plan as _,
+        set_plan
     )
-    .bind(name)
-    .bind(plan)
-    .bind(set_plan)
     .fetch_one(db)
-    .await?;
+    .await
+    .context("creating a project")?;
     Ok(ProjectId(id))
 }
 
 pub async fn find(db: impl PgExecutor<'_>, name: &str) -> StoreResult<ProjectId> {
-    let id: Option<i64> =
-        sqlx::query_scalar("SELECT id FROM projects WHERE name = $1").bind(name).fetch_optional(db).await?;
+    let id = sqlx::query_scalar!("SELECT id FROM projects WHERE name = $1", name)
+        .fetch_optional(db)
+        .await
+        .context("finding a project")?;
     id.map(ProjectId).ok_or(StoreError::NotFound("project"))
 }
 
-#[derive(sqlx::FromRow)]
 struct LimitsRow {
     plan: Plan,
     ingest_per_second: Option<i32>,
@@ -57,14 +58,17 @@ impl From<LimitsRow> for Limits {
     }
 }
 
-const LIMIT_COLUMNS: &str =
-    "p.plan, p.ingest_per_second, p.dequeue_per_second, p.ack_per_second, p.max_webhooks, p.max_body_bytes";
-
 pub async fn limits(db: impl PgExecutor<'_>, project: ProjectId) -> StoreResult<Limits> {
-    let row: Option<LimitsRow> = sqlx::query_as(&format!("SELECT {LIMIT_COLUMNS} FROM projects p WHERE p.id = $1"))
-        .bind(project)
-        .fetch_optional(db)
-        .await?;
+    let row = sqlx::query_as!(
+        LimitsRow,
+        r#"SELECT plan AS "plan: Plan", ingest_per_second, dequeue_per_second, ack_per_second, max_webhooks,
+                  max_body_bytes
+           FROM projects WHERE id = $1"#,
+        project.0
+    )
+    .fetch_optional(db)
+    .await
+    .context("reading a project's limits")?;
     row.map(Limits::from).ok_or(StoreError::NotFound("project"))
 }
 
@@ -84,31 +88,20 @@ pub struct IngestTarget {
 
 /// The owner of a webhook, its limits and signing requirement; None for an unknown webhook.
 pub async fn ingest_target(db: impl PgExecutor<'_>, webhook: &WebhookId) -> StoreResult<Option<IngestTarget>> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        id: i64,
-        #[sqlx(flatten)]
-        limits: LimitsRow,
-        signature_scheme: Option<String>,
-        signature_tolerance_seconds: i32,
-        signature_key_id: Option<i32>,
-        signature_nonce: Option<Vec<u8>>,
-        signature_secret: Option<Vec<u8>>,
-        priorities: bool,
-        ttl_days: i32,
-        idempotency_from_webhook_id: bool,
-    }
-    let row: Option<Row> = sqlx::query_as(&format!(
-        "SELECT p.id, {LIMIT_COLUMNS}, w.signature_scheme, w.signature_tolerance_seconds, w.signature_key_id,
-                w.signature_nonce, w.signature_secret, w.priorities, w.ttl_days, w.idempotency_from_webhook_id
-         FROM webhooks w JOIN projects p ON p.id = w.project_id WHERE w.id = $1"
-    ))
-    .bind(webhook.as_uuid())
+    let row = sqlx::query!(
+        r#"SELECT p.id, p.plan AS "plan: Plan", p.ingest_per_second, p.dequeue_per_second, p.ack_per_second,
+                  p.max_webhooks, p.max_body_bytes, w.signature_scheme, w.signature_tolerance_seconds,
+                  w.signature_key_id, w.signature_nonce, w.signature_secret, w.priorities, w.ttl_days,
+                  w.idempotency_from_webhook_id
+           FROM webhooks w JOIN projects p ON p.id = w.project_id WHERE w.id = $1"#,
+        webhook.as_uuid()
+    )
     .fetch_optional(db)
-    .await?;
+    .await
+    .context_for("reading a webhook's ingestion settings", webhook)?;
     Ok(row.map(|r| {
         let signature = match (
-            r.signature_scheme.as_deref().and_then(Scheme::parse),
+            r.signature_scheme.as_deref().and_then(SignatureScheme::parse),
             r.signature_key_id,
             r.signature_nonce,
             r.signature_secret,
@@ -122,7 +115,15 @@ pub async fn ingest_target(db: impl PgExecutor<'_>, webhook: &WebhookId) -> Stor
         };
         IngestTarget {
             project: ProjectId(r.id),
-            limits: r.limits.into(),
+            limits: LimitsRow {
+                plan: r.plan,
+                ingest_per_second: r.ingest_per_second,
+                dequeue_per_second: r.dequeue_per_second,
+                ack_per_second: r.ack_per_second,
+                max_webhooks: r.max_webhooks,
+                max_body_bytes: r.max_body_bytes,
+            }
+            .into(),
             signature,
             priorities: r.priorities,
             ttl_days: r.ttl_days,
@@ -139,20 +140,21 @@ pub async fn set_limits(
     o: &LimitOverrides,
 ) -> StoreResult<()> {
     let rate = |v: Option<NonZeroU32>| v.map(|n| n.get() as i32);
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "UPDATE projects SET plan = COALESCE($2, plan), ingest_per_second = $3, dequeue_per_second = $4,
                 ack_per_second = $5, max_webhooks = $6, max_body_bytes = $7
          WHERE name = $1",
+        name,
+        plan as _,
+        rate(o.ingest_per_second),
+        rate(o.dequeue_per_second),
+        rate(o.ack_per_second),
+        o.max_webhooks.map(|n| n as i32),
+        o.max_body_bytes.map(|n| n as i32)
     )
-    .bind(name)
-    .bind(plan)
-    .bind(rate(o.ingest_per_second))
-    .bind(rate(o.dequeue_per_second))
-    .bind(rate(o.ack_per_second))
-    .bind(o.max_webhooks.map(|n| n as i32))
-    .bind(o.max_body_bytes.map(|n| n as i32))
     .execute(db)
-    .await?;
+    .await
+    .context("setting a project's limits")?;
     if done.rows_affected() == 0 {
         return Err(StoreError::NotFound("project"));
     }

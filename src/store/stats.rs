@@ -1,13 +1,13 @@
 //! A webhook's queue at a glance. Totals come from the append-only `webhook_counts` rows
-//! (see the delivery migration), the rest from partial indexes that hold only queued, in
+//! (see section 8 of the baseline migration), the rest from partial indexes that hold only queued, in
 //! flight or delayed rows: none of it scans a queue of millions.
 
 use sqlx::PgExecutor;
 
-use super::{StoreError, StoreResult};
+use super::{Context, StoreError, StoreResult};
 use crate::domain::{ProjectId, WebhookId};
 
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QueueStats {
     /// Waiting and deliverable now: not locked, not delayed.
     pub queued: i64,
@@ -24,8 +24,9 @@ pub struct QueueStats {
 }
 
 pub async fn get(db: impl PgExecutor<'_>, project: ProjectId, webhook: &WebhookId) -> StoreResult<QueueStats> {
-    let row: Option<QueueStats> = sqlx::query_as(
-        "WITH hook AS (
+    let row = sqlx::query_as!(
+        QueueStats,
+        r#"WITH hook AS (
              SELECT id, locked_seq, coalesce(locked_seq, 0) AS fifo_locked FROM webhooks WHERE id = $1 AND project_id = $2
          ), totals AS (
              SELECT coalesce(sum(live), 0)::int8 AS live, coalesce(sum(dead), 0)::int8 AS dead,
@@ -50,16 +51,18 @@ pub async fn get(db: impl PgExecutor<'_>, project: ProjectId, webhook: &WebhookI
                                          ORDER BY seq LIMIT 1) head) AS oldest
              FROM hook
          )
-         SELECT greatest(totals.live - gauges.locked - gauges.delayed, 0) AS queued, gauges.locked, gauges.delayed,
-                totals.dead, totals.committed, gauges.oldest AS oldest_queued_age_seconds,
-                totals.ingested_minute AS ingested_last_minute, totals.ingested_hour AS ingested_last_hour,
-                totals.delivered_minute AS delivered_last_minute, totals.delivered_hour AS delivered_last_hour
-         FROM gauges, totals",
+         SELECT greatest(totals.live - gauges.locked - gauges.delayed, 0) AS "queued!", gauges.locked AS "locked!",
+                gauges.delayed AS "delayed!", totals.dead AS "dead!", totals.committed AS "committed!",
+                gauges.oldest AS oldest_queued_age_seconds,
+                totals.ingested_minute AS "ingested_last_minute!", totals.ingested_hour AS "ingested_last_hour!",
+                totals.delivered_minute AS "delivered_last_minute!", totals.delivered_hour AS "delivered_last_hour!"
+         FROM gauges, totals"#,
+        webhook.as_uuid(),
+        project.0
     )
-    .bind(webhook.as_uuid())
-    .bind(project)
     .fetch_optional(db)
-    .await?;
+    .await
+    .context_for("reading stats", webhook)?;
     row.ok_or(StoreError::NotFound("webhook"))
 }
 
@@ -67,8 +70,8 @@ pub async fn get(db: impl PgExecutor<'_>, project: ProjectId, webhook: &WebhookI
 /// into one base row per webhook before that. Sums are unchanged, so running it twice, or
 /// concurrently with writers, is harmless. Returns how many rows it folded.
 pub async fn fold_counts(db: impl PgExecutor<'_>) -> StoreResult<u64> {
-    let folded: i64 = sqlx::query_scalar(
-        "WITH old AS (
+    let folded = sqlx::query_scalar!(
+        r#"WITH old AS (
              DELETE FROM webhook_counts
              WHERE at < now() - interval '2 minutes'
                AND (at <> date_trunc('minute', at) OR at < now() - interval '1 hour')
@@ -85,9 +88,10 @@ pub async fn fold_counts(db: impl PgExecutor<'_>) -> StoreResult<u64> {
              GROUP BY webhook_id, bucket
              RETURNING 1
          )
-         SELECT count(*) FROM old",
+         SELECT count(*) AS "n!" FROM old"#
     )
     .fetch_one(db)
-    .await?;
+    .await
+    .context("folding counters")?;
     Ok(folded as u64)
 }

@@ -4,10 +4,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use super::{StoreError, StoreResult};
+use super::{Context, Refusal, StoreError, StoreResult};
 use crate::crypto::Sealed;
-use crate::domain::{DeliveryMode, LockTimeout, MaxRetries, ProjectId, TtlDays, WebhookId, WebhookName};
-use crate::signature::Scheme;
+use crate::domain::SignatureScheme;
+use crate::domain::{DeliveryMode, LockTimeout, MaxRetries, Plan, ProjectId, TtlDays, WebhookId, WebhookName};
 
 #[derive(Debug, Clone)]
 pub struct Webhook {
@@ -26,7 +26,6 @@ pub struct Webhook {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(sqlx::FromRow)]
 struct Row {
     id: Uuid,
     name: String,
@@ -61,9 +60,6 @@ impl From<Row> for Webhook {
     }
 }
 
-const COLUMNS: &str = "id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme, \
-                       signature_tolerance_seconds, mode, priorities, idempotency_from_webhook_id, created_at, updated_at";
-
 pub struct NewWebhook {
     pub name: WebhookName,
     pub lock_timeout: LockTimeout,
@@ -74,51 +70,75 @@ pub struct NewWebhook {
     pub idempotency_from_webhook_id: bool,
 }
 
+/// The most webhooks a project may have, and the plan that says so.
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookQuota {
+    pub max: u32,
+    pub plan: Plan,
+}
+
 /// Creates the webhook and its sequence counter together, unless the project already has
-/// `max` webhooks (Conflict). The project row lock makes the count hold under concurrency.
+/// its quota of webhooks. The project row lock makes the count hold under concurrency.
 pub async fn create(
     tx: &mut PgConnection,
     project: ProjectId,
     new: &NewWebhook,
-    max: Option<u32>,
+    quota: Option<WebhookQuota>,
 ) -> StoreResult<Webhook> {
-    if let Some(max) = max {
-        let count: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM webhooks WHERE project_id = (SELECT id FROM projects WHERE id = $1 FOR UPDATE)",
+    if let Some(quota) = quota {
+        let count = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!" FROM webhooks
+               WHERE project_id = (SELECT id FROM projects WHERE id = $1 FOR UPDATE)"#,
+            project.0
         )
-        .bind(project)
         .fetch_one(&mut *tx)
-        .await?;
-        if count >= max as i64 {
-            return Err(StoreError::Conflict(format!("a project may have at most {max} webhooks")));
+        .await
+        .context("counting a project's webhooks")?;
+        if count >= i64::from(quota.max) {
+            return Err(Refusal::WebhookLimit { max: quota.max, plan: quota.plan }.into());
         }
     }
-    let row: Row = sqlx::query_as(&format!(
-        "INSERT INTO webhooks (id, project_id, name, lock_timeout_seconds, max_retries, ttl_days, mode, priorities,
-                               idempotency_from_webhook_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
-    ))
-    .bind(WebhookId::new_random().as_uuid())
-    .bind(project)
-    .bind(new.name.as_str())
-    .bind(new.lock_timeout.get())
-    .bind(new.max_retries.get())
-    .bind(new.ttl_days.get())
-    .bind(new.mode)
-    .bind(new.priorities)
-    .bind(new.idempotency_from_webhook_id)
+    let id = WebhookId::new_random();
+    let row = sqlx::query_as!(
+        Row,
+        r#"INSERT INTO webhooks (id, project_id, name, lock_timeout_seconds, max_retries, ttl_days, mode, priorities,
+                                 idempotency_from_webhook_id)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+           RETURNING id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme,
+                     signature_tolerance_seconds, mode AS "mode: DeliveryMode", priorities,
+                     idempotency_from_webhook_id, created_at, updated_at"#,
+        id.as_uuid(),
+        project.0,
+        new.name.as_str(),
+        new.lock_timeout.get(),
+        new.max_retries.get(),
+        new.ttl_days.get(),
+        new.mode as _,
+        new.priorities,
+        new.idempotency_from_webhook_id
+    )
     .fetch_one(&mut *tx)
-    .await?;
-    sqlx::query("INSERT INTO webhook_sequences (webhook_id) VALUES ($1)").bind(row.id).execute(&mut *tx).await?;
+    .await
+    .context("creating a webhook")?;
+    sqlx::query!("INSERT INTO webhook_sequences (webhook_id) VALUES ($1)", row.id)
+        .execute(&mut *tx)
+        .await
+        .context("creating a webhook's sequence")?;
     Ok(row.into())
 }
 
 pub async fn get(db: impl PgExecutor<'_>, project: ProjectId, id: &WebhookId) -> StoreResult<Webhook> {
-    let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM webhooks WHERE id = $1 AND project_id = $2"))
-        .bind(id.as_uuid())
-        .bind(project)
-        .fetch_optional(db)
-        .await?;
+    let row = sqlx::query_as!(
+        Row,
+        r#"SELECT id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme, signature_tolerance_seconds,
+                  mode AS "mode: DeliveryMode", priorities, idempotency_from_webhook_id, created_at, updated_at
+           FROM webhooks WHERE id = $1 AND project_id = $2"#,
+        id.as_uuid(),
+        project.0
+    )
+    .fetch_optional(db)
+    .await
+    .context_for("reading a webhook", id)?;
     row.map(Webhook::from).ok_or(StoreError::NotFound("webhook"))
 }
 
@@ -131,21 +151,25 @@ pub async fn list(
     after: Option<&WebhookId>,
     limit: i64,
 ) -> StoreResult<Vec<Webhook>> {
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM webhooks
-         WHERE project_id = $1
-           AND ($2::uuid IS NULL OR (created_at, id) >
-                (SELECT c.created_at, c.id FROM webhooks c WHERE c.id = $2 AND c.project_id = $1))
-           AND ($4::uuid[] IS NULL OR id = ANY($4))
-         ORDER BY created_at, id
-         LIMIT $3"
-    ))
-    .bind(project)
-    .bind(after.map(|a| *a.as_uuid()))
-    .bind(limit)
-    .bind(only.map(|ids| ids.iter().map(|w| *w.as_uuid()).collect::<Vec<Uuid>>()))
+    let rows = sqlx::query_as!(
+        Row,
+        r#"SELECT id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme, signature_tolerance_seconds,
+                  mode AS "mode: DeliveryMode", priorities, idempotency_from_webhook_id, created_at, updated_at
+           FROM webhooks
+           WHERE project_id = $1
+             AND ($2::uuid IS NULL OR (created_at, id) >
+                  (SELECT c.created_at, c.id FROM webhooks c WHERE c.id = $2 AND c.project_id = $1))
+             AND ($4::uuid[] IS NULL OR id = ANY($4))
+           ORDER BY created_at, id
+           LIMIT $3"#,
+        project.0,
+        after.map(|a| *a.as_uuid()),
+        limit,
+        only.map(|ids| ids.iter().map(|w| *w.as_uuid()).collect::<Vec<Uuid>>()) as _
+    )
     .fetch_all(db)
-    .await?;
+    .await
+    .context("listing webhooks")?;
     Ok(rows.into_iter().map(Webhook::from).collect())
 }
 
@@ -166,38 +190,41 @@ pub async fn update(
     id: &WebhookId,
     changes: &WebhookChanges,
 ) -> StoreResult<Webhook> {
-    let row: Option<Row> = sqlx::query_as(&format!(
-        "UPDATE webhooks SET
-             name = COALESCE($3, name),
-             lock_timeout_seconds = COALESCE($4, lock_timeout_seconds),
-             max_retries = COALESCE($5, max_retries),
-             ttl_days = COALESCE($6, ttl_days),
-             priorities = COALESCE($7, priorities),
-             idempotency_from_webhook_id = COALESCE($8, idempotency_from_webhook_id),
-             updated_at = now()
-         WHERE id = $1 AND project_id = $2
-         RETURNING {COLUMNS}"
-    ))
-    .bind(id.as_uuid())
-    .bind(project)
-    .bind(changes.name.as_ref().map(WebhookName::as_str))
-    .bind(changes.lock_timeout.map(LockTimeout::get))
-    .bind(changes.max_retries.map(MaxRetries::get))
-    .bind(changes.ttl_days.map(TtlDays::get))
-    .bind(changes.priorities)
-    .bind(changes.idempotency_from_webhook_id)
+    let row = sqlx::query_as!(
+        Row,
+        r#"UPDATE webhooks SET
+               name = COALESCE($3, name),
+               lock_timeout_seconds = COALESCE($4, lock_timeout_seconds),
+               max_retries = COALESCE($5, max_retries),
+               ttl_days = COALESCE($6, ttl_days),
+               priorities = COALESCE($7, priorities),
+               idempotency_from_webhook_id = COALESCE($8, idempotency_from_webhook_id),
+               updated_at = now()
+           WHERE id = $1 AND project_id = $2
+           RETURNING id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme,
+                     signature_tolerance_seconds, mode AS "mode: DeliveryMode", priorities,
+                     idempotency_from_webhook_id, created_at, updated_at"#,
+        id.as_uuid(),
+        project.0,
+        changes.name.as_ref().map(WebhookName::as_str),
+        changes.lock_timeout.map(LockTimeout::get),
+        changes.max_retries.map(MaxRetries::get),
+        changes.ttl_days.map(TtlDays::get),
+        changes.priorities,
+        changes.idempotency_from_webhook_id
+    )
     .fetch_optional(db)
-    .await?;
+    .await
+    .context_for("changing a webhook", id)?;
     row.map(Webhook::from).ok_or(StoreError::NotFound("webhook"))
 }
 
 /// Deletes the webhook with every message in its queue.
 pub async fn delete(db: impl PgExecutor<'_>, project: ProjectId, id: &WebhookId) -> StoreResult<()> {
-    let done = sqlx::query("DELETE FROM webhooks WHERE id = $1 AND project_id = $2")
-        .bind(id.as_uuid())
-        .bind(project)
+    let done = sqlx::query!("DELETE FROM webhooks WHERE id = $1 AND project_id = $2", id.as_uuid(), project.0)
         .execute(db)
-        .await?;
+        .await
+        .context_for("deleting a webhook", id)?;
     if done.rows_affected() == 0 {
         return Err(StoreError::NotFound("webhook"));
     }
@@ -206,7 +233,7 @@ pub async fn delete(db: impl PgExecutor<'_>, project: ProjectId, id: &WebhookId)
 
 /// A webhook's signing requirement as stored: the secret sealed by the key ring.
 pub struct StoredSignature {
-    pub scheme: Scheme,
+    pub scheme: SignatureScheme,
     pub tolerance_seconds: i32,
     pub sealed: Sealed,
 }
@@ -218,20 +245,21 @@ pub async fn set_signature(
     id: &WebhookId,
     signature: Option<&StoredSignature>,
 ) -> StoreResult<()> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "UPDATE webhooks SET signature_scheme = $3, signature_tolerance_seconds = COALESCE($4, 300),
              signature_key_id = $5, signature_nonce = $6, signature_secret = $7, updated_at = now()
          WHERE id = $1 AND project_id = $2",
+        id.as_uuid(),
+        project.0,
+        signature.map(|s| s.scheme.name()),
+        signature.map(|s| s.tolerance_seconds),
+        signature.map(|s| s.sealed.key_id.0),
+        signature.map(|s| s.sealed.nonce.as_slice()),
+        signature.map(|s| s.sealed.ciphertext.as_slice())
     )
-    .bind(id.as_uuid())
-    .bind(project)
-    .bind(signature.map(|s| s.scheme.name()))
-    .bind(signature.map(|s| s.tolerance_seconds))
-    .bind(signature.map(|s| s.sealed.key_id.0))
-    .bind(signature.map(|s| s.sealed.nonce.as_slice()))
-    .bind(signature.map(|s| s.sealed.ciphertext.as_slice()))
     .execute(db)
-    .await?;
+    .await
+    .context_for("setting a webhook's signature", id)?;
     if done.rows_affected() == 0 {
         return Err(StoreError::NotFound("webhook"));
     }

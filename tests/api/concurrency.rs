@@ -49,7 +49,7 @@ async fn drain_with_consumers(chain: bool, replicas: usize) {
     let mut brokers = vec![app.clone()];
     for _ in 1..replicas {
         let key = app.encryption_key.clone();
-        brokers.push(Arc::new(spawn_app_on(&app.db_url, |c| c.encryption_key = Some(key)).await));
+        brokers.push(Arc::new(spawn_app_on(&app.db_url, |c| c.encryption_key = Some(key.into())).await));
     }
     let wh = app.create_webhook(json!({})).await;
     let mut ingested = BTreeMap::new();

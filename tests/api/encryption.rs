@@ -150,7 +150,7 @@ async fn an_old_key_still_opens_messages_after_rotation() {
 
     // The same database, restarted with a new key and the old one as an old key.
     let old_key = old.encryption_key.clone();
-    let rotated = spawn_app_on(&old.db_url, |c| c.encryption_old_keys = vec![old_key]).await;
+    let rotated = spawn_app_on(&old.db_url, |c| c.encryption_old_keys = vec![old_key.into()]).await;
     assert_ne!(rotated.encryption_key, old.encryption_key);
     ingest_marked(&rotated, &wh, 3).await;
     assert_eq!(rotated.sql_i64("SELECT count(DISTINCT key_id) FROM messages").await, 2, "new messages use the new key");
@@ -163,7 +163,7 @@ async fn an_old_key_still_opens_messages_after_rotation() {
 
     // A broker missing the old key cannot open seq 2: it is dead-lettered, not lost. Once
     // a broker with the key redrives it, it is delivered again, in order.
-    let forgetful = spawn_app_on(&old.db_url, |c| c.encryption_key = rotated.encryption_key.clone().into()).await;
+    let forgetful = spawn_app_on(&old.db_url, |c| c.encryption_key = Some(rotated.encryption_key.clone().into())).await;
     let msg = forgetful.dequeue(&wh).await.expect_error(StatusCode::INTERNAL_SERVER_ERROR, "payload_unreadable");
     let lost = forgetful.dead_letters(&wh, "").await.body["data"][0].clone();
     assert_eq!(lost["seq"], 2);

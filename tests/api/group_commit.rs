@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hookline::crypto::KeyRing;
 use hookline::domain::{MessageId, WebhookId};
-use hookline::group_commit::{GroupCommitConfig, GroupCommitter};
+use hookline::store::group_commit::{GroupCommitConfig, GroupCommitter};
 use hookline::store::messages::NewMessage;
 use hookline::store::StoreError;
 use serde_json::json;

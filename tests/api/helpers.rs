@@ -12,6 +12,7 @@ use hookline::crypto::KeyRing;
 use hookline::local_pg::LocalPostgres;
 use hookline::{Application, Config};
 use reqwest::{Response, StatusCode};
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::OnceCell;
@@ -187,10 +188,10 @@ pub async fn spawn_app_on(db_url: &str, tweak: impl FnOnce(&mut Config)) -> Test
     let db_url = db_url.to_owned();
     let encryption_key = KeyRing::generate_base64();
     let mut config = Config {
-        database_url: Some(db_url.clone()),
+        database_url: Some(db_url.clone().into()),
         bind: "127.0.0.1:0".into(),
         public_url: None,
-        encryption_key: Some(encryption_key.clone()),
+        encryption_key: Some(encryption_key.clone().into()),
         encryption_old_keys: vec![],
         max_body_bytes: 64 * 1024,
         data_dir: std::env::temp_dir(),
@@ -203,6 +204,7 @@ pub async fn spawn_app_on(db_url: &str, tweak: impl FnOnce(&mut Config)) -> Test
         run_jobs: false,
     };
     tweak(&mut config);
+    let encryption_key = config.encryption_key.as_ref().map(|k| k.expose_secret().to_owned()).unwrap_or_default();
     let app = Application::build(&config).await.expect("building the app");
     let port = app.port();
     let pool = app.pool().clone();
@@ -216,7 +218,7 @@ pub async fn spawn_app_on(db_url: &str, tweak: impl FnOnce(&mut Config)) -> Test
         pool,
         client,
         key: key.expose().to_owned(),
-        encryption_key: config.encryption_key.unwrap(),
+        encryption_key,
     }
 }
 

@@ -42,7 +42,7 @@ async fn a_waiting_consumer_gets_a_message_ingested_later() {
 async fn a_waiting_consumer_is_woken_by_an_ingest_on_another_broker() {
     let first = spawn_app().await;
     let key = first.encryption_key.clone();
-    let second = spawn_app_on(&first.db_url, |c| c.encryption_key = Some(key)).await;
+    let second = spawn_app_on(&first.db_url, |c| c.encryption_key = Some(key.into())).await;
     woken_by_ingest_through(&first, &second).await;
 }
 

@@ -12,7 +12,7 @@ use crate::helpers::{spawn_app, Reply, TestApp};
 const PASSWORD: &str = "correct horse battery staple";
 
 async fn user(app: &TestApp, email: &str) {
-    let hash = hookline::auth::hash_secret(PASSWORD);
+    let hash = hookline::crypto::password::hash_secret(PASSWORD);
     let project = hookline::store::projects::find(&app.pool, "test").await.unwrap();
     let id = accounts::upsert_user(&app.pool, email, &hash).await.unwrap();
     accounts::add_member(&app.pool, id, project, Role::Owner).await.unwrap();

@@ -1,0 +1,185 @@
+//! POST /ingest/{webhookId}: the public door for third-party senders. No API key: the
+//! webhook id in the path is the secret. Answers 202 only once the message is committed.
+//! Signature verification lives beside it, in `signature.rs`.
+
+pub mod signature;
+
+use std::time::{Duration, SystemTime};
+
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt as _;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::error::{parse_id, ApiError, ErrorBody};
+use super::ApiState;
+use crate::domain::SignatureScheme;
+use crate::domain::{IdempotencyKey, MessageId, Payload, Priority, Seq, WebhookId};
+use crate::limits::Operation;
+use crate::store::messages::{DeliveryOptions, NewMessage, Stored};
+use crate::store::projects::IngestTarget;
+use crate::store::webhooks::StoredSignature;
+use signature::SigningKey;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    // A static prefix and the id read from the path by hand: the hottest route then costs
+    // a string comparison instead of a regex match (actix-router's dynamic segments).
+    cfg.service(web::scope("/ingest").default_service(web::to(ingest)));
+}
+
+/// Not stored: they describe one connection, not the webhook.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    #[schema(value_type = String, example = "msg_7d1e0c5a2b3f4e6d8c9b0a1f2e3d4c5b")]
+    pub id: MessageId,
+    /// Position in the webhook's queue.
+    #[schema(value_type = i64)]
+    pub seq: Seq,
+    /// true: the idempotency key was seen within 24 hours; this is the original message and
+    /// nothing new was stored.
+    pub duplicate: bool,
+}
+
+impl From<Stored> for Accepted {
+    fn from(s: Stored) -> Self {
+        Self { id: s.id, seq: s.seq, duplicate: s.duplicate }
+    }
+}
+
+/// Sets a message's priority at ingestion, on webhooks with priorities enabled.
+pub const PRIORITY_HEADER: &str = "x-hookline-priority";
+
+/// The delivery options a sender sets in headers: a priority, an idempotency key.
+fn options_from_headers(req: &HttpRequest, target: &IngestTarget) -> Result<DeliveryOptions, ApiError> {
+    // A value that is not visible ASCII reads as empty, which every rule below refuses.
+    let header = |name: &str| req.headers().get(name).map(|v| v.to_str().unwrap_or_default());
+    let priority = match header(PRIORITY_HEADER) {
+        None => Priority::default(),
+        Some(_) if !target.priorities => {
+            return Err(ApiError::Validation(
+                "X-Hookline-Priority: priorities are not enabled on this webhook (set priorities: true)".into(),
+            ))
+        }
+        Some(value) => Priority::from_header(value)?,
+    };
+    let idempotency_key = match header("idempotency-key") {
+        Some(value) => Some(IdempotencyKey::parse("Idempotency-Key", value)?),
+        None if target.idempotency_from_webhook_id => {
+            header("webhook-id").map(|v| IdempotencyKey::parse("webhook-id", v)).transpose()?
+        }
+        None => None,
+    };
+    Ok(DeliveryOptions { priority, idempotency_key, ..DeliveryOptions::default() })
+}
+
+/// Ingest a webhook delivery: any content type, stored encrypted with its headers.
+#[utoipa::path(post, path = "/ingest/{webhook_id}", tag = "ingest",
+    params(("webhook_id" = String, Path, description = "The webhook's id, the secret part of its ingestUrl"),
+           ("X-Hookline-Priority" = Option<u8>, Header, description = "0 to 10, on webhooks with priorities enabled"),
+           ("Idempotency-Key" = Option<String>, Header,
+            description = "A repeat within 24 hours answers the original (200) and stores nothing; on webhooks with idempotencyFromWebhookId, the webhook-id header serves when this is absent")),
+    request_body(content = Vec<u8>, content_type = "*/*", description = "Any body up to HOOKLINE_MAX_BODY_BYTES"),
+    responses((status = 202, body = Accepted), (status = 200, body = Accepted, description = "A duplicate: the original message"),
+              (status = 401, body = ErrorBody, description = "invalid_signature: the webhook requires a valid signature"),
+              (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 422, body = ErrorBody, description = "A bad X-Hookline-Priority or Idempotency-Key; nothing stored"),
+              (status = 429, body = ErrorBody, description = "The webhook's ingestion rate limit; nothing stored")))]
+#[tracing::instrument(skip_all, fields(path = req.path()))]
+pub async fn ingest(
+    req: HttpRequest,
+    state: web::Data<ApiState>,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let raw_id = req.path().strip_prefix("/ingest/").ok_or(ApiError::NotFound("route"))?;
+    let webhook: WebhookId = parse_id(raw_id, "webhook")?;
+    if req.method() != Method::POST {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let target = state.settings.ingest_target(webhook).await?.ok_or(ApiError::NotFound("webhook"))?;
+    let limits = &target.limits;
+    state.limits.webhook(target.project, webhook, Operation::Ingest, limits).map_err(ApiError::RateLimited)?;
+    let max_body = limits.max_body_bytes.map_or(state.max_body_bytes, |plan| plan.min(state.max_body_bytes));
+    let options = options_from_headers(&req, &target)?;
+    let body = read_limited(&req, body, max_body).await?;
+    let replay_mark = match &target.signature {
+        Some(signature) => Some(check_signature(&state, &webhook, signature, &req, &body)?),
+        None => None,
+    };
+    let headers = req
+        .headers()
+        .iter()
+        .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()))
+        .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+        .collect();
+    let message = MessageId::new_random();
+    let sealed = state.keys.seal(&webhook, &message, &Payload { headers, body }.encode());
+    let stored = match state.ingest.submit(webhook, NewMessage { id: message, sealed, options }).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            // Not stored: the sender's retry of this very request must not count as a replay.
+            if let Some(mark) = replay_mark.flatten() {
+                state.replays.forget(webhook, &mark);
+            }
+            return Err(e.into());
+        }
+    };
+    let mut reply = if stored.duplicate { HttpResponse::Ok() } else { HttpResponse::Accepted() };
+    Ok(reply.json(Accepted::from(stored)))
+}
+
+/// Verifies the sender's signature (401, nothing stored, when it fails). Returns the
+/// signature remembered against replays, for schemes with a timestamp.
+fn check_signature(
+    state: &ApiState,
+    webhook: &WebhookId,
+    signature: &StoredSignature,
+    req: &HttpRequest,
+    body: &[u8],
+) -> Result<Option<String>, ApiError> {
+    let secret = state
+        .keys
+        .open_secret(webhook, &signature.sealed)
+        .map_err(|e| ApiError::Unexpected(anyhow::Error::new(e).context("opening a webhook's signing secret")))?;
+    let tolerance = Duration::from_secs(signature.tolerance_seconds as u64);
+    let key = SigningKey::from_stored(signature.scheme, secret, tolerance);
+    let passed =
+        key.verify(req.headers(), body, SystemTime::now()).map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
+    if signature.scheme == SignatureScheme::Github {
+        // GitHub signs the body alone: a redelivery is indistinguishable from a replay.
+        return Ok(None);
+    }
+    state.replays.check(*webhook, passed.clone(), tolerance).map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
+    Ok(Some(passed))
+}
+
+/// Reads the body, refusing (413) as soon as it passes `limit`.
+pub(super) async fn read_limited(req: &HttpRequest, mut body: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let declared =
+        req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let mut out = Vec::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("could not read the request body: {e}")))?;
+        if out.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}

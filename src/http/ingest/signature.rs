@@ -1,0 +1,238 @@
+//! Signed ingestion: a webhook may require its senders to sign each request with a shared
+//! secret, in one of three schemes. Comparison is constant-time (the `hmac` crate's
+//! `verify_slice`); timestamps must be within the tolerance; a signature seen before within
+//! the tolerance is a replay (remembered per replica).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::http::header::HeaderMap;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::domain::{SignatureScheme as Scheme, WebhookId};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// A webhook's verifier: scheme, secret (never logged) and timestamp tolerance.
+#[derive(Clone)]
+pub struct SigningKey {
+    pub scheme: Scheme,
+    secret: Vec<u8>,
+    pub tolerance: Duration,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey").field("scheme", &self.scheme).field("secret", &"<redacted>").finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("missing signature header {0}")]
+    Missing(&'static str),
+    #[error("malformed signature header {0}")]
+    Malformed(&'static str),
+    #[error("timestamp outside the tolerance of {0} s")]
+    Stale(u64),
+    #[error("signature does not match")]
+    Mismatch,
+    #[error("this signed request was already received")]
+    Replayed,
+}
+
+impl SigningKey {
+    /// `secret` as configured: for Standard Webhooks `whsec_<base64>` (or bare base64),
+    /// for the others the secret's bytes.
+    pub fn new(scheme: Scheme, secret: &str, tolerance: Duration) -> Result<Self, String> {
+        let secret = match scheme {
+            Scheme::StandardWebhooks => BASE64
+                .decode(secret.strip_prefix("whsec_").unwrap_or(secret))
+                .map_err(|_| "a Standard Webhooks secret is whsec_ followed by base64".to_owned())?,
+            Scheme::Stripe | Scheme::Github => secret.as_bytes().to_vec(),
+        };
+        if secret.len() < 16 {
+            return Err("the secret must be at least 16 bytes".into());
+        }
+        Ok(Self { scheme, secret, tolerance })
+    }
+
+    /// The raw secret bytes as stored (encrypted) by the caller.
+    pub fn secret_bytes(&self) -> &[u8] {
+        &self.secret
+    }
+
+    pub fn from_stored(scheme: Scheme, secret: Vec<u8>, tolerance: Duration) -> Self {
+        Self { scheme, secret, tolerance }
+    }
+
+    /// Checks the request; returns the signature that passed (for replay detection).
+    pub fn verify(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<String, SignatureError> {
+        let header = |name: &'static str| -> Result<&str, SignatureError> {
+            headers
+                .get(name)
+                .ok_or(SignatureError::Missing(name))?
+                .to_str()
+                .map_err(|_| SignatureError::Malformed(name))
+        };
+        match self.scheme {
+            Scheme::StandardWebhooks => {
+                let id = header("webhook-id")?;
+                let ts = header("webhook-timestamp")?;
+                let ts_secs: u64 = ts.parse().map_err(|_| SignatureError::Malformed("webhook-timestamp"))?;
+                self.fresh(ts_secs, now)?;
+                let signed = [id.as_bytes(), b".", ts.as_bytes(), b".", body].concat();
+                // Space-separated `v1,<base64>` entries: any one matching passes (key rotation).
+                for entry in header("webhook-signature")?.split(' ') {
+                    let Some(sig) = entry.strip_prefix("v1,") else { continue };
+                    let Ok(sig) = BASE64.decode(sig) else { continue };
+                    if self.mac(&signed).verify_slice(&sig).is_ok() {
+                        return Ok(entry.to_owned());
+                    }
+                }
+                Err(SignatureError::Mismatch)
+            }
+            Scheme::Stripe => {
+                let value = header("stripe-signature")?;
+                let mut ts = None;
+                let mut candidates = Vec::new();
+                for part in value.split(',') {
+                    match part.split_once('=') {
+                        Some(("t", t)) => ts = Some(t),
+                        Some(("v1", sig)) => candidates.push(sig),
+                        _ => {}
+                    }
+                }
+                let ts = ts.ok_or(SignatureError::Malformed("stripe-signature"))?;
+                let ts_secs: u64 = ts.parse().map_err(|_| SignatureError::Malformed("stripe-signature"))?;
+                self.fresh(ts_secs, now)?;
+                let signed = [ts.as_bytes(), b".", body].concat();
+                for sig in candidates {
+                    if let Some(bytes) = decode_hex(sig) {
+                        if self.mac(&signed).verify_slice(&bytes).is_ok() {
+                            return Ok(format!("{ts}:{sig}"));
+                        }
+                    }
+                }
+                Err(SignatureError::Mismatch)
+            }
+            Scheme::Github => {
+                let value = header("x-hub-signature-256")?;
+                let hex = value.strip_prefix("sha256=").ok_or(SignatureError::Malformed("x-hub-signature-256"))?;
+                let bytes = decode_hex(hex).ok_or(SignatureError::Malformed("x-hub-signature-256"))?;
+                self.mac(body).verify_slice(&bytes).map_err(|_| SignatureError::Mismatch)?;
+                Ok(hex.to_owned())
+            }
+        }
+    }
+
+    fn mac(&self, content: &[u8]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes keys of any length");
+        mac.update(content);
+        mac
+    }
+
+    fn fresh(&self, ts_secs: u64, now: SystemTime) -> Result<(), SignatureError> {
+        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        if now.abs_diff(ts_secs) > self.tolerance.as_secs() {
+            return Err(SignatureError::Stale(self.tolerance.as_secs()));
+        }
+        Ok(())
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// Signatures seen recently, per webhook: the same one again within its tolerance is a
+/// replay. Entries leave once older than the tolerance, when they could no longer pass.
+#[derive(Default)]
+pub struct ReplayGuard {
+    seen: Mutex<HashMap<(WebhookId, String), std::time::Instant>>,
+}
+
+impl ReplayGuard {
+    pub fn check(&self, webhook: WebhookId, signature: String, tolerance: Duration) -> Result<(), SignatureError> {
+        let mut seen = self.seen.lock().expect("replay guard poisoned");
+        // Keep the window at least a few minutes even with a tiny tolerance.
+        let window = tolerance.max(Duration::from_secs(300)) * 2;
+        if seen.len() > 100_000 {
+            seen.retain(|_, at| at.elapsed() < window);
+        }
+        match seen.get(&(webhook, signature.clone())) {
+            Some(at) if at.elapsed() < window => Err(SignatureError::Replayed),
+            _ => {
+                seen.insert((webhook, signature), std::time::Instant::now());
+                Ok(())
+            }
+        }
+    }
+}
+
+impl ReplayGuard {
+    /// Forgets a signature whose request was not stored after all.
+    pub fn forget(&self, webhook: WebhookId, signature: &str) {
+        self.seen.lock().expect("replay guard poisoned").remove(&(webhook, signature.to_owned()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::{HeaderName, HeaderValue};
+
+    fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn hmac_hex(secret: &[u8], content: &[u8]) -> String {
+        let mut mac = HmacSha256::new_from_slice(secret).unwrap();
+        mac.update(content);
+        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn github_signatures_verify_and_wrong_ones_do_not() {
+        let key = SigningKey::new(Scheme::Github, "a-github-secret-123", Duration::ZERO).unwrap();
+        let good = headers(&[("x-hub-signature-256", format!("sha256={}", hmac_hex(b"a-github-secret-123", b"body")))]);
+        assert!(key.verify(&good, b"body", SystemTime::now()).is_ok());
+        assert_eq!(key.verify(&good, b"other", SystemTime::now()), Err(SignatureError::Mismatch));
+        assert_eq!(
+            key.verify(&HeaderMap::new(), b"body", SystemTime::now()),
+            Err(SignatureError::Missing("x-hub-signature-256"))
+        );
+    }
+
+    #[test]
+    fn stripe_checks_the_timestamp() {
+        let key = SigningKey::new(Scheme::Stripe, "whsec_stripe_secret_value", Duration::from_secs(300)).unwrap();
+        let now = SystemTime::now();
+        let ts = now.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let sig = hmac_hex(b"whsec_stripe_secret_value", format!("{ts}.body").as_bytes());
+        let h = headers(&[("stripe-signature", format!("t={ts},v1={sig}"))]);
+        assert!(key.verify(&h, b"body", now).is_ok());
+        let later = now + Duration::from_secs(301);
+        assert_eq!(key.verify(&h, b"body", later), Err(SignatureError::Stale(300)));
+    }
+
+    #[test]
+    fn replays_are_caught() {
+        let guard = ReplayGuard::default();
+        let w = WebhookId::new_random();
+        assert!(guard.check(w, "sig".into(), Duration::from_secs(300)).is_ok());
+        assert_eq!(guard.check(w, "sig".into(), Duration::from_secs(300)), Err(SignatureError::Replayed));
+        assert!(guard.check(WebhookId::new_random(), "sig".into(), Duration::from_secs(300)).is_ok());
+    }
+}

@@ -1,0 +1,240 @@
+//! Acting on a held lock: commit (ACK, alone, with the next message, or many at once),
+//! error (NACK) and extend. The extractors have authorized the request and read the lock
+//! token; the store decides, under the delivery lock, whether the message holds it.
+
+use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::deliver;
+use crate::domain::{LockTimeout, LockToken, MessageId, MessageState};
+use crate::http::error::{parse_json, ApiError, ErrorBody, ErrorDetail};
+use crate::http::extract::{LockClaim, LockedRequest, Read, WebhookRequest};
+use crate::http::responses::{BodyErrors, WebhookErrors};
+use crate::http::ApiState;
+use crate::limits::Operation;
+use crate::store::messages as store;
+use crate::store::StoreError;
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommitRequest {
+    #[schema(value_type = Option<String>)]
+    pub lock_token: Option<LockToken>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ErrorRequest {
+    /// Why processing failed; kept as the message's last error (up to 2,000 characters).
+    pub reason: Option<String>,
+    /// false: do not retry; the message goes straight to the dead-letter queue (default true).
+    pub requeue: Option<bool>,
+    #[schema(value_type = Option<String>)]
+    pub lock_token: Option<LockToken>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// The lock now expires this many seconds from now (1 to 43200).
+    pub seconds: i64,
+    #[schema(value_type = Option<String>)]
+    pub lock_token: Option<LockToken>,
+}
+
+impl LockClaim for CommitRequest {
+    const EMPTY_OK: bool = true;
+    fn lock_token(&self) -> Option<&LockToken> {
+        self.lock_token.as_ref()
+    }
+}
+
+impl LockClaim for ErrorRequest {
+    const EMPTY_OK: bool = true;
+    fn lock_token(&self) -> Option<&LockToken> {
+        self.lock_token.as_ref()
+    }
+}
+
+impl LockClaim for ExtendRequest {
+    const EMPTY_OK: bool = false;
+    fn lock_token(&self) -> Option<&LockToken> {
+        self.lock_token.as_ref()
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Committed {
+    #[schema(value_type = String)]
+    pub id: MessageId,
+    pub status: MessageState,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Errored {
+    #[schema(value_type = String)]
+    pub id: MessageId,
+    /// `queued` (it will be retried at its position) or `dead`.
+    pub status: MessageState,
+    pub retry_count: i32,
+    pub max_retries: i32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Extended {
+    #[schema(value_type = String)]
+    pub id: MessageId,
+    pub status: MessageState,
+    pub lock_expires_at: DateTime<Utc>,
+}
+
+const MAX_REASON_CHARS: usize = 2000;
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CommitQuery {
+    /// Also lock the next message in the same transaction and answer it (200 with a
+    /// DeliveredMessage), or 204 when nothing can be delivered next.
+    pub next: Option<bool>,
+}
+
+/// Acknowledge a locked message: it is done. With `?next=true`, also lock and answer the
+/// next message in the same transaction.
+#[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/{message_id}/commit", tag = "messages",
+    params(("webhook_id" = String, Path), ("message_id" = String, Path), CommitQuery),
+    request_body(content = Option<CommitRequest>),
+    security(("api_key" = [])),
+    responses((status = 200, body = Committed, description = "Committed; with next=true, the next message (DeliveredMessage)"),
+              (status = 204, description = "next=true: committed, nothing to deliver next"),
+              BodyErrors, WebhookErrors,
+              (status = 409, body = ErrorBody, description = "Not locked, or locked under another token")))]
+#[tracing::instrument(skip_all, fields(webhook_id = %req.webhook(), message_id = %req.id()))]
+pub async fn commit(
+    query: web::Query<CommitQuery>,
+    req: LockedRequest<CommitRequest>,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    if query.next != Some(true) {
+        store::commit(&state.pool, &req.target()).await?;
+        return Ok(HttpResponse::Ok().json(Committed { id: req.id(), status: MessageState::Committed }));
+    }
+    match store::commit_next(&state.pool, &req.target()).await? {
+        None => Ok(HttpResponse::NoContent().finish()),
+        // The commit stands: an unreadable next message is dead-lettered (see `deliver`),
+        // not reported as a failed commit.
+        Some(next) => match deliver(&state, req.webhook(), next).await {
+            Ok(delivered) => Ok(HttpResponse::Ok().json(delivered)),
+            Err(ApiError::UnreadablePayload(_)) => Ok(HttpResponse::NoContent().finish()),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// Report a failed attempt: the message returns to its position, or goes to the
+/// dead-letter queue when its retries are used up.
+#[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/{message_id}/error", tag = "messages",
+    params(("webhook_id" = String, Path), ("message_id" = String, Path)), request_body(content = Option<ErrorRequest>),
+    security(("api_key" = [])),
+    responses((status = 200, body = Errored), BodyErrors, WebhookErrors,
+              (status = 409, body = ErrorBody, description = "Not locked, or locked under another token")))]
+#[tracing::instrument(skip_all, fields(webhook_id = %req.webhook(), message_id = %req.id()))]
+pub async fn error(req: LockedRequest<ErrorRequest>, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let reason: Option<String> = req.body.reason.as_ref().map(|r| r.chars().take(MAX_REASON_CHARS).collect());
+    let requeue = req.body.requeue.unwrap_or(true);
+    let outcome = store::error(&state.pool, &req.target(), reason.as_deref(), requeue).await?;
+    Ok(HttpResponse::Ok().json(Errored {
+        id: req.id(),
+        status: outcome.state,
+        retry_count: outcome.retry_count,
+        max_retries: outcome.max_retries,
+    }))
+}
+
+/// Renew the lock on a message being processed, so it does not expire at the old time.
+#[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/{message_id}/extend", tag = "messages",
+    params(("webhook_id" = String, Path), ("message_id" = String, Path)), request_body = ExtendRequest,
+    security(("api_key" = [])),
+    responses((status = 200, body = Extended), BodyErrors, WebhookErrors,
+              (status = 409, body = ErrorBody, description = "Not locked, or locked under another token"),
+              (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(webhook_id = %req.webhook(), message_id = %req.id()))]
+pub async fn extend(req: LockedRequest<ExtendRequest>, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let seconds = LockTimeout::parse(req.body.seconds)
+        .map_err(|_| ApiError::Validation(format!("seconds must be between 1 and {}", LockTimeout::MAX)))?;
+    let lock_expires_at = store::extend(&state.pool, &req.target(), seconds.get()).await?;
+    Ok(HttpResponse::Ok().json(Extended { id: req.id(), status: MessageState::Locked, lock_expires_at }))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommitBatch {
+    /// 1 to 100 locked messages, each with the token its dequeue answered.
+    pub messages: Vec<CommitEntry>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommitEntry {
+    #[schema(value_type = String)]
+    pub id: MessageId,
+    #[schema(value_type = Option<String>)]
+    pub lock_token: Option<LockToken>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommittedBatch {
+    /// The ids committed, in input order.
+    #[schema(value_type = Vec<String>)]
+    pub committed: Vec<MessageId>,
+    /// The entries not committed and why (`not_found`, or `conflict`: not locked, or
+    /// locked under another token), in input order.
+    pub failed: Vec<CommitFailure>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommitFailure {
+    #[schema(value_type = String)]
+    pub id: MessageId,
+    pub error: ErrorDetail,
+}
+
+/// Most messages one batch commit may name.
+const MAX_COMMIT_BATCH: usize = 100;
+
+/// Acknowledge up to 100 locked messages in one request (one statement in standard mode).
+/// Each entry succeeds or fails on its own: 200 lists which were committed and why the
+/// others were not.
+#[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/commit", tag = "messages",
+    params(("webhook_id" = String, Path)), request_body = CommitBatch, security(("api_key" = [])),
+    responses((status = 200, body = CommittedBatch), BodyErrors, WebhookErrors, (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(webhook_id = %req.webhook))]
+pub async fn commit_batch(
+    req: WebhookRequest<Read>,
+    state: web::Data<ApiState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let batch: CommitBatch = parse_json(&body, false)?;
+    if batch.messages.is_empty() || batch.messages.len() > MAX_COMMIT_BATCH {
+        return Err(ApiError::Validation(format!("messages must hold 1 to {MAX_COMMIT_BATCH} entries")));
+    }
+    req.auth.rate_limit_n(&state, req.webhook, Operation::Ack, batch.messages.len())?;
+    let entries: Vec<(MessageId, Option<LockToken>)> = batch.messages.iter().map(|e| (e.id, e.lock_token)).collect();
+    let mut conn = crate::store::connection(&state.pool).await?;
+    let outcomes = store::commit_many(&mut conn, req.project(), &req.webhook, &entries).await?;
+    let mut answer = CommittedBatch { committed: Vec::new(), failed: Vec::new() };
+    for ((id, _), outcome) in entries.into_iter().zip(outcomes) {
+        match outcome {
+            Ok(()) => answer.committed.push(id),
+            // The database failing is the request failing, not one entry.
+            Err(e @ StoreError::Database(_)) => return Err(e.into()),
+            Err(e) => answer.failed.push(CommitFailure { id, error: ApiError::from(e).detail() }),
+        }
+    }
+    Ok(HttpResponse::Ok().json(answer))
+}

@@ -1,0 +1,95 @@
+//! POST /api/webhooks/{id}/messages/dequeue: lock what can be delivered now, or long-poll
+//! until something can.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use chrono::Utc;
+use serde::Deserialize;
+
+use super::{deliver, deliver_batch, DeliveredMessage};
+use crate::domain::{LockTimeout, MaxMessages, SettingError};
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{Dequeue, WebhookRequest};
+use crate::http::ApiState;
+use crate::store::messages as store;
+
+/// Longest long-poll a dequeue may ask for.
+const MAX_WAIT_SECONDS: u64 = 20;
+
+/// Shortest pause before re-checking a queue whose next due time has (by our clock) passed.
+const MIN_RECHECK: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DequeueQuery {
+    /// Long-poll: hold the request up to this many seconds (at most 20) until a message can
+    /// be delivered, then answer it, or 204 when the time runs out.
+    pub wait: Option<u64>,
+    /// Lock up to this many messages (1 to 100) and answer a DeliveredBatch. A FIFO webhook
+    /// has at most one message in flight, so it answers at most one.
+    pub max_messages: Option<i64>,
+    /// Seconds these locks last (1 to 43200), instead of the webhook's lockTimeoutSeconds.
+    pub visibility_timeout: Option<i64>,
+}
+
+/// Lock and receive what can be delivered: in a FIFO webhook the head of the queue (204
+/// while it is locked by another consumer, or when the queue is empty), in a standard
+/// webhook up to `maxMessages` at once. With `?wait=N`, long-poll.
+#[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/dequeue", tag = "messages",
+    params(("webhook_id" = String, Path), DequeueQuery), security(("api_key" = [])),
+    responses((status = 200, body = DeliveredMessage, description = "Without maxMessages: one message. With maxMessages: a DeliveredBatch"),
+              (status = 204, description = "Nothing to deliver"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"),
+              (status = 500, body = ErrorBody, description = "payload_unreadable: the message was dead-lettered")))]
+#[tracing::instrument(skip_all, fields(webhook_id = %req.webhook))]
+pub async fn dequeue(
+    query: web::Query<DequeueQuery>,
+    req: WebhookRequest<Dequeue>,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    let webhook = req.webhook;
+    let wait = match query.wait {
+        None => Duration::ZERO,
+        Some(s @ 0..=MAX_WAIT_SECONDS) => Duration::from_secs(s),
+        Some(_) => return Err(ApiError::Validation(format!("wait must be between 0 and {MAX_WAIT_SECONDS} seconds"))),
+    };
+    let max = query.max_messages.map(MaxMessages::parse).transpose()?;
+    let visibility = query
+        .visibility_timeout
+        .map(|v| LockTimeout::parse(v).map_err(|e| SettingError { field: "visibilityTimeout", ..e }))
+        .transpose()?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let wakeup = state.wakeups.subscribe(webhook);
+    loop {
+        // Armed before the check: a wake-up that lands between the check and the wait counts.
+        let woken = wakeup.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let locked = store::dequeue(&state.pool, req.project(), &webhook, max.unwrap_or_default(), visibility).await?;
+        if !locked.is_empty() {
+            return match max {
+                None => {
+                    let first = locked.into_iter().next().expect("not empty");
+                    Ok(HttpResponse::Ok().json(deliver(&state, &webhook, first).await?))
+                }
+                Some(_) => deliver_batch(&state, &webhook, locked).await,
+            };
+        }
+        if wait.is_zero() {
+            return Ok(HttpResponse::NoContent().finish());
+        }
+        // A delay running out or a lock expiring wakes nobody: wait no longer than that.
+        let due = store::next_due(&state.pool, &webhook).await?.map(|at| {
+            let from_now = (at - Utc::now()).to_std().unwrap_or_default().max(MIN_RECHECK);
+            tokio::time::Instant::now() + from_now
+        });
+        let until = due.map_or(deadline, |due| due.min(deadline));
+        if tokio::time::timeout_at(until, woken).await.is_err() && until == deadline {
+            return Ok(HttpResponse::NoContent().finish());
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! What the store tells its callers beyond rows: something is not there, a transition was
+//! refused (and why, as data), or the database failed (with the operation and webhook that
+//! were under way, for the log).
+
+use std::fmt;
+
+use crate::domain::{MessageState, Plan, WebhookId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Database(DbError),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Why a transition changed nothing. Mapped to HTTP once, in `http/error.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Commit, error or extend of a message that holds no lock.
+    #[error("message is {state}, not locked")]
+    NotLocked { state: MessageState },
+    /// The lock is held under another token.
+    #[error("lock token does not match: the lock expired and was handed out again")]
+    LockMismatch,
+    /// Retry or discard of a message that is not in the dead-letter queue.
+    #[error("message is {state}, not dead")]
+    NotDead { state: MessageState },
+    /// Creating a webhook past the plan's count.
+    #[error("a project may have at most {max} webhooks on the {} plan", plan.name())]
+    WebhookLimit { max: u32, plan: Plan },
+}
+
+/// A database failure and what the store was doing.
+#[derive(Debug)]
+pub struct DbError {
+    pub operation: &'static str,
+    pub webhook: Option<WebhookId>,
+    pub source: sqlx::Error,
+}
+
+impl fmt::Display for DbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.webhook {
+            Some(webhook) => write!(f, "database error while {} (webhook {webhook})", self.operation),
+            None => write!(f, "database error while {}", self.operation),
+        }
+    }
+}
+
+impl std::error::Error for DbError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// Names the operation (and webhook) a database call was for.
+pub trait Context<T> {
+    fn context(self, operation: &'static str) -> StoreResult<T>;
+    /// Also maps `no_data_found`, which the baseline's functions raise for an unknown
+    /// webhook, to NotFound.
+    fn context_for(self, operation: &'static str, webhook: &WebhookId) -> StoreResult<T>;
+}
+
+impl<T> Context<T> for Result<T, sqlx::Error> {
+    fn context(self, operation: &'static str) -> StoreResult<T> {
+        self.map_err(|source| StoreError::Database(DbError { operation, webhook: None, source }))
+    }
+
+    fn context_for(self, operation: &'static str, webhook: &WebhookId) -> StoreResult<T> {
+        self.map_err(|source| match &source {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some(NO_DATA_FOUND) => StoreError::NotFound("webhook"),
+            _ => StoreError::Database(DbError { operation, webhook: Some(*webhook), source }),
+        })
+    }
+}
+
+/// SQLSTATE `no_data_found`.
+const NO_DATA_FOUND: &str = "P0002";

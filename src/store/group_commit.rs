@@ -1,0 +1,117 @@
+//! Group commit for ingestion: concurrent ingests (of one webhook or many) are written in
+//! one transaction per batch, and each request is answered after its batch commits.
+//!
+//! Flushers take turns at one queue: a flusher takes everything waiting (up to
+//! `max_batch`), optionally lingers `max_wait` for more, and writes it. Requests that arrive
+//! while a batch is being written form the next batch, so batches grow with load and a lone
+//! request is written at once. If a batch fails, its items are retried one by one, so a bad
+//! item fails only its own request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::time::Instant;
+
+use super::messages::{self, NewMessage, Stored};
+use super::{Context, StoreError, StoreResult};
+use crate::domain::WebhookId;
+
+#[derive(Debug, Clone, Copy)]
+pub struct GroupCommitConfig {
+    /// Most messages written in one transaction.
+    pub max_batch: usize,
+    /// How long a flusher waits for more messages once it has one (zero: take what is there).
+    pub max_wait: Duration,
+    /// Batches written at the same time.
+    pub flushers: usize,
+}
+
+impl Default for GroupCommitConfig {
+    fn default() -> Self {
+        Self { max_batch: 256, max_wait: Duration::ZERO, flushers: 4 }
+    }
+}
+
+struct Pending {
+    webhook: WebhookId,
+    message: NewMessage,
+    reply: oneshot::Sender<StoreResult<Stored>>,
+}
+
+/// The ingestion writer. Cloning shares it; it stops once every clone is dropped and the
+/// queue is drained.
+#[derive(Clone)]
+pub struct GroupCommitter {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl GroupCommitter {
+    pub fn start(pool: PgPool, config: GroupCommitConfig) -> Self {
+        let (queue, receiver) = mpsc::channel(config.max_batch * config.flushers.max(1) * 4);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..config.flushers.max(1) {
+            tokio::spawn(flusher(pool.clone(), receiver.clone(), config));
+        }
+        Self { queue }
+    }
+
+    /// Writes the message durably and returns where it stands, once its batch has committed.
+    pub async fn submit(&self, webhook: WebhookId, message: NewMessage) -> StoreResult<Stored> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || Err(sqlx::Error::PoolClosed).context_for("ingesting: the writer stopped", &webhook);
+        if self.queue.send(Pending { webhook, message, reply }).await.is_err() {
+            return stopped();
+        }
+        answer.await.unwrap_or_else(|_| stopped())
+    }
+}
+
+async fn flusher(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Pending>>>, config: GroupCommitConfig) {
+    while let Some(batch) = next_batch(&receiver, config).await {
+        write(&pool, batch).await;
+    }
+}
+
+async fn next_batch(receiver: &Mutex<mpsc::Receiver<Pending>>, config: GroupCommitConfig) -> Option<Vec<Pending>> {
+    let mut rx = receiver.lock().await;
+    let first = rx.recv().await?;
+    let mut batch = vec![first];
+    let deadline = Instant::now() + config.max_wait;
+    while batch.len() < config.max_batch {
+        match rx.try_recv() {
+            Ok(p) => batch.push(p),
+            Err(_) if config.max_wait.is_zero() => break,
+            Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(p)) => batch.push(p),
+                _ => break,
+            },
+        }
+    }
+    Some(batch)
+}
+
+async fn write(pool: &PgPool, batch: Vec<Pending>) {
+    let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| ((p.webhook, p.message), p.reply)).unzip();
+    match messages::insert_many(pool, &items).await {
+        Ok(seqs) => {
+            for (reply, stored) in replies.into_iter().zip(seqs) {
+                let _ = reply.send(stored.ok_or(StoreError::NotFound("webhook")));
+            }
+        }
+        Err(e) if items.len() > 1 => {
+            tracing::warn!(error = ?e, size = items.len(), "ingestion batch failed; retrying its messages one by one");
+            for (item, reply) in items.into_iter().zip(replies) {
+                let result = messages::insert_many(pool, std::slice::from_ref(&item)).await;
+                let _ = reply.send(result.and_then(|mut s| s.pop().flatten().ok_or(StoreError::NotFound("webhook"))));
+            }
+        }
+        Err(e) => {
+            // A batch of one: its only request gets the error.
+            if let Some(reply) = replies.into_iter().next() {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! LISTEN/NOTIFY: one connection per broker listens on every channel the broker cares about
+//! (queue wake-ups, key revocations) and hands each notification to its channel's
+//! subscriber, in memory. A subscriber is told when notifications may have been missed
+//! (the connection dropped), so it can fall back to re-checking everything.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+
+/// What hears one channel.
+pub trait Subscriber: Send + Sync {
+    /// A notification's payload.
+    fn notified(&self, payload: &str);
+    /// Notifications may have been lost (the listener reconnected or is down).
+    fn missed(&self);
+}
+
+/// Channels and their subscribers.
+#[derive(Default)]
+pub struct Listener {
+    channels: Vec<(&'static str, Arc<dyn Subscriber>)>,
+}
+
+impl Listener {
+    pub fn on(mut self, channel: &'static str, subscriber: Arc<dyn Subscriber>) -> Self {
+        self.channels.push((channel, subscriber));
+        self
+    }
+
+    /// Listens until the process ends, reconnecting after failures.
+    pub async fn run(self, pool: PgPool) {
+        let names: Vec<&str> = self.channels.iter().map(|(c, _)| *c).collect();
+        loop {
+            let listener = async {
+                let mut l = PgListener::connect_with(&pool).await?;
+                l.listen_all(names.iter().copied()).await?;
+                Ok::<_, sqlx::Error>(l)
+            };
+            let mut listener = match listener.await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for notifications; retrying");
+                    self.missed();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            self.missed();
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(n)) => {
+                        for (_, subscriber) in self.channels.iter().filter(|(c, _)| *c == n.channel()) {
+                            subscriber.notified(n.payload());
+                        }
+                    }
+                    // Reconnected: notifications sent meanwhile are lost.
+                    Ok(None) => self.missed(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "notification listener failed; reconnecting");
+                        self.missed();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn missed(&self) {
+        for (_, subscriber) in &self.channels {
+            subscriber.missed();
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Ingestion: a batch of messages, possibly for many webhooks, in one statement
+//! (`hookline_ingest`), each webhook's in input order.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+use super::{NewMessage, Stored};
+use crate::domain::{DelaySeconds, MessageId, Seq, TtlSeconds, WebhookId};
+use crate::store::{Context, StoreResult};
+
+/// Inserts messages atomically. Returns each item's outcome in input order, None where the
+/// webhook does not exist.
+///
+/// Without idempotency keys this is one statement. With them, one transaction that first
+/// claims the keys (`hookline_claim_idempotency_keys`), then inserts the messages whose
+/// keys it won; a repeated key answers the message that first claimed it.
+pub async fn insert_many(pool: &PgPool, items: &[(WebhookId, NewMessage)]) -> StoreResult<Vec<Option<Stored>>> {
+    if items.iter().all(|(_, m)| m.options.idempotency_key.is_none()) {
+        let seqs = insert_rows(pool, items.iter()).await?;
+        return Ok(items.iter().map(|(_, m)| stored_new(&seqs, &m.id)).collect());
+    }
+    // The first item of the batch to use a key claims it; later ones are its duplicates.
+    let mut claims: BTreeMap<(Uuid, &str), Uuid> = BTreeMap::new();
+    for (webhook, m) in items {
+        if let Some(key) = &m.options.idempotency_key {
+            claims.entry((*webhook.as_uuid(), key.as_str())).or_insert(*m.id.as_uuid());
+        }
+    }
+    let (claim_webhooks, claim_keys): (Vec<Uuid>, Vec<&str>) = claims.keys().copied().unzip();
+    let claim_ids: Vec<Uuid> = claims.values().copied().collect();
+
+    let mut tx = pool.begin().await.context("beginning an ingestion")?;
+    let won: HashSet<Uuid> = sqlx::query_scalar!(
+        r#"SELECT id AS "id!" FROM hookline_claim_idempotency_keys($1, $2, $3) AS id"#,
+        &claim_webhooks,
+        &claim_keys as _,
+        &claim_ids
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .context("claiming idempotency keys")?
+    .into_iter()
+    .collect();
+    let fresh = items.iter().filter(|(_, m)| m.options.idempotency_key.is_none() || won.contains(m.id.as_uuid()));
+    let seqs = insert_rows(&mut *tx, fresh).await?;
+    let won_ids: Vec<Uuid> = won.iter().copied().collect();
+    let won_seqs: Vec<i64> = won_ids.iter().map(|id| seqs.get(id).copied().unwrap_or(0)).collect();
+    sqlx::query!(
+        "UPDATE idempotency_keys k SET seq = w.seq
+         FROM unnest($1::uuid[], $2::int8[]) AS w(message_id, seq), messages m
+         WHERE m.id = w.message_id AND k.webhook_id = m.webhook_id AND k.message_id = w.message_id",
+        &won_ids,
+        &won_seqs
+    )
+    .execute(&mut *tx)
+    .await
+    .context("recording idempotency keys' seqs")?;
+    let originals = sqlx::query!(
+        r#"SELECT k.webhook_id, k.key, k.message_id, k.seq
+           FROM idempotency_keys k JOIN unnest($1::uuid[], $2::text[]) AS c(webhook_id, key)
+             ON k.webhook_id = c.webhook_id AND k.key = c.key"#,
+        &claim_webhooks,
+        &claim_keys as _
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .context("reading idempotency keys")?;
+    tx.commit().await.context("committing an ingestion")?;
+
+    let originals: HashMap<(Uuid, &str), (Uuid, i64)> =
+        originals.iter().map(|k| ((k.webhook_id, k.key.as_str()), (k.message_id, k.seq.unwrap_or(0)))).collect();
+    Ok(items
+        .iter()
+        .map(|(webhook, m)| match &m.options.idempotency_key {
+            None => stored_new(&seqs, &m.id),
+            Some(key) => {
+                let &(id, seq) = originals.get(&(*webhook.as_uuid(), key.as_str()))?;
+                Some(Stored { id: MessageId::from_uuid(id), seq: Seq(seq), duplicate: id != *m.id.as_uuid() })
+            }
+        })
+        .collect())
+}
+
+fn stored_new(seqs: &HashMap<Uuid, i64>, id: &MessageId) -> Option<Stored> {
+    seqs.get(id.as_uuid()).map(|&seq| Stored { id: *id, seq: Seq(seq), duplicate: false })
+}
+
+/// The insert itself, one statement. Returns id -> seq.
+async fn insert_rows<'a>(
+    db: impl PgExecutor<'_>,
+    items: impl Iterator<Item = &'a (WebhookId, NewMessage)>,
+) -> StoreResult<HashMap<Uuid, i64>> {
+    let mut columns = InsertColumns::default();
+    for (webhook, m) in items {
+        columns.push(webhook, m);
+    }
+    if columns.ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query!(
+        r#"SELECT id AS "id!", seq AS "seq!" FROM hookline_ingest($1, $2, $3, $4, $5, $6, $7, $8)"#,
+        &columns.webhooks,
+        &columns.ids,
+        &columns.key_ids,
+        &columns.nonces as _,
+        &columns.ciphertexts as _,
+        &columns.priorities,
+        &columns.delays as _,
+        &columns.ttls as _
+    )
+    .fetch_all(db)
+    .await
+    .context("inserting messages")?;
+    Ok(rows.into_iter().map(|r| (r.id, r.seq)).collect())
+}
+
+/// Messages as parallel arrays, one per column, for `unnest`.
+#[derive(Default)]
+struct InsertColumns<'a> {
+    webhooks: Vec<Uuid>,
+    ids: Vec<Uuid>,
+    key_ids: Vec<i32>,
+    nonces: Vec<&'a [u8]>,
+    ciphertexts: Vec<&'a [u8]>,
+    priorities: Vec<i16>,
+    delays: Vec<Option<i32>>,
+    ttls: Vec<Option<i32>>,
+}
+
+impl<'a> InsertColumns<'a> {
+    fn push(&mut self, webhook: &WebhookId, m: &'a NewMessage) {
+        self.webhooks.push(*webhook.as_uuid());
+        self.ids.push(*m.id.as_uuid());
+        self.key_ids.push(m.sealed.key_id.0);
+        self.nonces.push(&m.sealed.nonce);
+        self.ciphertexts.push(&m.sealed.ciphertext);
+        self.priorities.push(m.options.priority.get() as i16);
+        self.delays.push(m.options.delay.map(DelaySeconds::get));
+        self.ttls.push(m.options.ttl.map(TtlSeconds::get));
+    }
+}

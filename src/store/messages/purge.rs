@@ -1,0 +1,50 @@
+//! Deleting live messages on request, and expired messages and idempotency keys for the
+//! TTL purger; each call is one bounded batch or a loop of them.
+
+use sqlx::{PgConnection, PgExecutor};
+
+use crate::domain::{ProjectId, WebhookId};
+use crate::store::{Context, StoreResult};
+
+/// Deletes every live message (queued, delayed or locked) of the webhook; returns how many.
+/// In short batches that skip rows a consumer is committing this instant (the commit wins),
+/// so a purge never waits on, or deadlocks with, consumers.
+pub async fn purge(db: &mut PgConnection, project: ProjectId, webhook: &WebhookId) -> StoreResult<u64> {
+    const BATCH: i32 = 5000;
+    crate::store::webhooks::get(&mut *db, project, webhook).await?;
+    let mut purged = 0;
+    loop {
+        let done = sqlx::query_scalar!(r#"SELECT hookline_purge_live($1, $2) AS "n!""#, webhook.as_uuid(), BATCH)
+            .fetch_one(&mut *db)
+            .await
+            .context_for("purging a queue", webhook)?;
+        purged += done as u64;
+        if done < BATCH {
+            break;
+        }
+    }
+    // Last: a FIFO head locked meanwhile was deleted, and must not block what comes next.
+    sqlx::query!("SELECT hookline_release_orphaned_locks($1)", webhook.as_uuid())
+        .fetch_one(&mut *db)
+        .await
+        .context_for("releasing a purged message's lock", webhook)?;
+    Ok(purged)
+}
+
+/// Up to `limit` messages past their TTL, in any state; returns how many.
+pub async fn purge_expired(db: impl PgExecutor<'_>, limit: i32) -> StoreResult<u64> {
+    let purged = sqlx::query_scalar!(r#"SELECT hookline_purge_expired($1) AS "n!""#, limit)
+        .fetch_one(db)
+        .await
+        .context("purging expired messages")?;
+    Ok(purged as u64)
+}
+
+/// Up to `limit` idempotency keys past their 24 hours; returns how many.
+pub async fn purge_idempotency_keys(db: impl PgExecutor<'_>, limit: i32) -> StoreResult<u64> {
+    let purged = sqlx::query_scalar!(r#"SELECT hookline_purge_idempotency_keys($1) AS "n!""#, limit)
+        .fetch_one(db)
+        .await
+        .context("purging expired idempotency keys")?;
+    Ok(purged as u64)
+}

@@ -1,0 +1,239 @@
+//! The transitions of a locked message: commit (alone, with the next message, or many at
+//! once), error, extend, and bury. Each answers with a typed refusal when the message does
+//! not hold the lock the caller claims, decided in the same statement.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use super::{LockedMessage, LockedRef, LockedRow};
+use crate::domain::{DeliveryMode, LockToken, MessageId, MessageState, ProjectId, WebhookId};
+use crate::store::{Context, Refusal, StoreError, StoreResult};
+
+/// Why the baseline's lock check refused a transition (`lock_refusal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "lock_refusal", rename_all = "snake_case")]
+enum LockRefusal {
+    NoMessage,
+    NotLocked,
+    LockMismatch,
+}
+
+/// A refusal and the message's stored state as the store's answer.
+fn refused(refusal: Option<LockRefusal>, state: Option<MessageState>) -> StoreResult<()> {
+    match refusal {
+        None => Ok(()),
+        Some(LockRefusal::NoMessage) => Err(StoreError::NotFound("message")),
+        Some(LockRefusal::NotLocked) => Err(Refusal::NotLocked { state: state.unwrap_or(MessageState::Queued) }.into()),
+        Some(LockRefusal::LockMismatch) => Err(Refusal::LockMismatch.into()),
+    }
+}
+
+/// One row of `hookline_commit`: the refusal, or the commit and the next message if any.
+struct CommitRow {
+    refusal: Option<LockRefusal>,
+    state: Option<MessageState>,
+    id: Option<Uuid>,
+    seq: Option<i64>,
+    retry_count: Option<i32>,
+    max_retries: Option<i32>,
+    lock_token: Option<Uuid>,
+    lock_expires_at: Option<DateTime<Utc>>,
+    received_at: Option<DateTime<Utc>>,
+    key_id: Option<i32>,
+    nonce: Option<Vec<u8>>,
+    ciphertext: Option<Vec<u8>>,
+    priority: Option<i16>,
+}
+
+impl CommitRow {
+    fn next(self) -> Option<LockedMessage> {
+        Some(
+            LockedRow {
+                id: self.id?,
+                seq: self.seq?,
+                retry_count: self.retry_count?,
+                max_retries: self.max_retries?,
+                lock_token: self.lock_token?,
+                lock_expires_at: self.lock_expires_at?,
+                received_at: self.received_at?,
+                key_id: self.key_id?,
+                nonce: self.nonce?,
+                ciphertext: self.ciphertext?,
+                priority: self.priority?,
+            }
+            .into(),
+        )
+    }
+}
+
+async fn commit_row(db: impl PgExecutor<'_>, target: &LockedRef<'_>, next: bool) -> StoreResult<CommitRow> {
+    let row = sqlx::query_as!(
+        CommitRow,
+        r#"SELECT refusal AS "refusal: LockRefusal", state AS "state: MessageState", id, seq, retry_count,
+                  max_retries, lock_token, lock_expires_at, received_at, key_id, nonce, ciphertext, priority
+           FROM hookline_commit($1, $2, $3, $4, $5)"#,
+        target.webhook.as_uuid(),
+        target.project.0,
+        target.message.as_uuid(),
+        target.token_uuid(),
+        next
+    )
+    .fetch_one(db)
+    .await
+    .context_for("committing a message", target.webhook)?;
+    refused(row.refusal, row.state)?;
+    Ok(row)
+}
+
+/// locked -> committed, releasing its lock.
+pub async fn commit(db: impl PgExecutor<'_>, target: &LockedRef<'_>) -> StoreResult<()> {
+    commit_row(db, target, false).await.map(drop)
+}
+
+/// Commits a locked message and locks the next one in the same transaction (one round
+/// trip). Ok(None): committed, nothing to deliver next.
+pub async fn commit_next(db: impl PgExecutor<'_>, target: &LockedRef<'_>) -> StoreResult<Option<LockedMessage>> {
+    Ok(commit_row(db, target, true).await?.next())
+}
+
+/// Commits many locked messages of one webhook at once. In standard mode, one statement
+/// for all of them; in FIFO mode (one message in flight at most) each in turn. Answers per
+/// entry, in input order: committed, or why not (as for a single commit).
+pub async fn commit_many(
+    db: &mut PgConnection,
+    project: ProjectId,
+    webhook: &WebhookId,
+    entries: &[(MessageId, Option<LockToken>)],
+) -> StoreResult<Vec<StoreResult<()>>> {
+    let mode = sqlx::query_scalar!(
+        r#"SELECT mode AS "mode: DeliveryMode" FROM webhooks WHERE id = $1 AND project_id = $2"#,
+        webhook.as_uuid(),
+        project.0
+    )
+    .fetch_optional(&mut *db)
+    .await
+    .context_for("reading a webhook's mode", webhook)?;
+    if mode.ok_or(StoreError::NotFound("webhook"))? == DeliveryMode::Fifo {
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for (message, token) in entries {
+            outcomes.push(commit(&mut *db, &LockedRef { project, webhook, message, token: token.as_ref() }).await);
+        }
+        return Ok(outcomes);
+    }
+    let ids: Vec<Uuid> = entries.iter().map(|(m, _)| *m.as_uuid()).collect();
+    let tokens: Vec<Option<Uuid>> = entries.iter().map(|(_, t)| t.map(|t| *t.as_uuid())).collect();
+    let rows = sqlx::query!(
+        // One unique-index probe per id (a LATERAL with FOR UPDATE is never flattened into
+        // a join, which stale statistics could turn into a scan of the whole backlog), in id
+        // order so two overlapping batches lock in the same order.
+        r#"WITH held AS (
+               SELECT m.id, m.seq, m.state, m.lock_token, c.token
+               FROM (SELECT * FROM unnest($2::uuid[], $3::uuid[]) AS c(id, token) ORDER BY c.id) c
+               CROSS JOIN LATERAL (
+                   SELECT id, seq, state, lock_token FROM messages WHERE id = c.id AND webhook_id = $1 FOR UPDATE
+               ) m
+           ), done AS (
+               UPDATE messages m SET state = 'committed', committed_at = now(), lock_token = NULL, lock_expires_at = NULL
+               FROM held
+               WHERE m.webhook_id = $1 AND m.seq = held.seq AND held.state = 'queued' AND held.lock_token IS NOT NULL
+                 AND (held.token IS NULL OR held.lock_token = held.token)
+               RETURNING m.id
+           )
+           SELECT held.id AS "id!", held.state AS "state!: MessageState",
+                  bool_or(held.lock_token IS NOT NULL) AS "locked!",
+                  bool_or(held.id IN (SELECT id FROM done)) AS "committed!"
+           FROM held GROUP BY held.id, held.state"#,
+        webhook.as_uuid(),
+        &ids,
+        &tokens as _
+    )
+    .fetch_all(&mut *db)
+    .await
+    .context_for("committing messages", webhook)?;
+    let found: HashMap<Uuid, _> = rows.into_iter().map(|r| (r.id, r)).collect();
+    Ok(entries
+        .iter()
+        .map(|(message, _)| match found.get(message.as_uuid()) {
+            None => Err(StoreError::NotFound("message")),
+            Some(r) if r.committed => Ok(()),
+            Some(r) if r.state != MessageState::Queued || !r.locked => {
+                Err(Refusal::NotLocked { state: r.state }.into())
+            }
+            Some(_) => Err(Refusal::LockMismatch.into()),
+        })
+        .collect())
+}
+
+/// What an error (NACK) did to the message.
+pub struct ErrorOutcome {
+    pub state: MessageState,
+    pub retry_count: i32,
+    pub max_retries: i32,
+}
+
+/// locked -> queued at the same position (retry_count + 1), or dead at max_retries.
+/// With `requeue` false, dead at once (the consumer knows retrying cannot help).
+pub async fn error(
+    db: impl PgExecutor<'_>,
+    target: &LockedRef<'_>,
+    reason: Option<&str>,
+    requeue: bool,
+) -> StoreResult<ErrorOutcome> {
+    let row = sqlx::query!(
+        r#"SELECT refusal AS "refusal: LockRefusal", state AS "state: MessageState", retry_count,
+                  max_retries AS "max_retries!"
+           FROM hookline_error($1, $2, $3, $4, $5, $6)"#,
+        target.webhook.as_uuid(),
+        target.project.0,
+        target.message.as_uuid(),
+        target.token_uuid(),
+        reason,
+        requeue
+    )
+    .fetch_one(db)
+    .await
+    .context_for("erroring a message", target.webhook)?;
+    refused(row.refusal, row.state)?;
+    Ok(ErrorOutcome {
+        state: row.state.unwrap_or(MessageState::Queued),
+        retry_count: row.retry_count.unwrap_or_default(),
+        max_retries: row.max_retries,
+    })
+}
+
+/// Renews the lock the message holds; returns when it now expires.
+pub async fn extend(db: impl PgExecutor<'_>, target: &LockedRef<'_>, seconds: i32) -> StoreResult<DateTime<Utc>> {
+    let row = sqlx::query!(
+        r#"SELECT refusal AS "refusal: LockRefusal", state AS "state: MessageState", lock_expires_at
+           FROM hookline_extend($1, $2, $3, $4, $5)"#,
+        target.webhook.as_uuid(),
+        target.project.0,
+        target.message.as_uuid(),
+        target.token_uuid(),
+        seconds
+    )
+    .fetch_one(db)
+    .await
+    .context_for("extending a lock", target.webhook)?;
+    refused(row.refusal, row.state)?;
+    row.lock_expires_at.ok_or(StoreError::NotFound("message"))
+}
+
+/// locked -> dead at once, for a message whose payload cannot be opened: it would fail
+/// every retry, and must not block the queue behind it.
+pub async fn bury(
+    db: impl PgExecutor<'_>,
+    webhook: &WebhookId,
+    message: &MessageId,
+    token: &LockToken,
+    reason: &str,
+) -> StoreResult<()> {
+    sqlx::query!("SELECT hookline_bury($1, $2, $3, $4)", webhook.as_uuid(), message.as_uuid(), token.as_uuid(), reason)
+        .fetch_one(db)
+        .await
+        .context_for("burying an unreadable message", webhook)?;
+    Ok(())
+}
