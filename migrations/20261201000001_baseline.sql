@@ -670,16 +670,19 @@ BEGIN
 END
 $$;
 
--- dead -> queued with its retry counter reset, at its original seq. Returns the state the
--- message was in (dead: it was retried); no row: no such message.
-CREATE FUNCTION hookline_retry_dead(p_webhook uuid, p_project bigint, p_message uuid,
-                                    OUT state message_state, OUT locked boolean)
+-- dead -> queued with its retry counter reset, at its original seq (retry), or dead ->
+-- gone (discard). Returns the state the message was in (dead: the action was taken); no
+-- row: no such message.
+CREATE FUNCTION hookline_act_on_dead(p_webhook uuid, p_project bigint, p_message uuid, p_discard boolean,
+                                     OUT state message_state, OUT locked boolean)
 RETURNS SETOF record LANGUAGE plpgsql AS $$
 DECLARE
     target record;
 BEGIN
     FOR target IN SELECT * FROM hookline_lock_message(p_webhook, p_project, p_message) LOOP
-        IF target.state = 'dead' THEN
+        IF target.state = 'dead' AND p_discard THEN
+            DELETE FROM messages m WHERE m.webhook_id = p_webhook AND m.seq = target.seq;
+        ELSIF target.state = 'dead' THEN
             UPDATE messages m SET state = 'queued', retry_count = 0, dead_at = NULL
             WHERE m.webhook_id = p_webhook AND m.seq = target.seq;
         END IF;
@@ -690,21 +693,22 @@ BEGIN
 END
 $$;
 
--- dead -> gone. Returns the state the message was in (dead: it was discarded).
-CREATE FUNCTION hookline_discard_dead(p_webhook uuid, p_project bigint, p_message uuid,
-                                      OUT state message_state, OUT locked boolean)
-RETURNS SETOF record LANGUAGE plpgsql AS $$
+-- The same for every dead letter a filter covers. Returns how many.
+CREATE FUNCTION hookline_act_on_dead_letters(p_webhook uuid, p_since timestamptz, p_until timestamptz,
+                                             p_error text, p_discard boolean)
+RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
-    target record;
+    acted integer;
 BEGIN
-    FOR target IN SELECT * FROM hookline_lock_message(p_webhook, p_project, p_message) LOOP
-        IF target.state = 'dead' THEN
-            DELETE FROM messages m WHERE m.webhook_id = p_webhook AND m.seq = target.seq;
-        END IF;
-        state := target.state;
-        locked := target.locked;
-        RETURN NEXT;
-    END LOOP;
+    IF p_discard THEN
+        DELETE FROM messages
+        WHERE webhook_id = p_webhook AND seq IN (SELECT seq FROM hookline_dead_letters(p_webhook, p_since, p_until, p_error));
+    ELSE
+        UPDATE messages SET state = 'queued', retry_count = 0, dead_at = NULL
+        WHERE webhook_id = p_webhook AND seq IN (SELECT seq FROM hookline_dead_letters(p_webhook, p_since, p_until, p_error));
+    END IF;
+    GET DIAGNOSTICS acted = ROW_COUNT;
+    RETURN acted;
 END
 $$;
 

@@ -10,7 +10,7 @@ use super::extract::{MessageRequest, Read, WebhookRequest};
 use super::responses::{BodyErrors, WebhookErrors};
 use super::{ApiState, PageQuery};
 use crate::domain::{MessageId, MessageState, Seq};
-use crate::store::dead_letters::{self as store, DeadLetterFilter};
+use crate::store::dead_letters::{self as store, DeadLetterFilter, Redrive};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     // The bulk routes before `{message_id}`: "retry" and "discard" are not message ids.
@@ -148,7 +148,7 @@ pub async fn list(
     responses((status = 200, body = Redriven), WebhookErrors,
               (status = 409, body = ErrorBody, description = "The message is not dead")))]
 pub async fn retry(req: MessageRequest<Read>, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    store::retry(&state.pool, req.webhook.project(), &req.webhook.webhook, &req.message).await?;
+    store::act(&state.pool, req.webhook.project(), &req.webhook.webhook, &req.message, Redrive::Retry).await?;
     Ok(HttpResponse::Ok().json(Redriven { id: req.message, status: MessageState::Queued }))
 }
 
@@ -158,7 +158,7 @@ pub async fn retry(req: MessageRequest<Read>, state: web::Data<ApiState>) -> Res
     responses((status = 204, description = "Discarded"), WebhookErrors,
               (status = 409, body = ErrorBody, description = "The message is not dead")))]
 pub async fn discard(req: MessageRequest<Read>, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    store::discard(&state.pool, req.webhook.project(), &req.webhook.webhook, &req.message).await?;
+    store::act(&state.pool, req.webhook.project(), &req.webhook.webhook, &req.message, Redrive::Discard).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -173,9 +173,7 @@ pub async fn retry_all(
     state: web::Data<ApiState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let selection: DeadLetterSelection = parse_json(&body, true)?;
-    let mut conn = crate::store::connection(&state.pool).await?;
-    let retried = store::retry_all(&mut conn, req.project(), &req.webhook, &selection.try_into()?).await?;
+    let retried = act_on_selection(&req, &state, &body, Redrive::Retry).await?;
     Ok(HttpResponse::Ok().json(RetriedAll { retried }))
 }
 
@@ -189,8 +187,18 @@ pub async fn discard_all(
     state: web::Data<ApiState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let selection: DeadLetterSelection = parse_json(&body, true)?;
-    let mut conn = crate::store::connection(&state.pool).await?;
-    let discarded = store::discard_all(&mut conn, req.project(), &req.webhook, &selection.try_into()?).await?;
+    let discarded = act_on_selection(&req, &state, &body, Redrive::Discard).await?;
     Ok(HttpResponse::Ok().json(DiscardedAll { discarded }))
+}
+
+/// Retries or discards the dead letters a body's selection covers; returns how many.
+async fn act_on_selection(
+    req: &WebhookRequest<Read>,
+    state: &ApiState,
+    body: &[u8],
+    action: Redrive,
+) -> Result<u64, ApiError> {
+    let selection: DeadLetterSelection = parse_json(body, true)?;
+    let mut conn = crate::store::connection(&state.pool).await?;
+    Ok(store::act_on_all(&mut conn, req.project(), &req.webhook, &selection.try_into()?, action).await?)
 }

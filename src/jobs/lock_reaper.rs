@@ -6,30 +6,25 @@
 use futures_util::FutureExt as _;
 use sqlx::PgPool;
 
+use super::Batched;
 use crate::store::{self, StoreResult};
 
 #[derive(Clone)]
-pub struct LockReaper {
-    pool: PgPool,
-    batch: i32,
-}
+pub struct LockReaper(Batched);
 
 impl LockReaper {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool, batch: 1000 }
+        Self(Batched { pool, lock_key: super::REAPER_LOCK, size: 1000 })
     }
 
-    pub fn with_batch(mut self, batch: i32) -> Self {
-        self.batch = batch;
-        self
+    /// Locks of each kind released per transaction.
+    pub fn with_batch(self, size: i32) -> Self {
+        Self(Batched { size, ..self.0 })
     }
 
     /// Releases every lock expired by now; returns how many.
     #[tracing::instrument(skip_all, name = "lock_reaper")]
     pub async fn run_once(&self) -> StoreResult<u64> {
-        super::in_batches(&self.pool, super::REAPER_LOCK, self.batch, |tx, batch| {
-            store::maintenance::release_expired_locks(tx, batch).boxed()
-        })
-        .await
+        self.0.run(|tx, size| store::maintenance::release_expired_locks(tx, size).boxed()).await
     }
 }

@@ -6,15 +6,17 @@ mod count_folder;
 mod lock_reaper;
 mod ttl_purger;
 
+use std::future::Future;
 use std::time::Duration;
 
 pub use count_folder::CountFolder;
+use futures_util::future::BoxFuture;
 pub use lock_reaper::LockReaper;
 use sqlx::PgPool;
-
-use crate::store::{self, Context, StoreResult};
 use tokio_cron_scheduler::{Job, JobScheduler};
 pub use ttl_purger::TtlPurger;
+
+use crate::store::{self, Context, StoreResult};
 
 /// Advisory lock keys, one per job (arbitrary constants, "hl" + job number).
 const REAPER_LOCK: i64 = 0x686c_0001;
@@ -29,64 +31,75 @@ pub const FOLDER_EVERY: Duration = Duration::from_secs(60);
 pub async fn start(pool: PgPool) -> anyhow::Result<JobScheduler> {
     let scheduler = JobScheduler::new().await?;
     let reaper = LockReaper::new(pool.clone());
-    scheduler
-        .add(Job::new_repeated_async(REAPER_EVERY, move |_, _| {
-            let reaper = reaper.clone();
-            Box::pin(async move {
-                match reaper.run_once().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(released = n, "released expired locks"),
-                    Err(e) => tracing::error!(error = ?e, "lock reaper failed"),
-                }
-            })
-        })?)
-        .await?;
+    schedule(&scheduler, REAPER_EVERY, "lock reaper", move || {
+        let reaper = reaper.clone();
+        async move { reaper.run_once().await }
+    })
+    .await?;
     let folder = CountFolder::new(pool.clone());
-    scheduler
-        .add(Job::new_repeated_async(FOLDER_EVERY, move |_, _| {
-            let folder = folder.clone();
-            Box::pin(async move {
-                if let Err(e) = folder.run_once().await {
-                    tracing::error!(error = ?e, "count folder failed");
-                }
-            })
-        })?)
-        .await?;
+    schedule(&scheduler, FOLDER_EVERY, "count folder", move || {
+        let folder = folder.clone();
+        async move { folder.run_once().await }
+    })
+    .await?;
     let purger = TtlPurger::new(pool);
-    scheduler
-        .add(Job::new_repeated_async(PURGER_EVERY, move |_, _| {
-            let purger = purger.clone();
-            Box::pin(async move {
-                match purger.run_once().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(purged = n, "purged expired messages"),
-                    Err(e) => tracing::error!(error = ?e, "TTL purger failed"),
-                }
-            })
-        })?)
-        .await?;
+    schedule(&scheduler, PURGER_EVERY, "TTL purger", move || {
+        let purger = purger.clone();
+        async move { purger.run_once().await }
+    })
+    .await?;
     scheduler.start().await?;
     Ok(scheduler)
 }
 
-/// Runs `step` in batches, each in its own short transaction holding the job's advisory
-/// lock, until a batch comes back short. Returns the rows handled, 0 if another replica
-/// holds the lock.
-async fn in_batches<F>(pool: &PgPool, lock_key: i64, batch: i32, step: F) -> StoreResult<u64>
+/// Runs `job` every `every`, logging what it did (rows handled) or why it failed.
+async fn schedule<F, R>(scheduler: &JobScheduler, every: Duration, name: &'static str, job: F) -> anyhow::Result<()>
 where
-    F: for<'c> Fn(&'c mut sqlx::PgConnection, i32) -> futures_util::future::BoxFuture<'c, StoreResult<u64>>,
+    F: Fn() -> R + Send + Sync + 'static,
+    R: Future<Output = StoreResult<u64>> + Send + 'static,
 {
-    let mut total = 0;
-    loop {
-        let mut tx = pool.begin().await.context("beginning a job's batch")?;
-        if !store::maintenance::try_job_lock(&mut tx, lock_key).await? {
-            return Ok(total);
-        }
-        let n = step(&mut tx, batch).await?;
-        tx.commit().await.context("committing a job's batch")?;
-        total += n;
-        if n < batch as u64 {
-            return Ok(total);
+    let run = move |_, _| -> BoxFuture<'static, ()> {
+        let done = job();
+        Box::pin(async move {
+            match done.await {
+                Ok(0) => {}
+                Ok(rows) => tracing::info!(job = name, rows, "job done"),
+                Err(e) => tracing::error!(job = name, error = ?e, "job failed"),
+            }
+        })
+    };
+    scheduler.add(Job::new_repeated_async(every, run)?).await?;
+    Ok(())
+}
+
+/// A job that works in bounded batches, each in its own short transaction holding the job's
+/// advisory lock, so a large backlog never becomes one huge transaction.
+#[derive(Clone)]
+struct Batched {
+    pool: PgPool,
+    lock_key: i64,
+    size: i32,
+}
+
+impl Batched {
+    /// Runs `step` batch after batch until one comes back short. Returns the rows handled,
+    /// 0 if another replica holds the lock.
+    async fn run<F>(&self, step: F) -> StoreResult<u64>
+    where
+        F: for<'c> Fn(&'c mut sqlx::PgConnection, i32) -> BoxFuture<'c, StoreResult<u64>>,
+    {
+        let mut total = 0;
+        loop {
+            let mut tx = self.pool.begin().await.context("beginning a job's batch")?;
+            if !store::maintenance::try_job_lock(&mut tx, self.lock_key).await? {
+                return Ok(total);
+            }
+            let n = step(&mut tx, self.size).await?;
+            tx.commit().await.context("committing a job's batch")?;
+            total += n;
+            if n < self.size as u64 {
+                return Ok(total);
+            }
         }
     }
 }

@@ -4,36 +4,28 @@
 use futures_util::FutureExt as _;
 use sqlx::PgPool;
 
+use super::Batched;
 use crate::store::{messages, StoreResult};
 
 #[derive(Clone)]
-pub struct TtlPurger {
-    pool: PgPool,
-    batch: i32,
-}
+pub struct TtlPurger(Batched);
 
 impl TtlPurger {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool, batch: 5000 }
+        Self(Batched { pool, lock_key: super::PURGER_LOCK, size: 5000 })
     }
 
-    pub fn with_batch(mut self, batch: i32) -> Self {
-        self.batch = batch;
-        self
+    /// Rows deleted per transaction.
+    pub fn with_batch(self, size: i32) -> Self {
+        Self(Batched { size, ..self.0 })
     }
 
     /// Purges every message expired by now, and idempotency keys past their 24 hours;
     /// returns how many messages.
     #[tracing::instrument(skip_all, name = "ttl_purger")]
     pub async fn run_once(&self) -> StoreResult<u64> {
-        let purged = super::in_batches(&self.pool, super::PURGER_LOCK, self.batch, |tx, batch| {
-            messages::purge_expired(tx, batch).boxed()
-        })
-        .await?;
-        super::in_batches(&self.pool, super::PURGER_LOCK, self.batch, |tx, batch| {
-            messages::purge_idempotency_keys(tx, batch).boxed()
-        })
-        .await?;
+        let purged = self.0.run(|tx, size| messages::purge_expired(tx, size).boxed()).await?;
+        self.0.run(|tx, size| messages::purge_idempotency_keys(tx, size).boxed()).await?;
         Ok(purged)
     }
 }

@@ -67,47 +67,34 @@ pub async fn list(
         .collect())
 }
 
-/// dead -> queued with its retry counter reset, at its original seq.
-pub async fn retry(
+/// What to do with dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redrive {
+    /// dead -> queued at the original seq, retry counter reset.
+    Retry,
+    /// dead -> gone.
+    Discard,
+}
+
+/// Retries or discards one dead letter; a message in another state is refused.
+pub async fn act(
     db: impl PgExecutor<'_>,
     project: ProjectId,
     webhook: &WebhookId,
     message: &MessageId,
+    action: Redrive,
 ) -> StoreResult<()> {
     let found = sqlx::query!(
-        r#"SELECT state AS "state!: MessageState", locked AS "locked!" FROM hookline_retry_dead($1, $2, $3)"#,
+        r#"SELECT state AS "state!: MessageState", locked AS "locked!" FROM hookline_act_on_dead($1, $2, $3, $4)"#,
         webhook.as_uuid(),
         project.0,
-        message.as_uuid()
+        message.as_uuid(),
+        action == Redrive::Discard
     )
     .fetch_optional(db)
     .await
-    .context_for("retrying a dead letter", webhook)?;
-    was_dead(found.map(|f| (f.state, f.locked)))
-}
-
-/// dead -> gone.
-pub async fn discard(
-    db: impl PgExecutor<'_>,
-    project: ProjectId,
-    webhook: &WebhookId,
-    message: &MessageId,
-) -> StoreResult<()> {
-    let found = sqlx::query!(
-        r#"SELECT state AS "state!: MessageState", locked AS "locked!" FROM hookline_discard_dead($1, $2, $3)"#,
-        webhook.as_uuid(),
-        project.0,
-        message.as_uuid()
-    )
-    .fetch_optional(db)
-    .await
-    .context_for("discarding a dead letter", webhook)?;
-    was_dead(found.map(|f| (f.state, f.locked)))
-}
-
-/// Whether the message an action found was dead (and so was acted on).
-fn was_dead(found: Option<(MessageState, bool)>) -> StoreResult<()> {
-    match found {
+    .context_for("acting on a dead letter", webhook)?;
+    match found.map(|f| (f.state, f.locked)) {
         None => Err(StoreError::NotFound("message")),
         Some((MessageState::Dead, _)) => Ok(()),
         Some((_, true)) => Err(Refusal::NotDead { state: MessageState::Locked }.into()),
@@ -115,47 +102,25 @@ fn was_dead(found: Option<(MessageState, bool)>) -> StoreResult<()> {
     }
 }
 
-/// Every dead letter the filter covers -> queued at its original seq, retries reset.
-/// Returns how many.
-pub async fn retry_all(
+/// Retries or discards every dead letter the filter covers; returns how many.
+pub async fn act_on_all(
     db: &mut PgConnection,
     project: ProjectId,
     webhook: &WebhookId,
     filter: &DeadLetterFilter,
+    action: Redrive,
 ) -> StoreResult<u64> {
     super::webhooks::get(&mut *db, project, webhook).await?;
-    let done = sqlx::query!(
-        "UPDATE messages SET state = 'queued', retry_count = 0, dead_at = NULL
-         WHERE webhook_id = $1 AND seq IN (SELECT seq FROM hookline_dead_letters($1, $2, $3, $4))",
+    let acted = sqlx::query_scalar!(
+        r#"SELECT hookline_act_on_dead_letters($1, $2, $3, $4, $5) AS "n!""#,
         webhook.as_uuid(),
         filter.since,
         filter.until,
-        filter.error.as_deref()
+        filter.error.as_deref(),
+        action == Redrive::Discard
     )
-    .execute(&mut *db)
+    .fetch_one(&mut *db)
     .await
-    .context_for("retrying dead letters", webhook)?;
-    Ok(done.rows_affected())
-}
-
-/// Every dead letter the filter covers -> gone. Returns how many.
-pub async fn discard_all(
-    db: &mut PgConnection,
-    project: ProjectId,
-    webhook: &WebhookId,
-    filter: &DeadLetterFilter,
-) -> StoreResult<u64> {
-    super::webhooks::get(&mut *db, project, webhook).await?;
-    let done = sqlx::query!(
-        "DELETE FROM messages
-         WHERE webhook_id = $1 AND seq IN (SELECT seq FROM hookline_dead_letters($1, $2, $3, $4))",
-        webhook.as_uuid(),
-        filter.since,
-        filter.until,
-        filter.error.as_deref()
-    )
-    .execute(&mut *db)
-    .await
-    .context_for("discarding dead letters", webhook)?;
-    Ok(done.rows_affected())
+    .context_for("acting on dead letters", webhook)?;
+    Ok(acted as u64)
 }

@@ -166,18 +166,37 @@ impl TestApp {
     }
 }
 
+/// A new, empty database (not cloned from the migrated template) on the test server;
+/// returns its URL.
+pub async fn empty_database() -> String {
+    create_database(None).await
+}
+
+/// A new database cloned from the migrated template; returns its URL.
+pub async fn migrated_database() -> String {
+    create_database(Some(&server().await.template)).await
+}
+
+async fn create_database(template: Option<&str>) -> String {
+    let server = server().await;
+    let db = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = PgConnection::connect(&with_db(&server.url_pattern, "postgres")).await.unwrap();
+    let statement = match template {
+        Some(t) => format!("CREATE DATABASE {db} TEMPLATE {t}"),
+        None => format!("CREATE DATABASE {db}"),
+    };
+    sqlx::query(&statement).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    with_db(&server.url_pattern, &db)
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
 /// A fresh database and broker; `tweak` adjusts the config before the build.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
-    let server = server().await;
-    let db = format!("test_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = PgConnection::connect(&with_db(&server.url_pattern, "postgres")).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {db} TEMPLATE {}", server.template)).execute(&mut conn).await.unwrap();
-    conn.close().await.unwrap();
-    let db_url = with_db(&server.url_pattern, &db);
+    let db_url = migrated_database().await;
     spawn_app_on(&db_url, tweak).await
 }
 

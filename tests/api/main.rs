@@ -17,6 +17,7 @@ mod keys;
 mod lifecycle;
 mod lock_control;
 mod long_poll;
+mod migrations;
 mod plans;
 mod priorities;
 mod publish;

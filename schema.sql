@@ -1,0 +1,853 @@
+-- hookline's schema as the migrations leave it: generated, do not edit.
+-- Regenerate: HOOKLINE_WRITE_SCHEMA=1 cargo test --test api schema_sql
+-- Dumped by pg_dump 15.
+CREATE TYPE public.delivery_mode AS ENUM (
+    'fifo',
+    'standard'
+);
+
+CREATE TYPE public.lock_refusal AS ENUM (
+    'no_message',
+    'not_locked',
+    'lock_mismatch'
+);
+
+CREATE TYPE public.message_state AS ENUM (
+    'queued',
+    'committed',
+    'dead'
+);
+
+CREATE TYPE public.held_lock AS (
+	seq bigint,
+	refusal public.lock_refusal,
+	state public.message_state
+);
+
+CREATE TYPE public.locked_message AS (
+	id uuid,
+	seq bigint,
+	retry_count integer,
+	max_retries integer,
+	lock_token uuid,
+	lock_expires_at timestamp with time zone,
+	received_at timestamp with time zone,
+	key_id integer,
+	nonce bytea,
+	ciphertext bytea,
+	priority smallint
+);
+
+CREATE TYPE public.member_role AS ENUM (
+    'owner',
+    'member'
+);
+
+CREATE TYPE public.plan AS ENUM (
+    'free',
+    'pro',
+    'enterprise',
+    'unlimited'
+);
+
+CREATE FUNCTION public.hookline_act_on_dead(p_webhook uuid, p_project bigint, p_message uuid, p_discard boolean, OUT state public.message_state, OUT locked boolean) RETURNS SETOF record
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    target record;
+BEGIN
+    FOR target IN SELECT * FROM hookline_lock_message(p_webhook, p_project, p_message) LOOP
+        IF target.state = 'dead' AND p_discard THEN
+            DELETE FROM messages m WHERE m.webhook_id = p_webhook AND m.seq = target.seq;
+        ELSIF target.state = 'dead' THEN
+            UPDATE messages m SET state = 'queued', retry_count = 0, dead_at = NULL
+            WHERE m.webhook_id = p_webhook AND m.seq = target.seq;
+        END IF;
+        state := target.state;
+        locked := target.locked;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION public.hookline_act_on_dead_letters(p_webhook uuid, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_discard boolean) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    acted integer;
+BEGIN
+    IF p_discard THEN
+        DELETE FROM messages
+        WHERE webhook_id = p_webhook AND seq IN (SELECT seq FROM hookline_dead_letters(p_webhook, p_since, p_until, p_error));
+    ELSE
+        UPDATE messages SET state = 'queued', retry_count = 0, dead_at = NULL
+        WHERE webhook_id = p_webhook AND seq IN (SELECT seq FROM hookline_dead_letters(p_webhook, p_since, p_until, p_error));
+    END IF;
+    GET DIAGNOSTICS acted = ROW_COUNT;
+    RETURN acted;
+END
+$$;
+
+CREATE FUNCTION public.hookline_bury(p_webhook uuid, p_message uuid, p_token uuid, p_reason text) RETURNS void
+    LANGUAGE sql
+    AS $$
+    WITH released AS (
+        UPDATE webhooks SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL
+        WHERE id = p_webhook AND lock_token = p_token
+        RETURNING id
+    )
+    UPDATE messages m
+    SET state = 'dead', dead_at = now(), last_error = p_reason, lock_token = NULL, lock_expires_at = NULL
+    WHERE m.webhook_id = p_webhook AND m.id = p_message AND m.state = 'queued'
+      AND (m.lock_token = p_token OR EXISTS (SELECT 1 FROM released))
+$$;
+
+CREATE FUNCTION public.hookline_claim_idempotency_keys(p_webhooks uuid[], p_keys text[], p_messages uuid[]) RETURNS SETOF uuid
+    LANGUAGE sql
+    AS $$
+    INSERT INTO idempotency_keys AS k (webhook_id, key, message_id)
+    SELECT c.webhook_id, c.key, c.message_id
+    FROM unnest(p_webhooks, p_keys, p_messages) WITH ORDINALITY AS c(webhook_id, key, message_id, ord)
+    WHERE EXISTS (SELECT 1 FROM webhooks w WHERE w.id = c.webhook_id)
+    ORDER BY c.ord
+    ON CONFLICT (webhook_id, key) DO UPDATE SET message_id = EXCLUDED.message_id, seq = NULL, created_at = now()
+        WHERE k.created_at <= now() - interval '24 hours'
+    RETURNING message_id
+$$;
+
+CREATE FUNCTION public.hookline_commit(p_webhook uuid, p_project bigint, p_message uuid, p_token uuid, p_next boolean) RETURNS TABLE(refusal public.lock_refusal, state public.message_state, id uuid, seq bigint, retry_count integer, max_retries integer, lock_token uuid, lock_expires_at timestamp with time zone, received_at timestamp with time zone, key_id integer, nonce bytea, ciphertext bytea, priority smallint)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    hook webhooks%ROWTYPE := hookline_delivery_webhook(p_webhook, p_project);
+    held held_lock := hookline_held_lock(hook, p_message, p_token);
+BEGIN
+    IF held.refusal IS NOT NULL THEN
+        RETURN QUERY SELECT held.refusal, held.state, NULL::uuid, NULL::bigint, NULL::integer, NULL::integer,
+                            NULL::uuid, NULL::timestamptz, NULL::timestamptz, NULL::integer, NULL::bytea,
+                            NULL::bytea, NULL::smallint;
+        RETURN;
+    END IF;
+    UPDATE messages m SET state = 'committed', committed_at = now(), lock_token = NULL, lock_expires_at = NULL
+    WHERE m.webhook_id = hook.id AND m.seq = held.seq;
+    IF hook.mode = 'fifo' THEN
+        UPDATE webhooks SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL WHERE webhooks.id = hook.id;
+        hook.locked_seq := NULL;
+        hook.lock_token := NULL;
+        hook.lock_expires_at := NULL;
+    END IF;
+    IF p_next THEN
+        RETURN QUERY SELECT NULL::lock_refusal, 'committed'::message_state, n.* FROM hookline_lock_next(hook, 1) n;
+        IF FOUND THEN
+            RETURN;
+        END IF;
+    END IF;
+    RETURN QUERY SELECT NULL::lock_refusal, 'committed'::message_state, NULL::uuid, NULL::bigint, NULL::integer,
+                        NULL::integer, NULL::uuid, NULL::timestamptz, NULL::timestamptz, NULL::integer,
+                        NULL::bytea, NULL::bytea, NULL::smallint;
+END
+$$;
+
+CREATE FUNCTION public.hookline_count_deleted() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    -- A webhook being deleted takes its counters with it: nothing to count.
+    INSERT INTO webhook_counts (webhook_id, live, dead, committed)
+    SELECT o.webhook_id, -count(*) FILTER (WHERE o.state = 'queued'), -count(*) FILTER (WHERE o.state = 'dead'),
+           -count(*) FILTER (WHERE o.state = 'committed')
+    FROM old_rows o
+    WHERE EXISTS (SELECT 1 FROM webhooks w WHERE w.id = o.webhook_id)
+    GROUP BY o.webhook_id;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION public.hookline_count_inserted() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    -- Ingestion inserts queued rows; counting by state keeps bulk loads of other states exact.
+    INSERT INTO webhook_counts (webhook_id, live, dead, committed, ingested)
+    SELECT webhook_id, count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'dead'),
+           count(*) FILTER (WHERE state = 'committed'), count(*)
+    FROM new_rows GROUP BY webhook_id;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION public.hookline_count_updated() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    INSERT INTO webhook_counts (webhook_id, live, dead, committed, delivered)
+    SELECT webhook_id, sum(live), sum(dead), sum(committed), sum(committed)
+    FROM (SELECT webhook_id, (state = 'queued')::int AS live, (state = 'dead')::int AS dead,
+                 (state = 'committed')::int AS committed FROM new_rows
+          UNION ALL
+          SELECT webhook_id, -(state = 'queued')::int, -(state = 'dead')::int, -(state = 'committed')::int
+          FROM old_rows) d
+    GROUP BY webhook_id
+    HAVING sum(live) <> 0 OR sum(dead) <> 0 OR sum(committed) <> 0;
+    RETURN NULL;
+END
+$$;
+
+CREATE TABLE public.messages (
+    webhook_id uuid NOT NULL,
+    seq bigint NOT NULL,
+    id uuid NOT NULL,
+    state public.message_state DEFAULT 'queued'::public.message_state NOT NULL,
+    retry_count integer DEFAULT 0 NOT NULL,
+    last_error text,
+    received_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    committed_at timestamp with time zone,
+    dead_at timestamp with time zone,
+    key_id integer NOT NULL,
+    nonce bytea NOT NULL,
+    ciphertext bytea NOT NULL,
+    priority smallint DEFAULT 0 NOT NULL,
+    deliver_at timestamp with time zone,
+    lock_token uuid,
+    lock_expires_at timestamp with time zone,
+    CONSTRAINT messages_committed_has_time CHECK (((state = 'committed'::public.message_state) = (committed_at IS NOT NULL))),
+    CONSTRAINT messages_dead_has_time CHECK (((state = 'dead'::public.message_state) = (dead_at IS NOT NULL))),
+    CONSTRAINT messages_lock_complete CHECK (((lock_token IS NULL) = (lock_expires_at IS NULL))),
+    CONSTRAINT messages_priority_range CHECK (((priority >= 0) AND (priority <= 10))),
+    CONSTRAINT messages_retry_count_nonnegative CHECK ((retry_count >= 0))
+);
+
+CREATE FUNCTION public.hookline_dead_letters(p_webhook uuid, p_since timestamp with time zone, p_until timestamp with time zone, p_error text) RETURNS SETOF public.messages
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT * FROM messages
+    WHERE webhook_id = p_webhook AND state = 'dead'
+      AND (p_since IS NULL OR dead_at >= p_since) AND (p_until IS NULL OR dead_at < p_until)
+      AND (p_error IS NULL OR strpos(lower(last_error), lower(p_error)) > 0)
+$$;
+
+CREATE TABLE public.webhooks (
+    id uuid NOT NULL,
+    project_id bigint NOT NULL,
+    name text NOT NULL,
+    lock_timeout_seconds integer NOT NULL,
+    max_retries integer NOT NULL,
+    ttl_days integer NOT NULL,
+    locked_seq bigint,
+    lock_token uuid,
+    lock_expires_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    signature_scheme text,
+    signature_tolerance_seconds integer DEFAULT 300 NOT NULL,
+    signature_key_id integer,
+    signature_nonce bytea,
+    signature_secret bytea,
+    mode public.delivery_mode DEFAULT 'fifo'::public.delivery_mode NOT NULL,
+    priorities boolean DEFAULT false NOT NULL,
+    idempotency_from_webhook_id boolean DEFAULT false NOT NULL,
+    CONSTRAINT webhooks_lock_complete CHECK ((((locked_seq IS NULL) = (lock_token IS NULL)) AND ((locked_seq IS NULL) = (lock_expires_at IS NULL)))),
+    CONSTRAINT webhooks_lock_timeout_range CHECK (((lock_timeout_seconds >= 1) AND (lock_timeout_seconds <= 43200))),
+    CONSTRAINT webhooks_max_retries_range CHECK (((max_retries >= 1) AND (max_retries <= 100))),
+    CONSTRAINT webhooks_signature_complete CHECK ((((signature_scheme IS NULL) = (signature_secret IS NULL)) AND ((signature_secret IS NULL) = (signature_nonce IS NULL)) AND ((signature_secret IS NULL) = (signature_key_id IS NULL)))),
+    CONSTRAINT webhooks_signature_scheme_known CHECK ((signature_scheme = ANY (ARRAY['standard-webhooks'::text, 'stripe'::text, 'github'::text]))),
+    CONSTRAINT webhooks_signature_tolerance_range CHECK (((signature_tolerance_seconds >= 1) AND (signature_tolerance_seconds <= 86400))),
+    CONSTRAINT webhooks_ttl_days_range CHECK (((ttl_days >= 1) AND (ttl_days <= 365)))
+);
+
+CREATE FUNCTION public.hookline_delivery_webhook(p_webhook uuid, p_project bigint) RETURNS public.webhooks
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    hook webhooks%ROWTYPE;
+BEGIN
+    SELECT * INTO hook FROM webhooks w WHERE w.id = p_webhook AND w.project_id = p_project;
+    IF FOUND AND hook.mode = 'fifo' THEN
+        SELECT * INTO hook FROM webhooks w WHERE w.id = p_webhook FOR NO KEY UPDATE;
+    END IF;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'webhook not found' USING ERRCODE = 'no_data_found';
+    END IF;
+    RETURN hook;
+END
+$$;
+
+CREATE FUNCTION public.hookline_dequeue(p_webhook uuid, p_project bigint, p_max integer, p_visibility integer) RETURNS SETOF public.locked_message
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    hook webhooks%ROWTYPE := hookline_delivery_webhook(p_webhook, p_project);
+BEGIN
+    hook.lock_timeout_seconds := coalesce(p_visibility, hook.lock_timeout_seconds);
+    RETURN QUERY SELECT * FROM hookline_lock_next(hook, p_max);
+END
+$$;
+
+CREATE FUNCTION public.hookline_error(p_webhook uuid, p_project bigint, p_message uuid, p_token uuid, p_reason text, p_requeue boolean, OUT refusal public.lock_refusal, OUT state public.message_state, OUT retry_count integer, OUT max_retries integer) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    hook webhooks%ROWTYPE := hookline_delivery_webhook(p_webhook, p_project);
+    held held_lock := hookline_held_lock(hook, p_message, p_token);
+BEGIN
+    refusal := held.refusal;
+    state := held.state;
+    max_retries := hook.max_retries;
+    IF held.refusal IS NULL THEN
+        SELECT f.new_state, f.new_retry_count INTO state, retry_count
+        FROM hookline_fail_attempt(hook.id, held.seq, hook.max_retries, p_reason, p_requeue) f;
+    END IF;
+END
+$$;
+
+CREATE FUNCTION public.hookline_expire_message_locks(p_webhook uuid, p_limit integer) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    expired record;
+    released integer := 0;
+BEGIN
+    FOR expired IN
+        SELECT m.webhook_id, m.seq, w.max_retries FROM messages m JOIN webhooks w ON w.id = m.webhook_id
+        WHERE m.lock_token IS NOT NULL AND m.lock_expires_at <= now()
+          AND (p_webhook IS NULL OR m.webhook_id = p_webhook)
+        ORDER BY m.lock_expires_at LIMIT p_limit
+        FOR UPDATE OF m SKIP LOCKED
+    LOOP
+        PERFORM hookline_fail_attempt(expired.webhook_id, expired.seq, expired.max_retries, 'lock expired');
+        released := released + 1;
+    END LOOP;
+    RETURN released;
+END
+$$;
+
+CREATE FUNCTION public.hookline_expire_webhook_locks(p_limit integer) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    hook webhooks%ROWTYPE;
+    released integer := 0;
+BEGIN
+    FOR hook IN
+        SELECT * FROM webhooks
+        WHERE locked_seq IS NOT NULL AND lock_expires_at <= now()
+        ORDER BY lock_expires_at LIMIT p_limit
+        FOR NO KEY UPDATE SKIP LOCKED
+    LOOP
+        PERFORM hookline_fail_attempt(hook.id, hook.locked_seq, hook.max_retries, 'lock expired');
+        released := released + 1;
+    END LOOP;
+    RETURN released;
+END
+$$;
+
+CREATE FUNCTION public.hookline_extend(p_webhook uuid, p_project bigint, p_message uuid, p_token uuid, p_seconds integer, OUT refusal public.lock_refusal, OUT state public.message_state, OUT lock_expires_at timestamp with time zone) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    hook webhooks%ROWTYPE := hookline_delivery_webhook(p_webhook, p_project);
+    held held_lock := hookline_held_lock(hook, p_message, p_token);
+BEGIN
+    refusal := held.refusal;
+    state := held.state;
+    IF held.refusal IS NOT NULL THEN
+        RETURN;
+    END IF;
+    lock_expires_at := now() + make_interval(secs => p_seconds);
+    IF hook.mode = 'fifo' THEN
+        UPDATE webhooks w SET lock_expires_at = hookline_extend.lock_expires_at WHERE w.id = hook.id;
+    ELSE
+        UPDATE messages m SET lock_expires_at = hookline_extend.lock_expires_at
+        WHERE m.webhook_id = hook.id AND m.seq = held.seq;
+    END IF;
+END
+$$;
+
+CREATE FUNCTION public.hookline_fail_attempt(p_webhook uuid, p_seq bigint, p_max_retries integer, p_reason text, p_requeue boolean DEFAULT true, OUT new_state public.message_state, OUT new_retry_count integer) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    UPDATE messages m
+    SET state = CASE WHEN NOT p_requeue OR m.retry_count + 1 >= p_max_retries
+                     THEN 'dead'::message_state ELSE 'queued'::message_state END,
+        dead_at = CASE WHEN NOT p_requeue OR m.retry_count + 1 >= p_max_retries THEN now() END,
+        retry_count = m.retry_count + 1,
+        last_error = p_reason,
+        lock_token = NULL,
+        lock_expires_at = NULL
+    WHERE m.webhook_id = p_webhook AND m.seq = p_seq AND m.state = 'queued'
+    RETURNING m.state, m.retry_count INTO new_state, new_retry_count;
+    -- FIFO: the webhook's lock (no row matches in standard mode).
+    UPDATE webhooks SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL
+    WHERE id = p_webhook AND locked_seq = p_seq;
+END
+$$;
+
+CREATE FUNCTION public.hookline_held_lock(hook public.webhooks, p_message uuid, p_token uuid) RETURNS public.held_lock
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    found_seq bigint;
+    found_state message_state;
+    holder uuid;
+BEGIN
+    IF hook.mode = 'fifo' THEN
+        SELECT m.seq, m.state, CASE WHEN m.seq = hook.locked_seq THEN hook.lock_token END
+        INTO found_seq, found_state, holder
+        FROM messages m WHERE m.webhook_id = hook.id AND m.id = p_message;
+    ELSE
+        SELECT m.seq, m.state, m.lock_token INTO found_seq, found_state, holder
+        FROM messages m WHERE m.webhook_id = hook.id AND m.id = p_message FOR UPDATE;
+    END IF;
+    IF NOT FOUND THEN
+        RETURN (NULL, 'no_message', NULL)::held_lock;
+    ELSIF found_state <> 'queued' OR holder IS NULL THEN
+        RETURN (found_seq, 'not_locked', found_state)::held_lock;
+    ELSIF p_token IS NOT NULL AND holder <> p_token THEN
+        RETURN (found_seq, 'lock_mismatch', found_state)::held_lock;
+    END IF;
+    RETURN (found_seq, NULL, found_state)::held_lock;
+END
+$$;
+
+CREATE FUNCTION public.hookline_ingest(p_webhooks uuid[], p_ids uuid[], p_key_ids integer[], p_nonces bytea[], p_ciphertexts bytea[], p_priorities smallint[], p_delays integer[], p_ttls integer[]) RETURNS TABLE(id uuid, seq bigint)
+    LANGUAGE sql
+    AS $$
+    WITH item AS (
+        SELECT * FROM unnest(p_webhooks, p_ids, p_key_ids, p_nonces, p_ciphertexts, p_priorities, p_delays, p_ttls)
+            WITH ORDINALITY AS i(webhook_id, id, key_id, nonce, ciphertext, priority, delay, ttl, ord)
+    ), locked AS MATERIALIZED (
+        SELECT webhook_id FROM webhook_sequences WHERE webhook_id = ANY (p_webhooks)
+        ORDER BY webhook_id FOR UPDATE
+    ), counter AS (
+        UPDATE webhook_sequences s SET last_seq = s.last_seq + n.count
+        FROM (SELECT item.webhook_id, count(*) AS count
+              FROM item JOIN locked ON locked.webhook_id = item.webhook_id
+              GROUP BY item.webhook_id) n
+        WHERE s.webhook_id = n.webhook_id
+        -- Long-poll consumers of these webhooks wake once this commits.
+        RETURNING s.webhook_id, s.last_seq - n.count AS base, hookline_wake(s.webhook_id)
+    )
+    INSERT INTO messages (webhook_id, seq, id, expires_at, key_id, nonce, ciphertext, priority, deliver_at)
+    SELECT item.webhook_id,
+           counter.base + row_number() OVER (PARTITION BY item.webhook_id ORDER BY item.ord),
+           item.id,
+           -- A message's own TTL can shorten, never lengthen, its webhook's.
+           now() + CASE WHEN item.ttl IS NULL THEN make_interval(days => w.ttl_days)
+                        ELSE least(make_interval(days => w.ttl_days), make_interval(secs => item.ttl)) END,
+           item.key_id, item.nonce, item.ciphertext, item.priority,
+           CASE WHEN item.delay > 0 THEN now() + make_interval(secs => item.delay) END
+    FROM item
+    JOIN counter ON counter.webhook_id = item.webhook_id
+    JOIN webhooks w ON w.id = item.webhook_id
+    RETURNING messages.id, messages.seq
+$$;
+
+CREATE FUNCTION public.hookline_lock_available(hook public.webhooks, p_max integer) RETURNS SETOF public.locked_message
+    LANGUAGE plpgsql
+    SET enable_sort TO 'off'
+    AS $$
+DECLARE
+    expires timestamptz := now() + make_interval(secs => hook.lock_timeout_seconds);
+BEGIN
+    PERFORM hookline_expire_message_locks(hook.id, 100);
+    PERFORM hookline_promote_due(hook.id);
+    RETURN QUERY
+    WITH picked AS (
+        SELECT m.seq FROM messages m
+        WHERE m.webhook_id = hook.id AND m.state = 'queued' AND m.deliver_at IS NULL AND m.lock_token IS NULL
+          AND m.expires_at > now()
+        ORDER BY m.priority DESC, m.seq LIMIT p_max
+        FOR UPDATE SKIP LOCKED
+    )
+    -- `seq = ANY(array)`: one primary-key probe per picked message whatever the statistics
+    -- say (a join could become a scan of the webhook's whole history).
+    UPDATE messages m SET lock_token = gen_random_uuid(), lock_expires_at = expires
+    WHERE m.webhook_id = hook.id AND m.seq = ANY (ARRAY(SELECT seq FROM picked))
+    RETURNING m.id, m.seq, m.retry_count, hook.max_retries, m.lock_token, m.lock_expires_at, m.received_at,
+              m.key_id, m.nonce, m.ciphertext, m.priority;
+END
+$$;
+
+CREATE FUNCTION public.hookline_lock_head(hook public.webhooks) RETURNS SETOF public.locked_message
+    LANGUAGE plpgsql
+    SET enable_sort TO 'off'
+    AS $$
+DECLARE
+    head messages%ROWTYPE;
+    token uuid := gen_random_uuid();
+    expires timestamptz := now() + make_interval(secs => hook.lock_timeout_seconds);
+BEGIN
+    IF hook.locked_seq IS NOT NULL THEN
+        IF hook.lock_expires_at > now() THEN
+            RETURN;
+        END IF;
+        PERFORM hookline_fail_attempt(hook.id, hook.locked_seq, hook.max_retries, 'lock expired');
+    END IF;
+
+    PERFORM hookline_promote_due(hook.id);
+    SELECT * INTO head FROM messages m
+    WHERE m.webhook_id = hook.id AND m.state = 'queued' AND m.deliver_at IS NULL AND m.lock_token IS NULL
+      AND m.expires_at > now()
+    ORDER BY m.priority DESC, m.seq LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+
+    UPDATE webhooks SET locked_seq = head.seq, lock_token = token, lock_expires_at = expires WHERE id = hook.id;
+    RETURN NEXT (head.id, head.seq, head.retry_count, hook.max_retries, token, expires, head.received_at,
+                 head.key_id, head.nonce, head.ciphertext, head.priority)::locked_message;
+END
+$$;
+
+CREATE FUNCTION public.hookline_lock_message(p_webhook uuid, p_project bigint, p_message uuid, OUT seq bigint, OUT state public.message_state, OUT locked boolean) RETURNS SETOF record
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM 1 FROM webhooks w WHERE w.id = p_webhook AND w.project_id = p_project;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'webhook not found' USING ERRCODE = 'no_data_found';
+    END IF;
+    RETURN QUERY
+    SELECT m.seq, m.state, coalesce(w.locked_seq = m.seq, false) OR m.lock_token IS NOT NULL
+    FROM messages m JOIN webhooks w ON w.id = m.webhook_id
+    WHERE m.webhook_id = p_webhook AND m.id = p_message
+    FOR UPDATE OF m;
+END
+$$;
+
+CREATE FUNCTION public.hookline_lock_next(hook public.webhooks, p_max integer) RETURNS SETOF public.locked_message
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF hook.mode = 'fifo' THEN
+        RETURN QUERY SELECT * FROM hookline_lock_head(hook);
+    ELSE
+        RETURN QUERY SELECT * FROM hookline_lock_available(hook, p_max);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION public.hookline_next_due(p_webhook uuid) RETURNS timestamp with time zone
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT least(
+        (SELECT min(deliver_at) FROM messages WHERE webhook_id = p_webhook AND state = 'queued' AND deliver_at > now()),
+        (SELECT min(lock_expires_at) FROM messages WHERE webhook_id = p_webhook AND lock_token IS NOT NULL),
+        (SELECT lock_expires_at FROM webhooks WHERE id = p_webhook))
+$$;
+
+CREATE FUNCTION public.hookline_promote_due(p_webhook uuid) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    WITH due AS (
+        SELECT ctid AS row_id FROM messages
+        WHERE webhook_id = p_webhook AND state = 'queued' AND deliver_at <= now()
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE messages SET deliver_at = NULL WHERE ctid = ANY (ARRAY(SELECT row_id FROM due));
+END
+$$;
+
+CREATE FUNCTION public.hookline_purge_expired(p_limit integer) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    purged integer;
+BEGIN
+    DELETE FROM messages m USING (
+        SELECT webhook_id, seq FROM messages WHERE expires_at <= now()
+        ORDER BY expires_at LIMIT p_limit FOR UPDATE SKIP LOCKED
+    ) expired
+    WHERE m.webhook_id = expired.webhook_id AND m.seq = expired.seq;
+    GET DIAGNOSTICS purged = ROW_COUNT;
+    PERFORM hookline_release_orphaned_locks(NULL);
+    RETURN purged;
+END
+$$;
+
+CREATE FUNCTION public.hookline_purge_idempotency_keys(p_limit integer) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    purged integer;
+BEGIN
+    DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM idempotency_keys WHERE created_at <= now() - interval '24 hours' LIMIT p_limit));
+    GET DIAGNOSTICS purged = ROW_COUNT;
+    RETURN purged;
+END
+$$;
+
+CREATE FUNCTION public.hookline_purge_live(p_webhook uuid, p_limit integer) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    purged integer := 0;
+    step integer;
+BEGIN
+    WITH doomed AS (
+        SELECT ctid AS row_id FROM messages
+        WHERE webhook_id = p_webhook AND state = 'queued' AND deliver_at IS NULL AND lock_token IS NULL
+        LIMIT p_limit FOR UPDATE SKIP LOCKED
+    )
+    DELETE FROM messages WHERE ctid = ANY (ARRAY(SELECT row_id FROM doomed));
+    GET DIAGNOSTICS purged = ROW_COUNT;
+    IF purged < p_limit THEN
+        WITH doomed AS (
+            SELECT ctid AS row_id FROM messages
+            WHERE webhook_id = p_webhook AND state = 'queued' AND deliver_at IS NOT NULL
+            LIMIT p_limit - purged FOR UPDATE SKIP LOCKED
+        )
+        DELETE FROM messages WHERE ctid = ANY (ARRAY(SELECT row_id FROM doomed));
+        GET DIAGNOSTICS step = ROW_COUNT;
+        purged := purged + step;
+    END IF;
+    IF purged < p_limit THEN
+        WITH doomed AS (
+            SELECT ctid AS row_id FROM messages
+            WHERE webhook_id = p_webhook AND lock_token IS NOT NULL
+            LIMIT p_limit - purged FOR UPDATE SKIP LOCKED
+        )
+        DELETE FROM messages WHERE ctid = ANY (ARRAY(SELECT row_id FROM doomed));
+        GET DIAGNOSTICS step = ROW_COUNT;
+        purged := purged + step;
+    END IF;
+    RETURN purged;
+END
+$$;
+
+CREATE FUNCTION public.hookline_release_expired_locks(p_limit integer) RETURNS integer
+    LANGUAGE sql
+    AS $$
+    SELECT hookline_expire_webhook_locks(p_limit) + hookline_expire_message_locks(NULL, p_limit)
+$$;
+
+CREATE FUNCTION public.hookline_release_orphaned_locks(p_webhook uuid) RETURNS void
+    LANGUAGE sql
+    AS $$
+    UPDATE webhooks w SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL
+    WHERE (p_webhook IS NULL OR w.id = p_webhook) AND w.locked_seq IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.webhook_id = w.id AND m.seq = w.locked_seq)
+$$;
+
+CREATE FUNCTION public.hookline_wake(p_webhook uuid) RETURNS void
+    LANGUAGE sql
+    AS $$
+    SELECT pg_notify('hookline_queue', p_webhook::text)
+$$;
+
+CREATE FUNCTION public.hookline_wake_on_release() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM hookline_wake(NEW.id);
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION public.hookline_wake_on_requeue() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM hookline_wake(NEW.webhook_id);
+    RETURN NULL;
+END
+$$;
+
+CREATE TABLE public.api_keys (
+    id bigint NOT NULL,
+    project_id bigint NOT NULL,
+    prefix text NOT NULL,
+    hash text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_used_at timestamp with time zone,
+    revoked_at timestamp with time zone,
+    name text,
+    scopes text[] DEFAULT '{manage,consume,publish}'::text[] NOT NULL,
+    webhook_ids uuid[],
+    CONSTRAINT api_keys_scopes_known CHECK (((cardinality(scopes) > 0) AND (scopes <@ '{manage,consume,publish}'::text[])))
+);
+
+ALTER TABLE public.api_keys ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.api_keys_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE TABLE public.idempotency_keys (
+    webhook_id uuid NOT NULL,
+    key text NOT NULL,
+    message_id uuid NOT NULL,
+    seq bigint,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE TABLE public.memberships (
+    user_id bigint NOT NULL,
+    project_id bigint NOT NULL,
+    role public.member_role NOT NULL
+);
+
+CREATE TABLE public.projects (
+    id bigint NOT NULL,
+    name text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    plan public.plan DEFAULT 'unlimited'::public.plan NOT NULL,
+    ingest_per_second integer,
+    dequeue_per_second integer,
+    ack_per_second integer,
+    max_webhooks integer,
+    max_body_bytes integer,
+    CONSTRAINT projects_ack_per_second_positive CHECK ((ack_per_second > 0)),
+    CONSTRAINT projects_dequeue_per_second_positive CHECK ((dequeue_per_second > 0)),
+    CONSTRAINT projects_ingest_per_second_positive CHECK ((ingest_per_second > 0)),
+    CONSTRAINT projects_max_body_bytes_positive CHECK ((max_body_bytes > 0)),
+    CONSTRAINT projects_max_webhooks_positive CHECK ((max_webhooks > 0))
+);
+
+ALTER TABLE public.projects ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.projects_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE TABLE public.sessions (
+    token_hash bytea NOT NULL,
+    user_id bigint NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL
+);
+
+CREATE TABLE public.users (
+    id bigint NOT NULL,
+    email text NOT NULL,
+    password_hash text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE public.users ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.users_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE TABLE public.webhook_counts (
+    webhook_id uuid NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL,
+    live bigint DEFAULT 0 NOT NULL,
+    dead bigint DEFAULT 0 NOT NULL,
+    committed bigint DEFAULT 0 NOT NULL,
+    ingested bigint DEFAULT 0 NOT NULL,
+    delivered bigint DEFAULT 0 NOT NULL
+);
+
+CREATE TABLE public.webhook_sequences (
+    webhook_id uuid NOT NULL,
+    last_seq bigint DEFAULT 0 NOT NULL
+);
+
+ALTER TABLE ONLY public.api_keys
+    ADD CONSTRAINT api_keys_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.api_keys
+    ADD CONSTRAINT api_keys_prefix_key UNIQUE (prefix);
+
+ALTER TABLE ONLY public.idempotency_keys
+    ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (webhook_id, key);
+
+ALTER TABLE ONLY public.memberships
+    ADD CONSTRAINT memberships_pkey PRIMARY KEY (user_id, project_id);
+
+ALTER TABLE ONLY public.messages
+    ADD CONSTRAINT messages_id_key UNIQUE (id);
+
+ALTER TABLE ONLY public.messages
+    ADD CONSTRAINT messages_pkey PRIMARY KEY (webhook_id, seq);
+
+ALTER TABLE ONLY public.projects
+    ADD CONSTRAINT projects_name_key UNIQUE (name);
+
+ALTER TABLE ONLY public.projects
+    ADD CONSTRAINT projects_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.sessions
+    ADD CONSTRAINT sessions_pkey PRIMARY KEY (token_hash);
+
+ALTER TABLE ONLY public.users
+    ADD CONSTRAINT users_email_key UNIQUE (email);
+
+ALTER TABLE ONLY public.users
+    ADD CONSTRAINT users_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.webhook_sequences
+    ADD CONSTRAINT webhook_sequences_pkey PRIMARY KEY (webhook_id);
+
+ALTER TABLE ONLY public.webhooks
+    ADD CONSTRAINT webhooks_pkey PRIMARY KEY (id);
+
+CREATE INDEX idempotency_keys_created_idx ON public.idempotency_keys USING btree (created_at);
+
+CREATE INDEX messages_dead_idx ON public.messages USING btree (webhook_id, seq) WHERE (state = 'dead'::public.message_state);
+
+CREATE INDEX messages_delayed_idx ON public.messages USING btree (webhook_id, deliver_at) WHERE ((state = 'queued'::public.message_state) AND (deliver_at IS NOT NULL));
+
+CREATE INDEX messages_expires_idx ON public.messages USING btree (expires_at);
+
+CREATE INDEX messages_in_flight_idx ON public.messages USING btree (webhook_id, lock_expires_at) WHERE (lock_token IS NOT NULL);
+
+CREATE INDEX messages_ready_idx ON public.messages USING btree (webhook_id, priority DESC, seq) WHERE ((state = 'queued'::public.message_state) AND (deliver_at IS NULL) AND (lock_token IS NULL));
+
+CREATE INDEX sessions_expires_idx ON public.sessions USING btree (expires_at);
+
+CREATE INDEX webhook_counts_webhook_idx ON public.webhook_counts USING btree (webhook_id, at);
+
+CREATE INDEX webhooks_project_order_idx ON public.webhooks USING btree (project_id, created_at, id);
+
+CREATE TRIGGER messages_count_deleted AFTER DELETE ON public.messages REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION public.hookline_count_deleted();
+
+CREATE TRIGGER messages_count_inserted AFTER INSERT ON public.messages REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.hookline_count_inserted();
+
+CREATE TRIGGER messages_count_updated AFTER UPDATE ON public.messages REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.hookline_count_updated();
+
+CREATE TRIGGER messages_lock_released AFTER UPDATE OF lock_token ON public.messages FOR EACH ROW WHEN (((old.lock_token IS NOT NULL) AND (new.lock_token IS NULL) AND (new.state = 'queued'::public.message_state))) EXECUTE FUNCTION public.hookline_wake_on_requeue();
+
+CREATE TRIGGER messages_requeued AFTER UPDATE OF state ON public.messages FOR EACH ROW WHEN (((old.state = 'dead'::public.message_state) AND (new.state = 'queued'::public.message_state))) EXECUTE FUNCTION public.hookline_wake_on_requeue();
+
+CREATE TRIGGER webhooks_lock_released AFTER UPDATE OF locked_seq ON public.webhooks FOR EACH ROW WHEN (((old.locked_seq IS NOT NULL) AND (new.locked_seq IS NULL))) EXECUTE FUNCTION public.hookline_wake_on_release();
+
+ALTER TABLE ONLY public.api_keys
+    ADD CONSTRAINT api_keys_project_id_fkey FOREIGN KEY (project_id) REFERENCES public.projects(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.idempotency_keys
+    ADD CONSTRAINT idempotency_keys_webhook_id_fkey FOREIGN KEY (webhook_id) REFERENCES public.webhooks(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.memberships
+    ADD CONSTRAINT memberships_project_id_fkey FOREIGN KEY (project_id) REFERENCES public.projects(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.memberships
+    ADD CONSTRAINT memberships_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.messages
+    ADD CONSTRAINT messages_webhook_id_fkey FOREIGN KEY (webhook_id) REFERENCES public.webhooks(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.sessions
+    ADD CONSTRAINT sessions_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.webhook_sequences
+    ADD CONSTRAINT webhook_sequences_webhook_id_fkey FOREIGN KEY (webhook_id) REFERENCES public.webhooks(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.webhooks
+    ADD CONSTRAINT webhooks_project_id_fkey FOREIGN KEY (project_id) REFERENCES public.projects(id) ON DELETE CASCADE;
+
