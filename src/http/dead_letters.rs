@@ -165,8 +165,7 @@ pub async fn discard(req: MessageRequest<Read>, state: web::Data<ApiState>) -> R
 /// Put every selected dead letter back in the queue at its original position, retry
 /// counters reset. Reports how many.
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/errors/retry", tag = "dead letters",
-    params(("webhook_id" = String, Path)), request_body(content = Option<DeadLetterSelection>),
-    security(("api_key" = [])),
+    params(("webhook_id" = String, Path)), request_body(content = Option<DeadLetterSelection>), security(("api_key" = [])),
     responses((status = 200, body = RetriedAll), BodyErrors, WebhookErrors))]
 pub async fn retry_all(
     req: WebhookRequest<Read>,
@@ -179,8 +178,7 @@ pub async fn retry_all(
 
 /// Delete every selected dead letter for good. Reports how many.
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/errors/discard", tag = "dead letters",
-    params(("webhook_id" = String, Path)), request_body(content = Option<DeadLetterSelection>),
-    security(("api_key" = [])),
+    params(("webhook_id" = String, Path)), request_body(content = Option<DeadLetterSelection>), security(("api_key" = [])),
     responses((status = 200, body = DiscardedAll), BodyErrors, WebhookErrors))]
 pub async fn discard_all(
     req: WebhookRequest<Read>,
