@@ -57,12 +57,7 @@ DECLARE
     target record;
 BEGIN
     FOR target IN SELECT * FROM hookline_lock_message(p_webhook, p_project, p_message) LOOP
-        IF target.state = 'dead' AND p_discard THEN
-            DELETE FROM messages m WHERE m.webhook_id = p_webhook AND m.seq = target.seq;
-        ELSIF target.state = 'dead' THEN
-            UPDATE messages m SET state = 'queued', retry_count = 0, dead_at = NULL
-            WHERE m.webhook_id = p_webhook AND m.seq = target.seq;
-        END IF;
+        PERFORM hookline_redrive(p_webhook, ARRAY[target.seq], p_discard);
         state := target.state;
         locked := target.locked;
         RETURN NEXT;
@@ -71,21 +66,12 @@ END
 $$;
 
 CREATE FUNCTION public.hookline_act_on_dead_letters(p_webhook uuid, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_discard boolean) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE sql
     AS $$
-DECLARE
-    acted integer;
-BEGIN
-    IF p_discard THEN
-        DELETE FROM messages
-        WHERE webhook_id = p_webhook AND seq IN (SELECT seq FROM hookline_dead_letters(p_webhook, p_since, p_until, p_error));
-    ELSE
-        UPDATE messages SET state = 'queued', retry_count = 0, dead_at = NULL
-        WHERE webhook_id = p_webhook AND seq IN (SELECT seq FROM hookline_dead_letters(p_webhook, p_since, p_until, p_error));
-    END IF;
-    GET DIAGNOSTICS acted = ROW_COUNT;
-    RETURN acted;
-END
+    SELECT hookline_redrive(p_webhook, ARRAY(
+        SELECT seq FROM messages
+        WHERE webhook_id = p_webhook AND state = 'dead'
+          AND hookline_dead_letter_matches(dead_at, last_error, p_since, p_until, p_error)), p_discard)
 $$;
 
 CREATE FUNCTION public.hookline_bury(p_webhook uuid, p_message uuid, p_token uuid, p_reason text) RETURNS void
@@ -103,8 +89,10 @@ CREATE FUNCTION public.hookline_bury(p_webhook uuid, p_message uuid, p_token uui
 $$;
 
 CREATE FUNCTION public.hookline_claim_idempotency_keys(p_webhooks uuid[], p_keys text[], p_messages uuid[]) RETURNS SETOF uuid
-    LANGUAGE sql
+    LANGUAGE plpgsql
     AS $$
+BEGIN
+    RETURN QUERY
     INSERT INTO idempotency_keys AS k (webhook_id, key, message_id)
     SELECT c.webhook_id, c.key, c.message_id
     FROM unnest(p_webhooks, p_keys, p_messages) WITH ORDINALITY AS c(webhook_id, key, message_id, ord)
@@ -112,7 +100,8 @@ CREATE FUNCTION public.hookline_claim_idempotency_keys(p_webhooks uuid[], p_keys
     ORDER BY c.ord
     ON CONFLICT (webhook_id, key) DO UPDATE SET message_id = EXCLUDED.message_id, seq = NULL, created_at = now()
         WHERE k.created_at <= now() - interval '24 hours'
-    RETURNING message_id
+    RETURNING k.message_id;
+END
 $$;
 
 CREATE FUNCTION public.hookline_commit(p_webhook uuid, p_project bigint, p_message uuid, p_token uuid, p_next boolean) RETURNS TABLE(refusal public.lock_refusal, state public.message_state, id uuid, seq bigint, retry_count integer, max_retries integer, lock_token uuid, lock_expires_at timestamp with time zone, received_at timestamp with time zone, key_id integer, nonce bytea, ciphertext bytea, priority smallint)
@@ -122,29 +111,25 @@ DECLARE
     hook webhooks%ROWTYPE := hookline_delivery_webhook(p_webhook, p_project);
     held held_lock := hookline_held_lock(hook, p_message, p_token);
 BEGIN
-    IF held.refusal IS NOT NULL THEN
-        RETURN QUERY SELECT held.refusal, held.state, NULL::uuid, NULL::bigint, NULL::integer, NULL::integer,
-                            NULL::uuid, NULL::timestamptz, NULL::timestamptz, NULL::integer, NULL::bytea,
-                            NULL::bytea, NULL::smallint;
-        RETURN;
-    END IF;
-    UPDATE messages m SET state = 'committed', committed_at = now(), lock_token = NULL, lock_expires_at = NULL
-    WHERE m.webhook_id = hook.id AND m.seq = held.seq;
-    IF hook.mode = 'fifo' THEN
-        UPDATE webhooks SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL WHERE webhooks.id = hook.id;
-        hook.locked_seq := NULL;
-        hook.lock_token := NULL;
-        hook.lock_expires_at := NULL;
-    END IF;
-    IF p_next THEN
-        RETURN QUERY SELECT NULL::lock_refusal, 'committed'::message_state, n.* FROM hookline_lock_next(hook, 1) n;
-        IF FOUND THEN
-            RETURN;
+    IF held.refusal IS NULL THEN
+        UPDATE messages m SET state = 'committed', committed_at = now(), lock_token = NULL, lock_expires_at = NULL
+        WHERE m.webhook_id = hook.id AND m.seq = held.seq;
+        held.state := 'committed';
+        IF hook.mode = 'fifo' THEN
+            UPDATE webhooks w SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL WHERE w.id = hook.id;
+            hook.locked_seq := NULL;
+            hook.lock_token := NULL;
+            hook.lock_expires_at := NULL;
+        END IF;
+        IF p_next THEN
+            RETURN QUERY SELECT NULL::lock_refusal, held.state, n.* FROM hookline_lock_next(hook, 1) n;
+            IF FOUND THEN
+                RETURN;
+            END IF;
         END IF;
     END IF;
-    RETURN QUERY SELECT NULL::lock_refusal, 'committed'::message_state, NULL::uuid, NULL::bigint, NULL::integer,
-                        NULL::integer, NULL::uuid, NULL::timestamptz, NULL::timestamptz, NULL::integer,
-                        NULL::bytea, NULL::bytea, NULL::smallint;
+    -- A refusal, or a commit with nothing next: no message columns.
+    RETURN QUERY SELECT held.refusal, held.state, (NULL::locked_message).*;
 END
 $$;
 
@@ -193,38 +178,11 @@ BEGIN
 END
 $$;
 
-CREATE TABLE public.messages (
-    webhook_id uuid NOT NULL,
-    seq bigint NOT NULL,
-    id uuid NOT NULL,
-    state public.message_state DEFAULT 'queued'::public.message_state NOT NULL,
-    retry_count integer DEFAULT 0 NOT NULL,
-    last_error text,
-    received_at timestamp with time zone DEFAULT now() NOT NULL,
-    expires_at timestamp with time zone NOT NULL,
-    committed_at timestamp with time zone,
-    dead_at timestamp with time zone,
-    key_id integer NOT NULL,
-    nonce bytea NOT NULL,
-    ciphertext bytea NOT NULL,
-    priority smallint DEFAULT 0 NOT NULL,
-    deliver_at timestamp with time zone,
-    lock_token uuid,
-    lock_expires_at timestamp with time zone,
-    CONSTRAINT messages_committed_has_time CHECK (((state = 'committed'::public.message_state) = (committed_at IS NOT NULL))),
-    CONSTRAINT messages_dead_has_time CHECK (((state = 'dead'::public.message_state) = (dead_at IS NOT NULL))),
-    CONSTRAINT messages_lock_complete CHECK (((lock_token IS NULL) = (lock_expires_at IS NULL))),
-    CONSTRAINT messages_priority_range CHECK (((priority >= 0) AND (priority <= 10))),
-    CONSTRAINT messages_retry_count_nonnegative CHECK ((retry_count >= 0))
-);
-
-CREATE FUNCTION public.hookline_dead_letters(p_webhook uuid, p_since timestamp with time zone, p_until timestamp with time zone, p_error text) RETURNS SETOF public.messages
-    LANGUAGE sql STABLE
+CREATE FUNCTION public.hookline_dead_letter_matches(p_dead_at timestamp with time zone, p_last_error text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
     AS $$
-    SELECT * FROM messages
-    WHERE webhook_id = p_webhook AND state = 'dead'
-      AND (p_since IS NULL OR dead_at >= p_since) AND (p_until IS NULL OR dead_at < p_until)
-      AND (p_error IS NULL OR strpos(lower(last_error), lower(p_error)) > 0)
+    SELECT (p_since IS NULL OR p_dead_at >= p_since) AND (p_until IS NULL OR p_dead_at < p_until)
+       AND (p_error IS NULL OR strpos(lower(p_last_error), lower(p_error)) > 0)
 $$;
 
 CREATE TABLE public.webhooks (
@@ -296,7 +254,11 @@ BEGIN
     max_retries := hook.max_retries;
     IF held.refusal IS NULL THEN
         SELECT f.new_state, f.new_retry_count INTO state, retry_count
-        FROM hookline_fail_attempt(hook.id, held.seq, hook.max_retries, p_reason, p_requeue) f;
+        FROM hookline_fail_attempts(hook.id, ARRAY[held.seq], hook.max_retries, p_reason, p_requeue) f;
+        -- The row went (purged, expired) after the check: nothing was errored.
+        IF NOT FOUND THEN
+            refusal := 'no_message';
+        END IF;
     END IF;
 END
 $$;
@@ -309,14 +271,19 @@ DECLARE
     released integer := 0;
 BEGIN
     FOR expired IN
-        SELECT m.webhook_id, m.seq, w.max_retries FROM messages m JOIN webhooks w ON w.id = m.webhook_id
-        WHERE m.lock_token IS NOT NULL AND m.lock_expires_at <= now()
-          AND (p_webhook IS NULL OR m.webhook_id = p_webhook)
-        ORDER BY m.lock_expires_at LIMIT p_limit
-        FOR UPDATE OF m SKIP LOCKED
+        WITH picked AS (
+            SELECT m.webhook_id, m.seq FROM messages m
+            WHERE m.lock_token IS NOT NULL AND m.lock_expires_at <= now()
+              AND (p_webhook IS NULL OR m.webhook_id = p_webhook)
+            ORDER BY m.lock_expires_at LIMIT p_limit
+            FOR UPDATE SKIP LOCKED
+        )
+        SELECT p.webhook_id, array_agg(p.seq) AS seqs,
+               (SELECT w.max_retries FROM webhooks w WHERE w.id = p.webhook_id) AS max_retries
+        FROM picked p GROUP BY p.webhook_id
     LOOP
-        PERFORM hookline_fail_attempt(expired.webhook_id, expired.seq, expired.max_retries, 'lock expired');
-        released := released + 1;
+        released := released + (SELECT count(*) FROM hookline_fail_attempts(expired.webhook_id, expired.seqs,
+                                                                             expired.max_retries, 'lock expired'));
     END LOOP;
     RETURN released;
 END
@@ -335,7 +302,7 @@ BEGIN
         ORDER BY lock_expires_at LIMIT p_limit
         FOR NO KEY UPDATE SKIP LOCKED
     LOOP
-        PERFORM hookline_fail_attempt(hook.id, hook.locked_seq, hook.max_retries, 'lock expired');
+        PERFORM hookline_fail_attempts(hook.id, ARRAY[hook.locked_seq], hook.max_retries, 'lock expired');
         released := released + 1;
     END LOOP;
     RETURN released;
@@ -364,10 +331,11 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION public.hookline_fail_attempt(p_webhook uuid, p_seq bigint, p_max_retries integer, p_reason text, p_requeue boolean DEFAULT true, OUT new_state public.message_state, OUT new_retry_count integer) RETURNS record
+CREATE FUNCTION public.hookline_fail_attempts(p_webhook uuid, p_seqs bigint[], p_max_retries integer, p_reason text, p_requeue boolean DEFAULT true) RETURNS TABLE(failed_seq bigint, new_state public.message_state, new_retry_count integer)
     LANGUAGE plpgsql
     AS $$
 BEGIN
+    RETURN QUERY
     UPDATE messages m
     SET state = CASE WHEN NOT p_requeue OR m.retry_count + 1 >= p_max_retries
                      THEN 'dead'::message_state ELSE 'queued'::message_state END,
@@ -376,11 +344,11 @@ BEGIN
         last_error = p_reason,
         lock_token = NULL,
         lock_expires_at = NULL
-    WHERE m.webhook_id = p_webhook AND m.seq = p_seq AND m.state = 'queued'
-    RETURNING m.state, m.retry_count INTO new_state, new_retry_count;
+    WHERE m.webhook_id = p_webhook AND m.seq = ANY (p_seqs) AND m.state = 'queued'
+    RETURNING m.seq, m.state, m.retry_count;
     -- FIFO: the webhook's lock (no row matches in standard mode).
     UPDATE webhooks SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL
-    WHERE id = p_webhook AND locked_seq = p_seq;
+    WHERE id = p_webhook AND locked_seq = ANY (p_seqs);
 END
 $$;
 
@@ -411,9 +379,11 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION public.hookline_ingest(p_webhooks uuid[], p_ids uuid[], p_key_ids integer[], p_nonces bytea[], p_ciphertexts bytea[], p_priorities smallint[], p_delays integer[], p_ttls integer[]) RETURNS TABLE(id uuid, seq bigint)
-    LANGUAGE sql
+CREATE FUNCTION public.hookline_ingest(p_webhooks uuid[], p_ids uuid[], p_key_ids integer[], p_nonces bytea[], p_ciphertexts bytea[], p_priorities smallint[], p_delays integer[], p_ttls integer[]) RETURNS TABLE(message_id uuid, message_seq bigint)
+    LANGUAGE plpgsql
     AS $$
+BEGIN
+    RETURN QUERY
     WITH item AS (
         SELECT * FROM unnest(p_webhooks, p_ids, p_key_ids, p_nonces, p_ciphertexts, p_priorities, p_delays, p_ttls)
             WITH ORDINALITY AS i(webhook_id, id, key_id, nonce, ciphertext, priority, delay, ttl, ord)
@@ -441,7 +411,8 @@ CREATE FUNCTION public.hookline_ingest(p_webhooks uuid[], p_ids uuid[], p_key_id
     FROM item
     JOIN counter ON counter.webhook_id = item.webhook_id
     JOIN webhooks w ON w.id = item.webhook_id
-    RETURNING messages.id, messages.seq
+    RETURNING messages.id, messages.seq;
+END
 $$;
 
 CREATE FUNCTION public.hookline_lock_available(hook public.webhooks, p_max integer) RETURNS SETOF public.locked_message
@@ -483,7 +454,7 @@ BEGIN
         IF hook.lock_expires_at > now() THEN
             RETURN;
         END IF;
-        PERFORM hookline_fail_attempt(hook.id, hook.locked_seq, hook.max_retries, 'lock expired');
+        PERFORM hookline_fail_attempts(hook.id, ARRAY[hook.locked_seq], hook.max_retries, 'lock expired');
     END IF;
 
     PERFORM hookline_promote_due(hook.id);
@@ -619,6 +590,23 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.hookline_redrive(p_webhook uuid, p_seqs bigint[], p_discard boolean) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    acted integer;
+BEGIN
+    IF p_discard THEN
+        DELETE FROM messages WHERE webhook_id = p_webhook AND seq = ANY (p_seqs) AND state = 'dead';
+    ELSE
+        UPDATE messages SET state = 'queued', retry_count = 0, dead_at = NULL
+        WHERE webhook_id = p_webhook AND seq = ANY (p_seqs) AND state = 'dead';
+    END IF;
+    GET DIAGNOSTICS acted = ROW_COUNT;
+    RETURN acted;
+END
+$$;
+
 CREATE FUNCTION public.hookline_release_expired_locks(p_limit integer) RETURNS integer
     LANGUAGE sql
     AS $$
@@ -692,6 +680,31 @@ CREATE TABLE public.memberships (
     user_id bigint NOT NULL,
     project_id bigint NOT NULL,
     role public.member_role NOT NULL
+);
+
+CREATE TABLE public.messages (
+    webhook_id uuid NOT NULL,
+    seq bigint NOT NULL,
+    id uuid NOT NULL,
+    state public.message_state DEFAULT 'queued'::public.message_state NOT NULL,
+    retry_count integer DEFAULT 0 NOT NULL,
+    last_error text,
+    received_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    committed_at timestamp with time zone,
+    dead_at timestamp with time zone,
+    key_id integer NOT NULL,
+    nonce bytea NOT NULL,
+    ciphertext bytea NOT NULL,
+    priority smallint DEFAULT 0 NOT NULL,
+    deliver_at timestamp with time zone,
+    lock_token uuid,
+    lock_expires_at timestamp with time zone,
+    CONSTRAINT messages_committed_has_time CHECK (((state = 'committed'::public.message_state) = (committed_at IS NOT NULL))),
+    CONSTRAINT messages_dead_has_time CHECK (((state = 'dead'::public.message_state) = (dead_at IS NOT NULL))),
+    CONSTRAINT messages_lock_complete CHECK (((lock_token IS NULL) = (lock_expires_at IS NULL))),
+    CONSTRAINT messages_priority_range CHECK (((priority >= 0) AND (priority <= 10))),
+    CONSTRAINT messages_retry_count_nonnegative CHECK ((retry_count >= 0))
 );
 
 CREATE TABLE public.projects (

@@ -230,10 +230,13 @@ CREATE TRIGGER messages_lock_released AFTER UPDATE OF lock_token ON messages
 -- Seq ranges come from the webhooks' counter rows, locked in webhook-id order before any is
 -- updated (the aggregate over `locked` consumes it whole first), so two concurrent batches
 -- never deadlock. Items of unknown webhooks are left out. Returns id and seq of each row.
+-- (plpgsql, not sql: its statement plan is cached instead of made on every batch.)
 CREATE FUNCTION hookline_ingest(p_webhooks uuid[], p_ids uuid[], p_key_ids integer[], p_nonces bytea[],
                                 p_ciphertexts bytea[], p_priorities smallint[], p_delays integer[],
                                 p_ttls integer[])
-RETURNS TABLE (id uuid, seq bigint) LANGUAGE sql AS $$
+RETURNS TABLE (message_id uuid, message_seq bigint) LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
     WITH item AS (
         SELECT * FROM unnest(p_webhooks, p_ids, p_key_ids, p_nonces, p_ciphertexts, p_priorities, p_delays, p_ttls)
             WITH ORDINALITY AS i(webhook_id, id, key_id, nonce, ciphertext, priority, delay, ttl, ord)
@@ -261,7 +264,8 @@ RETURNS TABLE (id uuid, seq bigint) LANGUAGE sql AS $$
     FROM item
     JOIN counter ON counter.webhook_id = item.webhook_id
     JOIN webhooks w ON w.id = item.webhook_id
-    RETURNING messages.id, messages.seq
+    RETURNING messages.id, messages.seq;
+END
 $$;
 
 -- Claims idempotency keys for the messages that bring them, in key order so concurrent
@@ -269,7 +273,9 @@ $$;
 -- back, then sees it. A key over 24 hours old is free to claim again. Returns the message
 -- ids whose claim won.
 CREATE FUNCTION hookline_claim_idempotency_keys(p_webhooks uuid[], p_keys text[], p_messages uuid[])
-RETURNS SETOF uuid LANGUAGE sql AS $$
+RETURNS SETOF uuid LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
     INSERT INTO idempotency_keys AS k (webhook_id, key, message_id)
     SELECT c.webhook_id, c.key, c.message_id
     FROM unnest(p_webhooks, p_keys, p_messages) WITH ORDINALITY AS c(webhook_id, key, message_id, ord)
@@ -277,7 +283,8 @@ RETURNS SETOF uuid LANGUAGE sql AS $$
     ORDER BY c.ord
     ON CONFLICT (webhook_id, key) DO UPDATE SET message_id = EXCLUDED.message_id, seq = NULL, created_at = now()
         WHERE k.created_at <= now() - interval '24 hours'
-    RETURNING message_id
+    RETURNING k.message_id;
+END
 $$;
 
 ---------------------------------------------------------------------------------------------
@@ -340,7 +347,7 @@ BEGIN
         IF hook.lock_expires_at > now() THEN
             RETURN;
         END IF;
-        PERFORM hookline_fail_attempt(hook.id, hook.locked_seq, hook.max_retries, 'lock expired');
+        PERFORM hookline_fail_attempts(hook.id, ARRAY[hook.locked_seq], hook.max_retries, 'lock expired');
     END IF;
 
     PERFORM hookline_promote_due(hook.id);
@@ -468,14 +475,15 @@ BEGIN
 END
 $$;
 
--- A failed attempt on a locked message, in either mode (an error, or a lock that expired):
--- back to its position with retry_count + 1, or dead when that reaches max_retries or when
--- `p_requeue` is false; its lock is released. The one place this rule is written.
-CREATE FUNCTION hookline_fail_attempt(p_webhook uuid, p_seq bigint, p_max_retries integer, p_reason text,
-                                      p_requeue boolean DEFAULT true,
-                                      OUT new_state message_state, OUT new_retry_count integer)
-LANGUAGE plpgsql AS $$
+-- Failed attempts on locked messages of one webhook, in either mode (an error, or locks that
+-- expired): each back to its position with retry_count + 1, or dead when that reaches
+-- max_retries or when `p_requeue` is false; their locks are released. The one place this
+-- rule is written. Returns the messages changed.
+CREATE FUNCTION hookline_fail_attempts(p_webhook uuid, p_seqs bigint[], p_max_retries integer, p_reason text,
+                                       p_requeue boolean DEFAULT true)
+RETURNS TABLE (failed_seq bigint, new_state message_state, new_retry_count integer) LANGUAGE plpgsql AS $$
 BEGIN
+    RETURN QUERY
     UPDATE messages m
     SET state = CASE WHEN NOT p_requeue OR m.retry_count + 1 >= p_max_retries
                      THEN 'dead'::message_state ELSE 'queued'::message_state END,
@@ -484,11 +492,11 @@ BEGIN
         last_error = p_reason,
         lock_token = NULL,
         lock_expires_at = NULL
-    WHERE m.webhook_id = p_webhook AND m.seq = p_seq AND m.state = 'queued'
-    RETURNING m.state, m.retry_count INTO new_state, new_retry_count;
+    WHERE m.webhook_id = p_webhook AND m.seq = ANY (p_seqs) AND m.state = 'queued'
+    RETURNING m.seq, m.state, m.retry_count;
     -- FIFO: the webhook's lock (no row matches in standard mode).
     UPDATE webhooks SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL
-    WHERE id = p_webhook AND locked_seq = p_seq;
+    WHERE id = p_webhook AND locked_seq = ANY (p_seqs);
 END
 $$;
 
@@ -504,29 +512,25 @@ DECLARE
     hook webhooks%ROWTYPE := hookline_delivery_webhook(p_webhook, p_project);
     held held_lock := hookline_held_lock(hook, p_message, p_token);
 BEGIN
-    IF held.refusal IS NOT NULL THEN
-        RETURN QUERY SELECT held.refusal, held.state, NULL::uuid, NULL::bigint, NULL::integer, NULL::integer,
-                            NULL::uuid, NULL::timestamptz, NULL::timestamptz, NULL::integer, NULL::bytea,
-                            NULL::bytea, NULL::smallint;
-        RETURN;
-    END IF;
-    UPDATE messages m SET state = 'committed', committed_at = now(), lock_token = NULL, lock_expires_at = NULL
-    WHERE m.webhook_id = hook.id AND m.seq = held.seq;
-    IF hook.mode = 'fifo' THEN
-        UPDATE webhooks SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL WHERE webhooks.id = hook.id;
-        hook.locked_seq := NULL;
-        hook.lock_token := NULL;
-        hook.lock_expires_at := NULL;
-    END IF;
-    IF p_next THEN
-        RETURN QUERY SELECT NULL::lock_refusal, 'committed'::message_state, n.* FROM hookline_lock_next(hook, 1) n;
-        IF FOUND THEN
-            RETURN;
+    IF held.refusal IS NULL THEN
+        UPDATE messages m SET state = 'committed', committed_at = now(), lock_token = NULL, lock_expires_at = NULL
+        WHERE m.webhook_id = hook.id AND m.seq = held.seq;
+        held.state := 'committed';
+        IF hook.mode = 'fifo' THEN
+            UPDATE webhooks w SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL WHERE w.id = hook.id;
+            hook.locked_seq := NULL;
+            hook.lock_token := NULL;
+            hook.lock_expires_at := NULL;
+        END IF;
+        IF p_next THEN
+            RETURN QUERY SELECT NULL::lock_refusal, held.state, n.* FROM hookline_lock_next(hook, 1) n;
+            IF FOUND THEN
+                RETURN;
+            END IF;
         END IF;
     END IF;
-    RETURN QUERY SELECT NULL::lock_refusal, 'committed'::message_state, NULL::uuid, NULL::bigint, NULL::integer,
-                        NULL::integer, NULL::uuid, NULL::timestamptz, NULL::timestamptz, NULL::integer,
-                        NULL::bytea, NULL::bytea, NULL::smallint;
+    -- A refusal, or a commit with nothing next: no message columns.
+    RETURN QUERY SELECT held.refusal, held.state, (NULL::locked_message).*;
 END
 $$;
 
@@ -546,7 +550,11 @@ BEGIN
     max_retries := hook.max_retries;
     IF held.refusal IS NULL THEN
         SELECT f.new_state, f.new_retry_count INTO state, retry_count
-        FROM hookline_fail_attempt(hook.id, held.seq, hook.max_retries, p_reason, p_requeue) f;
+        FROM hookline_fail_attempts(hook.id, ARRAY[held.seq], hook.max_retries, p_reason, p_requeue) f;
+        -- The row went (purged, expired) after the check: nothing was errored.
+        IF NOT FOUND THEN
+            refusal := 'no_message';
+        END IF;
     END IF;
 END
 $$;
@@ -602,7 +610,7 @@ BEGIN
         ORDER BY lock_expires_at LIMIT p_limit
         FOR NO KEY UPDATE SKIP LOCKED
     LOOP
-        PERFORM hookline_fail_attempt(hook.id, hook.locked_seq, hook.max_retries, 'lock expired');
+        PERFORM hookline_fail_attempts(hook.id, ARRAY[hook.locked_seq], hook.max_retries, 'lock expired');
         released := released + 1;
     END LOOP;
     RETURN released;
@@ -610,7 +618,7 @@ END
 $$;
 
 -- Standard-mode locks past their expiry (of one webhook, or all when NULL; up to p_limit),
--- each a failed attempt.
+-- each a failed attempt: one statement per webhook.
 CREATE FUNCTION hookline_expire_message_locks(p_webhook uuid, p_limit integer)
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
@@ -618,14 +626,19 @@ DECLARE
     released integer := 0;
 BEGIN
     FOR expired IN
-        SELECT m.webhook_id, m.seq, w.max_retries FROM messages m JOIN webhooks w ON w.id = m.webhook_id
-        WHERE m.lock_token IS NOT NULL AND m.lock_expires_at <= now()
-          AND (p_webhook IS NULL OR m.webhook_id = p_webhook)
-        ORDER BY m.lock_expires_at LIMIT p_limit
-        FOR UPDATE OF m SKIP LOCKED
+        WITH picked AS (
+            SELECT m.webhook_id, m.seq FROM messages m
+            WHERE m.lock_token IS NOT NULL AND m.lock_expires_at <= now()
+              AND (p_webhook IS NULL OR m.webhook_id = p_webhook)
+            ORDER BY m.lock_expires_at LIMIT p_limit
+            FOR UPDATE SKIP LOCKED
+        )
+        SELECT p.webhook_id, array_agg(p.seq) AS seqs,
+               (SELECT w.max_retries FROM webhooks w WHERE w.id = p.webhook_id) AS max_retries
+        FROM picked p GROUP BY p.webhook_id
     LOOP
-        PERFORM hookline_fail_attempt(expired.webhook_id, expired.seq, expired.max_retries, 'lock expired');
-        released := released + 1;
+        released := released + (SELECT count(*) FROM hookline_fail_attempts(expired.webhook_id, expired.seqs,
+                                                                             expired.max_retries, 'lock expired'));
     END LOOP;
     RETURN released;
 END
@@ -641,14 +654,33 @@ $$;
 -- 6. Dead letters: a dead message keeps its seq, so a retried one returns to its place.
 ---------------------------------------------------------------------------------------------
 
--- The dead letters of a webhook that a listing or bulk action covers: died in [since,
+-- Whether a dead letter is covered by a listing's or bulk action's filter: died in [since,
 -- until), last error containing `p_error` case-insensitively; NULL filters match all.
-CREATE FUNCTION hookline_dead_letters(p_webhook uuid, p_since timestamptz, p_until timestamptz, p_error text)
-RETURNS SETOF messages LANGUAGE sql STABLE AS $$
-    SELECT * FROM messages
-    WHERE webhook_id = p_webhook AND state = 'dead'
-      AND (p_since IS NULL OR dead_at >= p_since) AND (p_until IS NULL OR dead_at < p_until)
-      AND (p_error IS NULL OR strpos(lower(last_error), lower(p_error)) > 0)
+-- (A plain sql expression: inlined into the statement that uses it.)
+CREATE FUNCTION hookline_dead_letter_matches(p_dead_at timestamptz, p_last_error text, p_since timestamptz,
+                                             p_until timestamptz, p_error text)
+RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
+    SELECT (p_since IS NULL OR p_dead_at >= p_since) AND (p_until IS NULL OR p_dead_at < p_until)
+       AND (p_error IS NULL OR strpos(lower(p_last_error), lower(p_error)) > 0)
+$$;
+
+-- dead -> queued with the retry counter reset, at the original seq (retry), or dead -> gone
+-- (discard), for the given dead letters of one webhook; others are left alone. The one
+-- place this rule is written. Returns how many.
+CREATE FUNCTION hookline_redrive(p_webhook uuid, p_seqs bigint[], p_discard boolean)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    acted integer;
+BEGIN
+    IF p_discard THEN
+        DELETE FROM messages WHERE webhook_id = p_webhook AND seq = ANY (p_seqs) AND state = 'dead';
+    ELSE
+        UPDATE messages SET state = 'queued', retry_count = 0, dead_at = NULL
+        WHERE webhook_id = p_webhook AND seq = ANY (p_seqs) AND state = 'dead';
+    END IF;
+    GET DIAGNOSTICS acted = ROW_COUNT;
+    RETURN acted;
+END
 $$;
 
 -- A message of the project's webhook, row-locked for a dead-letter action, with its state
@@ -670,9 +702,8 @@ BEGIN
 END
 $$;
 
--- dead -> queued with its retry counter reset, at its original seq (retry), or dead ->
--- gone (discard). Returns the state the message was in (dead: the action was taken); no
--- row: no such message.
+-- Retry or discard one dead letter. Returns the state the message was in (dead: the action
+-- was taken); no row: no such message.
 CREATE FUNCTION hookline_act_on_dead(p_webhook uuid, p_project bigint, p_message uuid, p_discard boolean,
                                      OUT state message_state, OUT locked boolean)
 RETURNS SETOF record LANGUAGE plpgsql AS $$
@@ -680,12 +711,7 @@ DECLARE
     target record;
 BEGIN
     FOR target IN SELECT * FROM hookline_lock_message(p_webhook, p_project, p_message) LOOP
-        IF target.state = 'dead' AND p_discard THEN
-            DELETE FROM messages m WHERE m.webhook_id = p_webhook AND m.seq = target.seq;
-        ELSIF target.state = 'dead' THEN
-            UPDATE messages m SET state = 'queued', retry_count = 0, dead_at = NULL
-            WHERE m.webhook_id = p_webhook AND m.seq = target.seq;
-        END IF;
+        PERFORM hookline_redrive(p_webhook, ARRAY[target.seq], p_discard);
         state := target.state;
         locked := target.locked;
         RETURN NEXT;
@@ -693,23 +719,14 @@ BEGIN
 END
 $$;
 
--- The same for every dead letter a filter covers. Returns how many.
+-- Retry or discard every dead letter of the webhook that the filter covers. Returns how many.
 CREATE FUNCTION hookline_act_on_dead_letters(p_webhook uuid, p_since timestamptz, p_until timestamptz,
                                              p_error text, p_discard boolean)
-RETURNS integer LANGUAGE plpgsql AS $$
-DECLARE
-    acted integer;
-BEGIN
-    IF p_discard THEN
-        DELETE FROM messages
-        WHERE webhook_id = p_webhook AND seq IN (SELECT seq FROM hookline_dead_letters(p_webhook, p_since, p_until, p_error));
-    ELSE
-        UPDATE messages SET state = 'queued', retry_count = 0, dead_at = NULL
-        WHERE webhook_id = p_webhook AND seq IN (SELECT seq FROM hookline_dead_letters(p_webhook, p_since, p_until, p_error));
-    END IF;
-    GET DIAGNOSTICS acted = ROW_COUNT;
-    RETURN acted;
-END
+RETURNS integer LANGUAGE sql AS $$
+    SELECT hookline_redrive(p_webhook, ARRAY(
+        SELECT seq FROM messages
+        WHERE webhook_id = p_webhook AND state = 'dead'
+          AND hookline_dead_letter_matches(dead_at, last_error, p_since, p_until, p_error)), p_discard)
 $$;
 
 ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 //! Releases locks whose holder went quiet (FIFO and standard mode alike): each expired lock
-//! is a failed attempt (`hookline_fail_attempt`), so the message goes back to its position
+//! is a failed attempt (`hookline_fail_attempts`), so the message goes back to its position
 //! with retry_count + 1, or dead at max_retries. Dequeue does the same for its own webhook;
 //! this catches queues nobody is polling.
 

@@ -1,6 +1,6 @@
 //! The dead-letter queue: messages whose retries ran out, inspected, redriven or discarded.
 //! A dead message keeps its seq, so a retried one goes back to its original position. Which
-//! dead letters a filter covers is one SQL function, `hookline_dead_letters`.
+//! dead letters a filter covers is one SQL function, `hookline_dead_letter_matches`.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
@@ -42,8 +42,10 @@ pub async fn list(
     let rows = sqlx::query!(
         r#"SELECT id AS "id!", seq AS "seq!", last_error, retry_count AS "retry_count!",
                   received_at AS "received_at!", dead_at AS "dead_at!"
-           FROM hookline_dead_letters($1, $2, $3, $4)
-           WHERE seq > $5 ORDER BY seq LIMIT $6"#,
+           FROM messages
+           WHERE webhook_id = $1 AND state = 'dead' AND hookline_dead_letter_matches(dead_at, last_error, $2, $3, $4)
+             AND seq > $5
+           ORDER BY seq LIMIT $6"#,
         webhook.as_uuid(),
         filter.since,
         filter.until,

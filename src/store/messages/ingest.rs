@@ -100,7 +100,7 @@ async fn insert_rows<'a>(
         return Ok(HashMap::new());
     }
     let rows = sqlx::query!(
-        r#"SELECT id AS "id!", seq AS "seq!" FROM hookline_ingest($1, $2, $3, $4, $5, $6, $7, $8)"#,
+        r#"SELECT message_id AS "id!", message_seq AS "seq!" FROM hookline_ingest($1, $2, $3, $4, $5, $6, $7, $8)"#,
         &columns.webhooks,
         &columns.ids,
         &columns.key_ids,
