@@ -58,3 +58,13 @@ if [ -z "${DATABASE_URL:-}" ]; then
         --port 18181 --data-dir "$smoke_dir" --json target/bench-smoke.json
     rm -rf "$smoke_dir"
 fi
+# Offline data that no longer matches the schema (a migration changed what an unchanged
+# query sees) compiles; regenerating it against a scratch database tells, where a
+# PostgreSQL server is at hand.
+admin_url="${ADMIN_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+if command -v psql >/dev/null 2>&1 && psql -q "$admin_url" -c "SELECT 1" >/dev/null 2>&1; then
+    echo "== sqlx offline data"
+    bash deploy/sqlx-prepare.sh --check
+else
+    echo "== sqlx offline data: not compared (no PostgreSQL server at ADMIN_DATABASE_URL; see deploy/sqlx-prepare.sh)"
+fi

@@ -17,7 +17,7 @@ use crate::crypto::password::{dummy_hash, hash_secret, verify_hash};
 use crate::domain::{ApiKeyId, Plan, ProjectId, Scopes, WebhookId};
 use crate::store::keys::NewKey;
 use crate::store::listener::Subscriber;
-use crate::store::{self, Context, StoreError};
+use crate::store::{self, StoreError};
 
 const PREFIX_LEN: usize = 10;
 const SECRET_LEN: usize = 32;
@@ -220,10 +220,10 @@ pub async fn create_key(
     plan: Plan,
     move_plan: bool,
 ) -> Result<(ProjectId, ApiKey), StoreError> {
-    let mut tx = pool.begin().await.context("beginning a key's creation")?;
+    let mut tx = store::begin(pool).await?;
     let project = store::projects::ensure(&mut *tx, project_name, plan, move_plan).await?;
     let key = mint_key(&mut tx, project, &KeyGrant::default()).await?;
-    tx.commit().await.context("committing a key's creation")?;
+    store::commit(tx).await?;
     Ok((project, key))
 }
 

@@ -98,9 +98,6 @@ enum AdminTask {
     },
 }
 
-/// The embedded database's name inside its cluster (created by `store::cluster`).
-const LOCAL_DATABASE: &str = "hookline";
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = dotenvy::dotenv();
@@ -152,12 +149,12 @@ async fn admin(pool: &sqlx::PgPool, config: &Config, task: AdminTask) -> anyhow:
                 Some(names) => Scopes::parse(&names)?,
                 None => Scopes::ALL,
             };
-            let mut tx = pool.begin().await?;
+            let mut tx = store::begin(pool).await?;
             let id = store::projects::ensure(&mut *tx, &project, plan.unwrap_or(config.default_plan), plan.is_some())
                 .await?;
             let grant = auth::KeyGrant { name: name.as_deref(), scopes, webhooks: webhooks.as_deref() };
             let key = auth::mint_key(&mut tx, id, &grant).await?;
-            tx.commit().await?;
+            store::commit(tx).await?;
             println!(
                 "Created an API key for project {project:?} ({}). It is shown only once:",
                 scopes.names().join(", ")
@@ -172,11 +169,11 @@ async fn admin(pool: &sqlx::PgPool, config: &Config, task: AdminTask) -> anyhow:
             let email = hookline::http::normalize_email(&email);
             anyhow::ensure!(email.contains('@'), "{email:?} is not an email address");
             let hash = tokio::task::spawn_blocking(move || hookline::crypto::password::hash_secret(&password)).await?;
-            let mut tx = pool.begin().await?;
+            let mut tx = store::begin(pool).await?;
             let id = store::projects::ensure(&mut *tx, &project, config.default_plan, false).await?;
             let user = store::accounts::upsert_user(&mut *tx, &email, &hash).await?;
             store::accounts::add_member(&mut *tx, user, id, role).await?;
-            tx.commit().await?;
+            store::commit(tx).await?;
             println!("User {email} is now {role:?} of project {project:?}.");
         }
         AdminTask::ListKeys { project } => {
@@ -219,7 +216,7 @@ async fn resolve_database(config: &mut Config) -> anyhow::Result<Option<LocalPos
     let pg = tokio::task::spawn_blocking(move || LocalPostgres::start(&cluster, &[])).await??;
     local_pg::ensure_database(&pg.url("postgres")).await?;
     tracing::info!(cluster = %pg.dir().display(), "using the local PostgreSQL cluster (set DATABASE_URL to use another)");
-    config.database_url = Some(pg.url(LOCAL_DATABASE).into());
+    config.database_url = Some(pg.url(store::cluster::DATABASE).into());
     Ok(Some(pg))
 }
 

@@ -109,8 +109,8 @@ pub struct DiscardedAll {
     responses((status = 200, body = DeadLetterPage), (status = 400, body = ErrorBody), WebhookErrors,
               (status = 422, body = ErrorBody)))]
 pub async fn list(
-    query: web::Query<DeadLetterQuery>,
     req: WebhookRequest<Read>,
+    query: web::Query<DeadLetterQuery>,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();

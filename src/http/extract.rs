@@ -8,7 +8,8 @@
 //!   JSON body that carries the caller's lock token.
 //!
 //! The checks run in one order everywhere: 401, 404 (an id that does not parse), 403, 404
-//! (another project's webhook), 429, then the body (400).
+//! (another project's webhook), 429 for routes whose extractor spends the token, then the
+//! handler's own arguments (query and body: 400, 413, 422).
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -142,8 +143,9 @@ access!(
     Read, Scope::Consume, None
 );
 access!(
-    /// Dequeuing: spends a dequeue token.
-    Dequeue, Scope::Consume, Some(Operation::Dequeue)
+    /// Dequeuing (the handler spends the dequeue token once the query is valid, so a
+    /// refused request costs nothing).
+    Dequeue, Scope::Consume, None
 );
 access!(
     /// Commit, error and extend of a locked message: spend an ack token.

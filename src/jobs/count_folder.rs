@@ -3,7 +3,7 @@
 
 use sqlx::PgPool;
 
-use crate::store::{self, Context, StoreResult};
+use crate::store::{self, StoreResult};
 
 #[derive(Clone)]
 pub struct CountFolder {
@@ -18,12 +18,12 @@ impl CountFolder {
     /// Folds once; returns how many rows were merged (0 if another replica is folding).
     #[tracing::instrument(skip_all, name = "count_folder")]
     pub async fn run_once(&self) -> StoreResult<u64> {
-        let mut tx = self.pool.begin().await.context("beginning a count fold")?;
+        let mut tx = store::begin(&self.pool).await?;
         if !store::maintenance::try_job_lock(&mut tx, super::FOLDER_LOCK).await? {
             return Ok(0);
         }
         let folded = store::stats::fold_counts(&mut *tx).await?;
-        tx.commit().await.context("committing a count fold")?;
+        store::commit(tx).await?;
         Ok(folded)
     }
 }

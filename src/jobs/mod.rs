@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use tokio_cron_scheduler::{Job, JobScheduler};
 pub use ttl_purger::TtlPurger;
 
-use crate::store::{self, Context, StoreResult};
+use crate::store::{self, StoreResult};
 
 /// Advisory lock keys, one per job (arbitrary constants, "hl" + job number).
 const REAPER_LOCK: i64 = 0x686c_0001;
@@ -31,19 +31,19 @@ pub const FOLDER_EVERY: Duration = Duration::from_secs(60);
 pub async fn start(pool: PgPool) -> anyhow::Result<JobScheduler> {
     let scheduler = JobScheduler::new().await?;
     let reaper = LockReaper::new(pool.clone());
-    schedule(&scheduler, REAPER_EVERY, "lock reaper", move || {
+    schedule(&scheduler, REAPER_EVERY, "lock reaper", Some("released expired locks"), move || {
         let reaper = reaper.clone();
         async move { reaper.run_once().await }
     })
     .await?;
     let folder = CountFolder::new(pool.clone());
-    schedule(&scheduler, FOLDER_EVERY, "count folder", move || {
+    schedule(&scheduler, FOLDER_EVERY, "count folder", None, move || {
         let folder = folder.clone();
         async move { folder.run_once().await }
     })
     .await?;
     let purger = TtlPurger::new(pool);
-    schedule(&scheduler, PURGER_EVERY, "TTL purger", move || {
+    schedule(&scheduler, PURGER_EVERY, "TTL purger", Some("purged expired messages"), move || {
         let purger = purger.clone();
         async move { purger.run_once().await }
     })
@@ -52,19 +52,26 @@ pub async fn start(pool: PgPool) -> anyhow::Result<JobScheduler> {
     Ok(scheduler)
 }
 
-/// Runs `job` every `every`, logging what it did (rows handled) or why it failed.
-async fn schedule<F, R>(scheduler: &JobScheduler, every: Duration, name: &'static str, job: F) -> anyhow::Result<()>
+/// Runs `job` every `every`, logging `done` with the rows it handled (when it did any) or
+/// why it failed.
+async fn schedule<F, R>(
+    scheduler: &JobScheduler,
+    every: Duration,
+    name: &'static str,
+    done: Option<&'static str>,
+    job: F,
+) -> anyhow::Result<()>
 where
     F: Fn() -> R + Send + Sync + 'static,
     R: Future<Output = StoreResult<u64>> + Send + 'static,
 {
     let run = move |_, _| -> BoxFuture<'static, ()> {
-        let done = job();
+        let run = job();
         Box::pin(async move {
-            match done.await {
-                Ok(0) => {}
-                Ok(rows) => tracing::info!(job = name, rows, "job done"),
-                Err(e) => tracing::error!(job = name, error = ?e, "job failed"),
+            match (run.await, done) {
+                (Ok(rows), Some(done)) if rows > 0 => tracing::info!(job = name, rows, "{done}"),
+                (Ok(_), _) => {}
+                (Err(e), _) => tracing::error!(job = name, error = ?e, "{name} failed"),
             }
         })
     };
@@ -90,12 +97,12 @@ impl Batched {
     {
         let mut total = 0;
         loop {
-            let mut tx = self.pool.begin().await.context("beginning a job's batch")?;
+            let mut tx = store::begin(&self.pool).await?;
             if !store::maintenance::try_job_lock(&mut tx, self.lock_key).await? {
                 return Ok(total);
             }
             let n = step(&mut tx, self.size).await?;
-            tx.commit().await.context("committing a job's batch")?;
+            store::commit(tx).await?;
             total += n;
             if n < self.size as u64 {
                 return Ok(total);

@@ -4,12 +4,17 @@ use sqlx::PgConnection;
 
 use super::{Context, StoreResult};
 
-/// Creates the database `hookline` on the server `conn` is connected to, unless it exists.
+/// The embedded cluster's database.
+pub const DATABASE: &str = "hookline";
+
+/// Creates the database `hookline` (DATABASE) on the server `conn` is connected to, unless
+/// it exists. (The name is written out in the statements: an identifier cannot be bound.)
 pub async fn ensure_hookline_database(conn: &mut PgConnection) -> StoreResult<()> {
-    let exists = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'hookline') AS "e!""#)
-        .fetch_one(&mut *conn)
-        .await
-        .context("looking for the hookline database")?;
+    let exists =
+        sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS "e!""#, DATABASE)
+            .fetch_one(&mut *conn)
+            .await
+            .context("looking for the hookline database")?;
     if exists {
         return Ok(());
     }

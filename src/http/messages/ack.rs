@@ -116,8 +116,8 @@ pub struct CommitQuery {
               (status = 409, body = ErrorBody, description = "Not locked, or locked under another token")))]
 #[tracing::instrument(skip_all, fields(webhook_id = %req.webhook(), message_id = %req.id()))]
 pub async fn commit(
-    query: web::Query<CommitQuery>,
     req: LockedRequest<CommitRequest>,
+    query: web::Query<CommitQuery>,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     if query.next != Some(true) {

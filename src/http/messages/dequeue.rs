@@ -12,6 +12,7 @@ use crate::domain::{LockTimeout, MaxMessages, SettingError};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{Dequeue, WebhookRequest};
 use crate::http::ApiState;
+use crate::limits::Operation;
 use crate::store::messages as store;
 
 /// Longest long-poll a dequeue may ask for.
@@ -47,8 +48,8 @@ pub struct DequeueQuery {
               (status = 500, body = ErrorBody, description = "payload_unreadable: the message was dead-lettered")))]
 #[tracing::instrument(skip_all, fields(webhook_id = %req.webhook))]
 pub async fn dequeue(
-    query: web::Query<DequeueQuery>,
     req: WebhookRequest<Dequeue>,
+    query: web::Query<DequeueQuery>,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let webhook = req.webhook;
@@ -62,6 +63,7 @@ pub async fn dequeue(
         .visibility_timeout
         .map(|v| LockTimeout::parse(v).map_err(|e| SettingError { field: "visibilityTimeout", ..e }))
         .transpose()?;
+    req.auth.rate_limit_n(&state, webhook, Operation::Dequeue, 1)?;
     let deadline = tokio::time::Instant::now() + wait;
     let wakeup = state.wakeups.subscribe(webhook);
     loop {
