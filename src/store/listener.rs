@@ -29,10 +29,11 @@ impl Listener {
         self
     }
 
-    /// Listens until the process ends, reconnecting after failures.
+    /// Listens until the pool closes, reconnecting after failures.
     pub async fn run(self, pool: PgPool) {
         let names: Vec<&str> = self.channels.iter().map(|(c, _)| *c).collect();
-        loop {
+        // Until the pool closes (shutdown): then there is nothing left to wake.
+        while !pool.is_closed() {
             let listener = async {
                 let mut l = PgListener::connect_with(&pool).await?;
                 l.listen_all(names.iter().copied()).await?;
@@ -40,8 +41,11 @@ impl Listener {
             };
             let mut listener = match listener.await {
                 Ok(l) => l,
+                Err(_) if pool.is_closed() => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot listen for notifications; retrying");
+                    // While the listener is down nothing is heard: every subscriber falls back
+                    // (long-polls re-check once a second, keys re-verify by lookup).
                     self.missed();
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
@@ -57,6 +61,7 @@ impl Listener {
                     }
                     // Reconnected: notifications sent meanwhile are lost.
                     Ok(None) => self.missed(),
+                    Err(_) if pool.is_closed() => return,
                     Err(e) => {
                         tracing::warn!(error = %e, "notification listener failed; reconnecting");
                         self.missed();

@@ -56,7 +56,9 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         anyhow::bail!(
             "this database was migrated by hookline's pre-release migrations (versions {}..={}), which the \
              baseline migration replaced; it cannot be upgraded in place. Point DATABASE_URL at a new, empty \
-             database (or drop and recreate this one) and start again: no released version ever used it.",
+             database (or drop and recreate this one) and start again; with the embedded default (no \
+             DATABASE_URL), remove the `postgres` directory under HOOKLINE_DATA_DIR. No released version ever \
+             used these migrations.",
             SUPERSEDED.start(),
             SUPERSEDED.end()
         );
