@@ -526,16 +526,26 @@ CREATE FUNCTION public.hookline_purge_expired(p_limit integer) RETURNS integer
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    purged integer;
+    webhook_ids uuid[];
+    seqs bigint[];
+    hook record;
 BEGIN
-    DELETE FROM messages m USING (
-        SELECT webhook_id, seq FROM messages WHERE expires_at <= now()
-        ORDER BY expires_at LIMIT p_limit FOR UPDATE SKIP LOCKED
-    ) expired
-    WHERE m.webhook_id = expired.webhook_id AND m.seq = expired.seq;
-    GET DIAGNOSTICS purged = ROW_COUNT;
-    PERFORM hookline_release_orphaned_locks(NULL);
-    RETURN purged;
+    WITH deleted AS (
+        DELETE FROM messages m USING (
+            SELECT webhook_id, seq FROM messages WHERE expires_at <= now()
+            ORDER BY expires_at LIMIT p_limit FOR UPDATE SKIP LOCKED
+        ) expired
+        WHERE m.webhook_id = expired.webhook_id AND m.seq = expired.seq
+        RETURNING m.webhook_id, m.seq
+    )
+    SELECT coalesce(array_agg(webhook_id), '{}'), coalesce(array_agg(seq), '{}') INTO webhook_ids, seqs FROM deleted;
+    FOR hook IN
+        SELECT d.webhook_id, array_agg(d.seq) AS seqs FROM unnest(webhook_ids, seqs) AS d(webhook_id, seq)
+        GROUP BY d.webhook_id ORDER BY d.webhook_id
+    LOOP
+        PERFORM hookline_release_purged_lock(hook.webhook_id, hook.seqs);
+    END LOOP;
+    RETURN cardinality(seqs);
 END
 $$;
 
@@ -556,37 +566,42 @@ CREATE FUNCTION public.hookline_purge_live(p_webhook uuid, p_limit integer) RETU
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    purged integer := 0;
-    step integer;
+    gone bigint[];
+    step bigint[];
 BEGIN
+    PERFORM 1 FROM webhooks WHERE id = p_webhook FOR NO KEY UPDATE;
     WITH doomed AS (
         SELECT ctid AS row_id FROM messages
         WHERE webhook_id = p_webhook AND state = 'queued' AND deliver_at IS NULL AND lock_token IS NULL
         LIMIT p_limit FOR UPDATE SKIP LOCKED
+    ), deleted AS (
+        DELETE FROM messages WHERE ctid = ANY (ARRAY(SELECT row_id FROM doomed)) RETURNING seq
     )
-    DELETE FROM messages WHERE ctid = ANY (ARRAY(SELECT row_id FROM doomed));
-    GET DIAGNOSTICS purged = ROW_COUNT;
-    IF purged < p_limit THEN
+    SELECT coalesce(array_agg(seq), '{}') INTO gone FROM deleted;
+    IF cardinality(gone) < p_limit THEN
         WITH doomed AS (
             SELECT ctid AS row_id FROM messages
             WHERE webhook_id = p_webhook AND state = 'queued' AND deliver_at IS NOT NULL
-            LIMIT p_limit - purged FOR UPDATE SKIP LOCKED
+            LIMIT p_limit - cardinality(gone) FOR UPDATE SKIP LOCKED
+        ), deleted AS (
+            DELETE FROM messages WHERE ctid = ANY (ARRAY(SELECT row_id FROM doomed)) RETURNING seq
         )
-        DELETE FROM messages WHERE ctid = ANY (ARRAY(SELECT row_id FROM doomed));
-        GET DIAGNOSTICS step = ROW_COUNT;
-        purged := purged + step;
+        SELECT coalesce(array_agg(seq), '{}') INTO step FROM deleted;
+        gone := gone || step;
     END IF;
-    IF purged < p_limit THEN
+    IF cardinality(gone) < p_limit THEN
         WITH doomed AS (
             SELECT ctid AS row_id FROM messages
             WHERE webhook_id = p_webhook AND lock_token IS NOT NULL
-            LIMIT p_limit - purged FOR UPDATE SKIP LOCKED
+            LIMIT p_limit - cardinality(gone) FOR UPDATE SKIP LOCKED
+        ), deleted AS (
+            DELETE FROM messages WHERE ctid = ANY (ARRAY(SELECT row_id FROM doomed)) RETURNING seq
         )
-        DELETE FROM messages WHERE ctid = ANY (ARRAY(SELECT row_id FROM doomed));
-        GET DIAGNOSTICS step = ROW_COUNT;
-        purged := purged + step;
+        SELECT coalesce(array_agg(seq), '{}') INTO step FROM deleted;
+        gone := gone || step;
     END IF;
-    RETURN purged;
+    PERFORM hookline_release_purged_lock(p_webhook, gone);
+    RETURN cardinality(gone);
 END
 $$;
 
@@ -619,6 +634,13 @@ CREATE FUNCTION public.hookline_release_orphaned_locks(p_webhook uuid) RETURNS v
     UPDATE webhooks w SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL
     WHERE (p_webhook IS NULL OR w.id = p_webhook) AND w.locked_seq IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.webhook_id = w.id AND m.seq = w.locked_seq)
+$$;
+
+CREATE FUNCTION public.hookline_release_purged_lock(p_webhook uuid, p_seqs bigint[]) RETURNS void
+    LANGUAGE sql
+    AS $$
+    UPDATE webhooks SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL
+    WHERE id = p_webhook AND locked_seq = ANY (p_seqs)
 $$;
 
 CREATE FUNCTION public.hookline_wake(p_webhook uuid) RETURNS void

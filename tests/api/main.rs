@@ -10,6 +10,7 @@ mod concurrency;
 mod delays_ttl;
 mod encryption;
 mod group_commit;
+mod hardening;
 mod head_of_line;
 mod idempotency;
 mod jobs;

@@ -8,7 +8,8 @@ use crate::store::{Context, StoreResult};
 
 /// Deletes every live message (queued, delayed or locked) of the webhook; returns how many.
 /// In short batches that skip rows a consumer is committing this instant (the commit wins),
-/// so a purge never waits on, or deadlocks with, consumers.
+/// so a purge never waits on, or deadlocks with, consumers. A FIFO lock on a message it
+/// deleted is released with it (`hookline_purge_live`).
 pub async fn purge(db: &mut PgConnection, project: ProjectId, webhook: &WebhookId) -> StoreResult<u64> {
     const BATCH: i32 = 5000;
     crate::store::webhooks::get(&mut *db, project, webhook).await?;
@@ -23,11 +24,6 @@ pub async fn purge(db: &mut PgConnection, project: ProjectId, webhook: &WebhookI
             break;
         }
     }
-    // Last: a FIFO head locked meanwhile was deleted, and must not block what comes next.
-    sqlx::query!("SELECT hookline_release_orphaned_locks($1)", webhook.as_uuid())
-        .fetch_one(&mut *db)
-        .await
-        .context_for("releasing a purged message's lock", webhook)?;
     Ok(purged)
 }
 

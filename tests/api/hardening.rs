@@ -1,0 +1,74 @@
+//! Holes a release review found (issue 13): a purge never clears a lock it did not take away.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use sqlx::Connection;
+
+use crate::helpers::{spawn_app, uuid_of};
+
+/// The purge meets a dequeue that, while the purge runs, hands a consumer a message ingested
+/// after the purge began. Whatever the purge deletes, the message that consumer holds must
+/// not be handed to a second consumer.
+#[tokio::test]
+async fn a_purge_meeting_a_dequeue_never_frees_the_lock_a_consumer_holds() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({})).await;
+    let (first, _) = app.ingest_ok(&wh, r#"{"n":1}"#).await;
+    assert_eq!(app.dequeue_ok(&wh).await.id, first);
+    let webhook = uuid_of(&wh);
+    // That consumer went quiet: its lock has expired.
+    app.sql(&format!("UPDATE webhooks SET lock_expires_at = now() - interval '1 second' WHERE id = '{webhook}'")).await;
+
+    // A dequeue in progress holds the webhook row while the purge starts.
+    let mut dequeuer = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut dequeuer).await.unwrap();
+    sqlx::query(&format!("SELECT 1 FROM webhooks WHERE id = '{webhook}' FOR NO KEY UPDATE"))
+        .execute(&mut dequeuer)
+        .await
+        .unwrap();
+    let purger = app.clone_handle();
+    let purge_path = format!("/api/webhooks/{wh}/purge");
+    let purge = tokio::spawn(async move { purger.api(Method::POST, &purge_path, None).await });
+    wait_for_a_lock_wait(&app).await;
+
+    // A message arrives meanwhile; the dequeue hands out the head and commits.
+    app.ingest_ok(&wh, r#"{"n":2}"#).await;
+    let project = hookline::store::projects::find(&app.pool, "test").await.unwrap();
+    let held: uuid::Uuid = sqlx::query_scalar(&format!("SELECT id FROM hookline_dequeue('{webhook}', $1, 1, NULL)"))
+        .bind(project.0)
+        .fetch_one(&mut dequeuer)
+        .await
+        .unwrap();
+    sqlx::query("COMMIT").execute(&mut dequeuer).await.unwrap();
+    let purged = purge.await.unwrap();
+    assert_eq!(purged.status, StatusCode::OK, "{}", purged.body);
+
+    // The held message is either purged with its lock, or still locked: never free.
+    let held_id = format!("msg_{}", held.simple());
+    let r = app.dequeue(&wh).await;
+    if r.status == StatusCode::OK {
+        assert_ne!(r.str("id"), held_id, "a second consumer got the message the first one holds");
+    }
+    let exists = app.sql_i64(&format!("SELECT count(*) FROM messages WHERE id = '{held}'")).await;
+    let locked_seq = app.sql_i64(&format!("SELECT coalesce(locked_seq, 0) FROM webhooks WHERE id = '{webhook}'")).await;
+    let held_seq = app.sql_i64(&format!("SELECT coalesce(max(seq), 0) FROM messages WHERE id = '{held}'")).await;
+    assert!(exists == 0 || locked_seq == held_seq, "the held message {held_seq} is live but unlocked ({locked_seq})");
+}
+
+/// Waits until some session of the test database waits for a row lock (the purge blocked).
+async fn wait_for_a_lock_wait(app: &crate::helpers::TestApp) {
+    for _ in 0..200 {
+        let waiting = app
+            .sql_i64(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .await;
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the purge never waited for the webhook row");
+}
