@@ -249,6 +249,11 @@ pub async fn mint_key(
     Ok(key)
 }
 
+/// Whether `text` has the shape of a key's public prefix (anything else names no key).
+pub fn is_prefix(text: &str) -> bool {
+    text.len() == PREFIX_LEN && text.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 /// The public part of a key, by which it is listed and revoked.
 pub fn prefix_of(key: &ApiKey) -> &str {
     ApiKey::prefix(key.expose()).expect("generated keys are well formed")

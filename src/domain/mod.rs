@@ -42,6 +42,7 @@ mod payload;
 mod plan;
 mod scope;
 mod signature;
+mod text;
 mod webhook;
 
 pub use delivery::{DelaySeconds, DeliveryMode, IdempotencyKey, MaxMessages, Priority, TtlSeconds};
@@ -51,4 +52,5 @@ pub use payload::{Payload, PayloadError};
 pub use plan::{LimitOverrides, Limits, Plan};
 pub use scope::{Scope, Scopes};
 pub use signature::SignatureScheme;
+pub use text::{storable, NulInText};
 pub use webhook::{LockTimeout, MaxRetries, SettingError, TtlDays, WebhookName};

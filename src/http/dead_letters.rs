@@ -9,7 +9,7 @@ use super::error::{parse_json, ApiError, ErrorBody};
 use super::extract::{MessageRequest, Read, WebhookRequest};
 use super::responses::{BodyErrors, WebhookErrors};
 use super::{ApiState, PageQuery};
-use crate::domain::{MessageId, MessageState, Seq};
+use crate::domain::{storable, MessageId, MessageState, Seq};
 use crate::store::dead_letters::{self as store, DeadLetterFilter, Redrive};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -68,9 +68,7 @@ impl TryFrom<DeadLetterSelection> for DeadLetterFilter {
     type Error = ApiError;
 
     fn try_from(s: DeadLetterSelection) -> Result<Self, ApiError> {
-        if s.error.as_deref().is_some_and(|e| e.contains('\0')) {
-            return Err(ApiError::BadRequest("error must not contain NUL characters".into()));
-        }
+        s.error.as_deref().map(|e| storable("error", e)).transpose()?;
         Ok(Self { since: s.since, until: s.until, error: s.error.filter(|e| !e.is_empty()) })
     }
 }

@@ -11,7 +11,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::auth::AuthError;
-use crate::domain::{MessageId, SettingError};
+use crate::domain::{MessageId, NulInText, SettingError};
 use crate::limits::Limited;
 use crate::store::{Refusal, StoreError};
 
@@ -153,6 +153,12 @@ impl From<AuthError> for ApiError {
             AuthError::InvalidKey => Self::Unauthorized,
             AuthError::Store(s) => s.into(),
         }
+    }
+}
+
+impl From<NulInText> for ApiError {
+    fn from(e: NulInText) -> Self {
+        Self::BadRequest(e.to_string())
     }
 }
 

@@ -10,7 +10,7 @@ use super::error::{parse_json, ApiError, ErrorBody};
 use super::responses::{BodyErrors, KeyErrors};
 use super::{ApiState, Authenticated};
 use crate::auth::{self, KeyGrant};
-use crate::domain::{Scope, Scopes, WebhookId};
+use crate::domain::{storable, Scope, Scopes, WebhookId};
 use crate::store;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -106,7 +106,8 @@ pub async fn create(
             return Err(ApiError::Validation(format!("webhookIds: {webhook} is not a webhook of this project")));
         }
     }
-    let grant = KeyGrant { name: req.name.as_deref(), scopes, webhooks: webhooks.as_deref() };
+    let name = req.name.as_deref().map(|n| storable("name", n)).transpose()?;
+    let grant = KeyGrant { name, scopes, webhooks: webhooks.as_deref() };
     let key = auth::mint_key(&mut tx, auth.project(), &grant).await?;
     store::commit(tx).await?;
     let prefix = auth::prefix_of(&key);
@@ -137,6 +138,9 @@ pub async fn revoke(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     auth.require(Scope::Manage, None)?;
+    if !auth::is_prefix(&path) {
+        return Err(ApiError::NotFound("API key"));
+    }
     let key = store::keys::revoke(&state.pool, Some(auth.project()), &path).await?;
     // This replica at once; the others on the notification.
     state.verifier.forget_key(key);

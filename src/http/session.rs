@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 
 use super::error::{parse_json, ApiError, ErrorBody};
 use super::ApiState;
+use crate::domain::storable;
 use crate::store::accounts::{self, SessionUser};
 
 pub const COOKIE: &str = "hookline_session";
@@ -42,7 +43,7 @@ pub struct Login {
               (status = 429, body = ErrorBody, description = "Too many attempts for this account or address")))]
 pub async fn login(req: HttpRequest, state: web::Data<ApiState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let login: Login = parse_json(&body, false)?;
-    let email = normalize(&login.email);
+    let email = normalize(storable("email", &login.email)?);
     let address = req.peer_addr().map(|a| a.ip());
     state.logins.check(&email, address).map_err(ApiError::RateLimited)?;
     let user = accounts::find_user(&state.pool, &email).await?;

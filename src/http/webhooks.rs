@@ -12,7 +12,7 @@ use super::extract::{Manage, WebhookRequest};
 use super::ingest::signature::SigningKey;
 use super::responses::{BodyErrors, KeyErrors, WebhookErrors};
 use super::{ApiState, Authenticated, PageQuery};
-use crate::domain::{DeliveryMode, LockTimeout, MaxRetries, Scope, SignatureScheme, WebhookId, WebhookName};
+use crate::domain::{storable, DeliveryMode, LockTimeout, MaxRetries, Scope, SignatureScheme, WebhookId, WebhookName};
 use crate::store::webhooks::{self as store, NewWebhook, StoredSignature, Webhook, WebhookChanges, WebhookQuota};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -150,7 +150,7 @@ pub async fn create(
     // Read fresh, not from the plan cache: a plan change applies to settings at once.
     let limits = crate::store::projects::limits(&state.pool, auth.project()).await?;
     let new = NewWebhook {
-        name: WebhookName::parse(&req.name)?,
+        name: WebhookName::parse(storable("name", &req.name)?)?,
         lock_timeout: req.lock_timeout_seconds.map(LockTimeout::parse).transpose()?.unwrap_or(LockTimeout::DEFAULT),
         max_retries: req.max_retries.map(MaxRetries::parse).transpose()?.unwrap_or(MaxRetries::DEFAULT),
         ttl_days: limits.ttl_days(req.ttl_days)?,
@@ -219,7 +219,10 @@ pub async fn update(
         return Err(ApiError::Validation("mode is fixed at creation; create a new webhook to change it".into()));
     }
     let changes = WebhookChanges {
-        name: req.name.as_deref().map(WebhookName::parse).transpose()?,
+        name: match req.name.as_deref() {
+            None => None,
+            Some(name) => Some(WebhookName::parse(storable("name", name)?)?),
+        },
         lock_timeout: req.lock_timeout_seconds.map(LockTimeout::parse).transpose()?,
         max_retries: req.max_retries.map(MaxRetries::parse).transpose()?,
         ttl_days: match req.ttl_days {

@@ -1,4 +1,5 @@
-//! Holes a release review found (issue 13): a purge never clears a lock it did not take away.
+//! Holes a release review found (issue 13): hostile text is a 4xx naming the field, and a
+//! purge never clears a lock it did not take away.
 
 use std::time::Duration;
 
@@ -7,6 +8,34 @@ use serde_json::json;
 use sqlx::Connection;
 
 use crate::helpers::{spawn_app, uuid_of};
+
+#[tokio::test]
+async fn a_nul_character_in_text_bound_for_the_database_is_400_naming_the_field() {
+    let app = spawn_app().await;
+    let r = app.create_webhook_raw(json!({"name": "bad\u{0}name"})).await;
+    assert!(r.expect_error(StatusCode::BAD_REQUEST, "bad_request").contains("name"));
+    let wh = app.create_webhook(json!({})).await;
+    let r = app.patch_webhook(&wh, json!({"name": "bad\u{0}name"})).await;
+    assert!(r.expect_error(StatusCode::BAD_REQUEST, "bad_request").contains("name"));
+    assert_eq!(app.get_webhook(&wh).await.str("name"), "test hook", "the name did not change");
+
+    let r = app.api(Method::POST, "/api/keys", Some(json!({"name": "k\u{0}"}))).await;
+    assert!(r.expect_error(StatusCode::BAD_REQUEST, "bad_request").contains("name"));
+    let r = app.api(Method::DELETE, "/api/keys/%00%00%00%00%00%00%00%00%00%00", None).await;
+    r.expect_error(StatusCode::NOT_FOUND, "not_found");
+
+    let login = app.client.post(app.url("/api/session")).json(&json!({"email": "a\u{0}@b.c", "password": "x"}));
+    let r = app.send(login).await;
+    assert!(r.expect_error(StatusCode::BAD_REQUEST, "bad_request").contains("email"));
+
+    // A refused error call leaves the message locked by its consumer, who can still commit.
+    app.ingest_ok(&wh, "{}").await;
+    let d = app.dequeue_ok(&wh).await;
+    let r = app.error(&wh, &d.id, Some(json!({"lockToken": d.lock_token, "reason": "boom\u{0}"}))).await;
+    assert!(r.expect_error(StatusCode::BAD_REQUEST, "bad_request").contains("reason"));
+    assert_eq!(app.message_status(&wh, &d.id).await, "locked");
+    app.commit_ok(&wh, &d).await;
+}
 
 /// The purge meets a dequeue that, while the purge runs, hands a consumer a message ingested
 /// after the purge began. Whatever the purge deletes, the message that consumer holds must

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::deliver;
-use crate::domain::{LockTimeout, LockToken, MessageId, MessageState};
+use crate::domain::{storable, LockTimeout, LockToken, MessageId, MessageState};
 use crate::http::error::{parse_json, ApiError, ErrorBody, ErrorDetail};
 use crate::http::extract::{LockClaim, LockedRequest, Read, WebhookRequest};
 use crate::http::responses::{BodyErrors, WebhookErrors};
@@ -145,7 +145,8 @@ pub async fn commit(
               (status = 409, body = ErrorBody, description = "Not locked, or locked under another token")))]
 #[tracing::instrument(skip_all, fields(webhook_id = %req.webhook(), message_id = %req.id()))]
 pub async fn error(req: LockedRequest<ErrorRequest>, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    let reason: Option<String> = req.body.reason.as_ref().map(|r| r.chars().take(MAX_REASON_CHARS).collect());
+    let reason = req.body.reason.as_deref().map(|r| storable("reason", r)).transpose()?;
+    let reason: Option<String> = reason.map(|r| r.chars().take(MAX_REASON_CHARS).collect());
     let requeue = req.body.requeue.unwrap_or(true);
     let outcome = store::error(&state.pool, &req.target(), reason.as_deref(), requeue).await?;
     Ok(HttpResponse::Ok().json(Errored {
