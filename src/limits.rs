@@ -22,6 +22,9 @@ pub enum Operation {
     Dequeue,
     /// Commit and error.
     Ack,
+    /// Ingestions refused for their signature: a budget of their own (at the ingestion
+    /// rate), so junk does not spend a real sender's.
+    RejectedSignature,
 }
 
 impl Operation {
@@ -31,6 +34,7 @@ impl Operation {
             Operation::Ingest => limits.ingest_per_second,
             Operation::Dequeue => limits.dequeue_per_second,
             Operation::Ack => limits.ack_per_second,
+            Operation::RejectedSignature => limits.ingest_per_second,
         }
     }
 
@@ -39,6 +43,7 @@ impl Operation {
             Operation::Ingest => "ingestion",
             Operation::Dequeue => "dequeue",
             Operation::Ack => "commit/error",
+            Operation::RejectedSignature => "rejected signature",
         }
     }
 }

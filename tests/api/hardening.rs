@@ -1,11 +1,16 @@
-//! Holes a release review found (issue 13): hostile text is a 4xx naming the field, and a
-//! purge never clears a lock it did not take away.
+//! Holes a release review found (issue 13): hostile text is a 4xx naming the field, a purge
+//! never clears a lock it did not take away, and junk signatures do not spend a real
+//! sender's budget.
 
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sqlx::Connection;
+
+use hmac::{Hmac, Mac};
+use hookline::domain::{LimitOverrides, Plan};
+use sha2::Sha256;
 
 use crate::helpers::{spawn_app, uuid_of};
 
@@ -100,4 +105,36 @@ async fn wait_for_a_lock_wait(app: &crate::helpers::TestApp) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("the purge never waited for the webhook row");
+}
+
+/// On the free plan (10 ingestions a second), a flood of bad signatures is refused without
+/// spending the webhook's ingestion budget: the real sender's next request is accepted.
+#[tokio::test]
+async fn rejected_signatures_do_not_spend_the_senders_ingestion_budget() {
+    let app = spawn_app().await;
+    hookline::store::projects::set_limits(&app.pool, "test", Some(Plan::Free), &LimitOverrides::default())
+        .await
+        .unwrap();
+    let secret = "a-github-secret-of-some-length";
+    let signature = json!({"scheme": "github", "secret": secret});
+    let wh = app.create_webhook(json!({"signature": signature})).await;
+    let body = r#"{"real":true}"#;
+    let sign = |content: &str| {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(content.as_bytes());
+        let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256={hex}")
+    };
+    let wrong = sign("something else");
+    let mut statuses = Vec::new();
+    for _ in 0..15 {
+        let junk = [("x-hub-signature-256", wrong.as_str())];
+        statuses.push(app.ingest_with_headers(&wh, &junk, body.as_bytes().to_vec()).await.status);
+    }
+    assert!(statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED || *s == StatusCode::TOO_MANY_REQUESTS));
+    assert!(statuses.contains(&StatusCode::UNAUTHORIZED), "{statuses:?}");
+    let good = sign(body);
+    let r = app.ingest_with_headers(&wh, &[("x-hub-signature-256", good.as_str())], body.as_bytes().to_vec()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "the real sender's request: {}", r.body);
+    assert_eq!(app.stored(&wh).await, 1, "only the signed request was stored");
 }

@@ -97,7 +97,7 @@ fn options_from_headers(req: &HttpRequest, target: &IngestTarget) -> Result<Deli
               (status = 401, body = ErrorBody, description = "invalid_signature: the webhook requires a valid signature"),
               (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
               (status = 422, body = ErrorBody, description = "A bad X-Hookline-Priority or Idempotency-Key; nothing stored"),
-              (status = 429, body = ErrorBody, description = "The webhook's ingestion rate limit; nothing stored")))]
+              (status = 429, body = ErrorBody, description = "The webhook's ingestion rate limit, or on a signed webhook its budget of rejected signatures; nothing stored")))]
 #[tracing::instrument(skip_all, fields(path = req.path()))]
 pub async fn ingest(
     req: HttpRequest,
@@ -111,12 +111,23 @@ pub async fn ingest(
     }
     let target = state.settings.ingest_target(webhook).await?.ok_or(ApiError::NotFound("webhook"))?;
     let limits = &target.limits;
-    state.limits.webhook(target.project, webhook, Operation::Ingest, limits).map_err(ApiError::RateLimited)?;
+    let spend = |operation| state.limits.webhook(target.project, webhook, operation, limits);
+    // A signed webhook spends its ingestion budget only on requests whose signature passed.
+    if target.signature.is_none() {
+        spend(Operation::Ingest).map_err(ApiError::RateLimited)?;
+    }
     let max_body = limits.max_body_bytes.map_or(state.max_body_bytes, |plan| plan.min(state.max_body_bytes));
     let options = options_from_headers(&req, &target)?;
     let body = read_limited(&req, body, max_body).await?;
     let replay_mark = match &target.signature {
-        Some(signature) => Some(check_signature(&state, &webhook, signature, &req, &body)?),
+        Some(signature) => {
+            let passed = check_signature(&state, &webhook, signature, &req, &body).map_err(|refused| {
+                // Junk has a budget of its own; past it, the sender is told to slow down.
+                spend(Operation::RejectedSignature).map_or_else(ApiError::RateLimited, |()| refused)
+            })?;
+            spend(Operation::Ingest).map_err(ApiError::RateLimited)?;
+            Some(check_replay(&state, &webhook, signature, passed)?)
+        }
         None => None,
     };
     let headers = req
@@ -141,27 +152,37 @@ pub async fn ingest(
     Ok(reply.json(Accepted::from(stored)))
 }
 
-/// Verifies the sender's signature (401, nothing stored, when it fails). Returns the
-/// signature remembered against replays, for schemes with a timestamp.
+/// Verifies the sender's signature (401, nothing stored, when it fails); returns the
+/// signature that passed.
 fn check_signature(
     state: &ApiState,
     webhook: &WebhookId,
     signature: &StoredSignature,
     req: &HttpRequest,
     body: &[u8],
-) -> Result<Option<String>, ApiError> {
+) -> Result<String, ApiError> {
     let secret = state
         .keys
         .open_secret(webhook, &signature.sealed)
         .map_err(|e| ApiError::Unexpected(anyhow::Error::new(e).context("opening a webhook's signing secret")))?;
     let tolerance = Duration::from_secs(signature.tolerance_seconds as u64);
     let key = SigningKey::from_stored(signature.scheme, secret, tolerance);
-    let passed =
-        key.verify(req.headers(), body, SystemTime::now()).map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
+    key.verify(req.headers(), body, SystemTime::now()).map_err(|e| ApiError::InvalidSignature(e.to_string()))
+}
+
+/// Refuses (401) a signature seen within its tolerance. Returns the signature remembered
+/// against replays, for schemes with a timestamp.
+fn check_replay(
+    state: &ApiState,
+    webhook: &WebhookId,
+    signature: &StoredSignature,
+    passed: String,
+) -> Result<Option<String>, ApiError> {
     if signature.scheme == SignatureScheme::Github {
         // GitHub signs the body alone: a redelivery is indistinguishable from a replay.
         return Ok(None);
     }
+    let tolerance = Duration::from_secs(signature.tolerance_seconds as u64);
     state.replays.check(*webhook, passed.clone(), tolerance).map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
     Ok(Some(passed))
 }

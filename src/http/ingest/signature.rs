@@ -1,7 +1,8 @@
 //! Signed ingestion: a webhook may require its senders to sign each request with a shared
-//! secret, in one of three schemes. Comparison is constant-time (the `hmac` crate's
-//! `verify_slice`); timestamps must be within the tolerance; a signature seen before within
-//! the tolerance is a replay (remembered per replica).
+//! secret, in one of three schemes. The MAC is computed once per request and compared in
+//! constant time (`subtle`) with at most a handful of candidates; timestamps must be within
+//! the tolerance; a signature seen before within the tolerance is a replay (remembered per
+//! replica).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,6 +13,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 use crate::domain::{SignatureScheme as Scheme, WebhookId};
 
@@ -85,12 +87,12 @@ impl SigningKey {
                 let ts = header("webhook-timestamp")?;
                 let ts_secs: u64 = ts.parse().map_err(|_| SignatureError::Malformed("webhook-timestamp"))?;
                 self.fresh(ts_secs, now)?;
-                let signed = [id.as_bytes(), b".", ts.as_bytes(), b".", body].concat();
+                let expected = self.mac(&[id.as_bytes(), b".", ts.as_bytes(), b".", body]);
                 // Space-separated `v1,<base64>` entries: any one matching passes (key rotation).
-                for entry in header("webhook-signature")?.split(' ') {
-                    let Some(sig) = entry.strip_prefix("v1,") else { continue };
-                    let Ok(sig) = BASE64.decode(sig) else { continue };
-                    if self.mac(&signed).verify_slice(&sig).is_ok() {
+                let candidates = header("webhook-signature")?.split(' ').filter(|e| e.starts_with("v1,"));
+                for entry in candidates.take(MAX_CANDIDATES) {
+                    let Ok(sig) = BASE64.decode(&entry[3..]) else { continue };
+                    if matches(&expected, &sig) {
                         return Ok(entry.to_owned());
                     }
                 }
@@ -110,12 +112,10 @@ impl SigningKey {
                 let ts = ts.ok_or(SignatureError::Malformed("stripe-signature"))?;
                 let ts_secs: u64 = ts.parse().map_err(|_| SignatureError::Malformed("stripe-signature"))?;
                 self.fresh(ts_secs, now)?;
-                let signed = [ts.as_bytes(), b".", body].concat();
-                for sig in candidates {
-                    if let Some(bytes) = decode_hex(sig) {
-                        if self.mac(&signed).verify_slice(&bytes).is_ok() {
-                            return Ok(format!("{ts}:{sig}"));
-                        }
+                let expected = self.mac(&[ts.as_bytes(), b".", body]);
+                for sig in candidates.into_iter().take(MAX_CANDIDATES) {
+                    if decode_hex(sig).is_some_and(|bytes| matches(&expected, &bytes)) {
+                        return Ok(format!("{ts}:{sig}"));
                     }
                 }
                 Err(SignatureError::Mismatch)
@@ -124,16 +124,22 @@ impl SigningKey {
                 let value = header("x-hub-signature-256")?;
                 let hex = value.strip_prefix("sha256=").ok_or(SignatureError::Malformed("x-hub-signature-256"))?;
                 let bytes = decode_hex(hex).ok_or(SignatureError::Malformed("x-hub-signature-256"))?;
-                self.mac(body).verify_slice(&bytes).map_err(|_| SignatureError::Mismatch)?;
+                if !matches(&self.mac(&[body]), &bytes) {
+                    return Err(SignatureError::Mismatch);
+                }
                 Ok(hex.to_owned())
             }
         }
     }
 
-    fn mac(&self, content: &[u8]) -> HmacSha256 {
+    /// The MAC of the signed content (given in parts, so the body is not copied), computed
+    /// once per request whatever the number of candidates.
+    fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
         let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes keys of any length");
-        mac.update(content);
-        mac
+        for part in parts {
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
     }
 
     fn fresh(&self, ts_secs: u64, now: SystemTime) -> Result<(), SignatureError> {
@@ -143,6 +149,15 @@ impl SigningKey {
         }
         Ok(())
     }
+}
+
+/// Signatures considered per request: a sender rotating its secret sends two or three, and
+/// each costs a comparison, so a header of thousands of bogus ones is cut short.
+const MAX_CANDIDATES: usize = 5;
+
+/// Constant-time comparison of a candidate with the expected MAC.
+fn matches(expected: &[u8; 32], candidate: &[u8]) -> bool {
+    candidate.len() == expected.len() && bool::from(expected.as_slice().ct_eq(candidate))
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
@@ -225,6 +240,29 @@ mod tests {
         assert!(key.verify(&h, b"body", now).is_ok());
         let later = now + Duration::from_secs(301);
         assert_eq!(key.verify(&h, b"body", later), Err(SignatureError::Stale(300)));
+    }
+
+    #[test]
+    fn only_the_first_few_candidates_are_considered() {
+        let secret = "whsec_c3RhbmRhcmQtd2ViaG9va3Mtc2VjcmV0";
+        let key = SigningKey::new(Scheme::StandardWebhooks, secret, Duration::from_secs(300)).unwrap();
+        let now = SystemTime::now();
+        let ts = now.duration_since(UNIX_EPOCH).unwrap().as_secs().to_string();
+        let raw = BASE64.decode(&secret[6..]).unwrap();
+        let mut mac = HmacSha256::new_from_slice(&raw).unwrap();
+        mac.update(format!("msg_1.{ts}.body").as_bytes());
+        let good = format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()));
+        let bogus = |n: usize| vec!["v1,AAAA"; n].join(" ");
+        let signed = |entries: String| {
+            headers(&[
+                ("webhook-id", "msg_1".into()),
+                ("webhook-timestamp", ts.clone()),
+                ("webhook-signature", entries),
+            ])
+        };
+        assert!(key.verify(&signed(format!("{} {good}", bogus(MAX_CANDIDATES - 1))), b"body", now).is_ok());
+        let buried = signed(format!("{} {good}", bogus(3000)));
+        assert_eq!(key.verify(&buried, b"body", now), Err(SignatureError::Mismatch));
     }
 
     #[test]
