@@ -628,6 +628,19 @@ CREATE FUNCTION public.hookline_release_expired_locks(p_limit integer) RETURNS i
     SELECT hookline_expire_webhook_locks(p_limit) + hookline_expire_message_locks(NULL, p_limit)
 $$;
 
+CREATE FUNCTION public.hookline_release_lock(p_webhook uuid, p_message uuid, p_token uuid) RETURNS void
+    LANGUAGE sql
+    AS $$
+    WITH fifo AS (
+        UPDATE webhooks SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL
+        WHERE id = p_webhook AND lock_token = p_token
+        RETURNING id
+    )
+    UPDATE messages SET lock_token = NULL, lock_expires_at = NULL
+    WHERE webhook_id = p_webhook AND id = p_message AND lock_token = p_token
+      AND NOT EXISTS (SELECT 1 FROM fifo)
+$$;
+
 CREATE FUNCTION public.hookline_release_orphaned_locks(p_webhook uuid) RETURNS void
     LANGUAGE sql
     AS $$

@@ -46,6 +46,11 @@ pub enum ApiError {
          does not have); it was moved to the dead-letter queue"
     )]
     UnreadablePayload(MessageId),
+    #[error(
+        "message {message} is sealed with key {key_id}, which this broker does not have: it stays queued at its \
+         position; retry (another replica may have the key), or add the key to HOOKLINE_ENCRYPTION_OLD_KEYS"
+    )]
+    KeyUnavailable { message: MessageId, key_id: i32 },
     #[error("internal error")]
     Unexpected(#[from] anyhow::Error),
 }
@@ -67,6 +72,7 @@ impl ApiError {
             Self::Validation(_) => "validation_failed",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnreadablePayload(_) => "payload_unreadable",
+            Self::KeyUnavailable { .. } => "key_unavailable",
             Self::Unexpected(_) => "internal",
         }
     }
@@ -80,7 +86,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: bad_request, unauthorized, invalid_signature, invalid_login, forbidden, not_found, method_not_allowed,
-    /// conflict, validation_failed, payload_too_large, rate_limited, payload_unreadable, internal.
+    /// conflict, validation_failed, payload_too_large, rate_limited, payload_unreadable, key_unavailable,
+    /// internal.
     pub code: String,
     pub message: String,
 }
@@ -109,6 +116,7 @@ impl ResponseError for ApiError {
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnreadablePayload(_) | Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::KeyUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -121,6 +129,9 @@ impl ResponseError for ApiError {
         match self {
             Self::Unauthorized => {
                 response.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            Self::KeyUnavailable { .. } => {
+                response.insert_header(("Retry-After", KEY_UNAVAILABLE_RETRY_SECONDS.to_string()));
             }
             Self::RateLimited(limited) => {
                 // Whole seconds, rounded up: a client waiting this long will pass.
@@ -202,6 +213,9 @@ pub fn json_client_errors<B: MessageBody + 'static>(
     *response.status_mut() = status;
     Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, response).map_into_right_body()))
 }
+
+/// How long a consumer told `key_unavailable` waits: a rolling restart's worth.
+const KEY_UNAVAILABLE_RETRY_SECONDS: u64 = 5;
 
 /// actix-web's default limit for buffered request bodies (the `/api` JSON bodies).
 pub const API_BODY_LIMIT: usize = 256 * 1024;

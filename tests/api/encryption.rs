@@ -98,8 +98,14 @@ async fn a_tampered_row_is_dead_lettered_and_the_next_message_is_delivered() {
         uuid_of(&wh)
     ))
     .await;
-    // 4: a key id the broker does not have.
-    app.sql(&format!("UPDATE messages SET key_id = key_id # 1 WHERE {}", row(4))).await;
+    // 4: another message's nonce alone. (A key id the broker does not have is not tampering
+    // but a key it lacks: see an_old_key_still_opens_messages_after_rotation.)
+    app.sql(&format!(
+        "UPDATE messages m SET nonce = o.nonce FROM messages o
+         WHERE m.webhook_id = '{}' AND m.seq = 4 AND o.webhook_id = m.webhook_id AND o.seq = 6",
+        uuid_of(&wh)
+    ))
+    .await;
     // 5: a truncated nonce.
     app.sql(&format!("UPDATE messages SET nonce = substring(nonce from 1 for 8) WHERE {}", row(5))).await;
 
@@ -161,23 +167,26 @@ async fn an_old_key_still_opens_messages_after_rotation() {
     assert_eq!(d.raw["headers"]["x-secret"], format!("{MARKER}-header-1"));
     rotated.commit_ok(&wh, &d).await;
 
-    // A broker missing the old key cannot open seq 2: it is dead-lettered, not lost. Once
-    // a broker with the key redrives it, it is delivered again, in order.
+    // A broker missing the old key (a rolling restart) cannot open seq 2: it answers 503
+    // key_unavailable and releases the lock without counting an attempt, every time, so
+    // seq 3 never overtakes it and nothing is dead-lettered.
     let forgetful = spawn_app_on(&old.db_url, |c| c.encryption_key = Some(rotated.encryption_key.clone().into())).await;
-    let msg = forgetful.dequeue(&wh).await.expect_error(StatusCode::INTERNAL_SERVER_ERROR, "payload_unreadable");
-    let lost = forgetful.dead_letters(&wh, "").await.body["data"][0].clone();
-    assert_eq!(lost["seq"], 2);
-    assert!(msg.contains(lost["id"].as_str().unwrap()), "{msg}");
-    assert!(lost["lastError"].as_str().unwrap().contains("no key"), "{lost}");
-    // The new key's message is readable by the forgetful broker.
-    let three = forgetful.dequeue_ok(&wh).await;
-    assert_eq!(three.json()["secret"], format!("{MARKER}-body-3"));
-    forgetful.error(&wh, &three.id, None).await.expect(StatusCode::OK);
+    for _ in 0..3 {
+        let r = forgetful.dequeue(&wh).await;
+        let msg = r.expect_error(StatusCode::SERVICE_UNAVAILABLE, "key_unavailable");
+        assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
+        assert!(msg.contains("HOOKLINE_ENCRYPTION_OLD_KEYS"), "{msg}");
+    }
+    assert_eq!(forgetful.dead_letters(&wh, "").await.body["data"], json!([]), "nothing dead-lettered");
 
-    rotated.retry_dead(&wh, lost["id"].as_str().unwrap()).await.expect(StatusCode::OK);
+    // A broker with the key delivers it next, in order, with no attempt counted.
     let two = rotated.dequeue_ok(&wh).await;
     assert_eq!((two.seq, two.retry_count), (2, 0));
     assert_eq!(two.json()["secret"], format!("{MARKER}-body-2"));
     rotated.commit_ok(&wh, &two).await;
-    assert_eq!(rotated.drain(&wh).await, vec![3]);
+    // The new key's message is readable by the forgetful broker.
+    let three = forgetful.dequeue_ok(&wh).await;
+    assert_eq!(three.json()["secret"], format!("{MARKER}-body-3"));
+    forgetful.commit_ok(&wh, &three).await;
+    assert_eq!(rotated.drain(&wh).await, Vec::<i64>::new());
 }

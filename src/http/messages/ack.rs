@@ -130,7 +130,9 @@ pub async fn commit(
         // not reported as a failed commit.
         Some(next) => match deliver(&state, req.webhook(), next).await {
             Ok(delivered) => Ok(HttpResponse::Ok().json(delivered)),
-            Err(ApiError::UnreadablePayload(_)) => Ok(HttpResponse::NoContent().finish()),
+            Err(ApiError::UnreadablePayload(_) | ApiError::KeyUnavailable { .. }) => {
+                Ok(HttpResponse::NoContent().finish())
+            }
             Err(e) => Err(e),
         },
     }

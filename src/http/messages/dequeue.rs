@@ -45,7 +45,8 @@ pub struct DequeueQuery {
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
               (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"),
-              (status = 500, body = ErrorBody, description = "payload_unreadable: the message was dead-lettered")))]
+              (status = 500, body = ErrorBody, description = "payload_unreadable: the message was dead-lettered"),
+              (status = 503, body = ErrorBody, description = "key_unavailable: the head is sealed with a key this broker lacks; it stays queued at its position (see Retry-After)")))]
 #[tracing::instrument(skip_all, fields(webhook_id = %req.webhook))]
 pub async fn dequeue(
     req: WebhookRequest<Dequeue>,

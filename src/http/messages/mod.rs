@@ -18,6 +18,7 @@ use super::error::ApiError;
 use super::extract::{MessageRequest, Read};
 use super::responses::WebhookErrors;
 use super::ApiState;
+use crate::crypto::CryptoError;
 use crate::domain::{LockToken, MessageId, MessageState, Payload, Priority, Seq, WebhookId};
 use crate::store::messages::{self as store, LockedMessage};
 
@@ -96,34 +97,48 @@ pub struct DeliveredBatch {
     pub messages: Vec<DeliveredMessage>,
 }
 
-/// Opens each message; unreadable ones are dead-lettered and left out.
+/// Opens each message; unreadable ones are dead-lettered and left out, and ones sealed with
+/// a key this broker lacks are released and left out (503 when nothing else is left).
 pub(super) async fn deliver_batch(
     state: &ApiState,
     webhook: &WebhookId,
     locked: Vec<LockedMessage>,
 ) -> Result<HttpResponse, ApiError> {
     let mut messages = Vec::with_capacity(locked.len());
+    let mut unavailable = None;
     for m in locked {
         match deliver(state, webhook, m).await {
             Ok(delivered) => messages.push(delivered),
             Err(ApiError::UnreadablePayload(_)) => {}
+            Err(e @ ApiError::KeyUnavailable { .. }) => unavailable = Some(e),
             Err(e) => return Err(e),
         }
     }
-    if messages.is_empty() {
-        return Ok(HttpResponse::NoContent().finish());
+    match unavailable {
+        Some(e) if messages.is_empty() => Err(e),
+        _ if messages.is_empty() => Ok(HttpResponse::NoContent().finish()),
+        _ => Ok(HttpResponse::Ok().json(DeliveredBatch { messages })),
     }
-    Ok(HttpResponse::Ok().json(DeliveredBatch { messages }))
 }
 
-/// Opens a locked message for its consumer. One that cannot be opened goes to the
-/// dead-letter queue with the reason, so it neither returns garbage nor blocks the queue.
+/// Opens a locked message for its consumer. One sealed with a key this broker does not have
+/// is released without counting an attempt (503 `key_unavailable`): during a key rotation
+/// another replica can deliver it, in order. One that cannot be opened otherwise (tampered
+/// with, or not a payload) goes to the dead-letter queue with the reason, so it neither
+/// returns garbage nor blocks the queue.
 pub(super) async fn deliver(
     state: &ApiState,
     webhook: &WebhookId,
     m: LockedMessage,
 ) -> Result<DeliveredMessage, ApiError> {
-    let opened = state.keys.open(webhook, &m.id, &m.sealed);
+    let opened = match state.keys.open(webhook, &m.id, &m.sealed) {
+        Err(CryptoError::UnknownKey(key_id)) => {
+            tracing::warn!(message_id = %m.id, key_id, "message sealed with a key this broker lacks; released");
+            store::release(&state.pool, webhook, &m.id, &m.lock_token).await?;
+            return Err(ApiError::KeyUnavailable { message: m.id, key_id });
+        }
+        other => other,
+    };
     let payload = match opened.map_err(|e| e.to_string()).and_then(|p| Payload::decode(&p).map_err(|e| e.to_string())) {
         Ok(payload) => payload,
         Err(reason) => {

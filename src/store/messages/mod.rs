@@ -20,7 +20,7 @@ pub use dequeue::{dequeue, next_due};
 pub use find::{find, MessageInfo};
 pub use ingest::insert_many;
 pub use purge::{purge, purge_expired, purge_idempotency_keys};
-pub use transitions::{bury, commit, commit_many, commit_next, error, extend, ErrorOutcome};
+pub use transitions::{bury, commit, commit_many, commit_next, error, extend, release, ErrorOutcome};
 
 /// A message ready to insert: its id chosen and its payload sealed by the caller.
 pub struct NewMessage {

@@ -222,6 +222,21 @@ pub async fn extend(db: impl PgExecutor<'_>, target: &LockedRef<'_>, seconds: i3
     row.lock_expires_at.ok_or(StoreError::NotFound("message"))
 }
 
+/// locked -> queued as if the lock had never been taken (no attempt counted), for a message
+/// this replica cannot open yet (its key is elsewhere): it keeps its place in line.
+pub async fn release(
+    db: impl PgExecutor<'_>,
+    webhook: &WebhookId,
+    message: &MessageId,
+    token: &LockToken,
+) -> StoreResult<()> {
+    sqlx::query!("SELECT hookline_release_lock($1, $2, $3)", webhook.as_uuid(), message.as_uuid(), token.as_uuid())
+        .fetch_one(db)
+        .await
+        .context_for("releasing a lock", webhook)?;
+    Ok(())
+}
+
 /// locked -> dead at once, for a message whose payload cannot be opened: it would fail
 /// every retry, and must not block the queue behind it.
 pub async fn bury(
