@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,20 +72,30 @@ impl Principal {
 pub enum AuthError {
     #[error("missing or invalid API key")]
     InvalidKey,
+    #[error("too many API keys are being verified at once")]
+    Busy,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// Verifies keys against the database. A key that passed argon2 is remembered by its
-/// BLAKE2s digest; after `ttl` a cheap indexed lookup confirms it is still live instead of
-/// paying argon2 again. Argon2 (19 MiB and tens of milliseconds each) runs at most
-/// `ARGON2_PERMITS` at a time, and once per key even when many requests bring it at once,
-/// so a burst of new or bogus keys cannot exhaust memory.
+/// Verifies keys against the database. Only a well-formed key whose prefix exists reaches
+/// argon2: a malformed key is refused at once, an unknown prefix after one indexed lookup
+/// (and then from a bounded negative cache). A key that passed argon2 is remembered by its
+/// BLAKE2s digest; after `ttl`, or once notifications may have been missed, a cheap lookup
+/// confirms it is still live instead of paying argon2 again. Argon2 (19 MiB and tens of
+/// milliseconds each) runs at most `ARGON2_PERMITS` at a time with at most `ARGON2_QUEUE`
+/// waiting (then 503), and once per key even when many requests bring it at once.
 pub struct KeyVerifier {
     pool: PgPool,
     ttl: Duration,
     cache: Mutex<HashMap<[u8; 32], Verified>>,
+    /// Prefixes looked up and not found, and when.
+    unknown: Mutex<HashMap<String, Instant>>,
+    /// Bumped when revocations may have been missed: older entries are re-checked by lookup.
+    generation: AtomicU64,
     argon2: Semaphore,
+    waiting: AtomicUsize,
+    argon2_runs: AtomicU64,
     in_flight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -92,9 +103,12 @@ pub struct KeyVerifier {
 struct Verified {
     principal: Principal,
     checked_at: Instant,
+    generation: u64,
 }
 
 const ARGON2_PERMITS: usize = 2;
+/// Verifications that may wait for a permit; past them a request is told to retry (503).
+const ARGON2_QUEUE: usize = 32;
 
 impl KeyVerifier {
     pub fn new(pool: PgPool, ttl: Duration) -> Self {
@@ -102,12 +116,26 @@ impl KeyVerifier {
             pool,
             ttl,
             cache: Mutex::new(HashMap::new()),
+            unknown: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
             argon2: Semaphore::new(ARGON2_PERMITS),
+            waiting: AtomicUsize::new(0),
+            argon2_runs: AtomicU64::new(0),
             in_flight: Mutex::new(HashMap::new()),
         }
     }
 
+    /// How many argon2 verifications of API keys this verifier has run.
+    pub fn argon2_runs(&self) -> u64 {
+        self.argon2_runs.load(Ordering::Relaxed)
+    }
+
     pub async fn verify(&self, presented: &str) -> Result<Principal, AuthError> {
+        // A key that cannot be one names nothing: no lookup, no argon2.
+        let prefix = ApiKey::prefix(presented).ok_or(AuthError::InvalidKey)?;
+        if self.known_unknown(prefix) {
+            return Err(AuthError::InvalidKey);
+        }
         let digest: [u8; 32] = Blake2s256::digest(presented.as_bytes()).into();
         if let Some(principal) = self.remembered(&digest).await? {
             return Ok(principal);
@@ -119,25 +147,38 @@ impl KeyVerifier {
             if let Some(principal) = self.remembered(&digest).await? {
                 return Ok(principal);
             }
-            self.verify_with_argon2(presented, digest).await
+            self.verify_with_argon2(presented, prefix, digest).await
         }
         .await;
         self.in_flight.lock().expect("in-flight map poisoned").remove(&digest);
         result
     }
 
-    async fn verify_with_argon2(&self, presented: &str, digest: [u8; 32]) -> Result<Principal, AuthError> {
-        let stored = match ApiKey::prefix(presented) {
-            Some(prefix) => store::keys::find_live(&self.pool, prefix).await?,
-            None => None,
+    async fn verify_with_argon2(
+        &self,
+        presented: &str,
+        prefix: &str,
+        digest: [u8; 32],
+    ) -> Result<Principal, AuthError> {
+        // Prefixes are public (listed, shown in logs): telling an unknown one apart costs
+        // nothing secret, and spares argon2 for keys that could be real.
+        let Some(stored) = store::keys::find_live(&self.pool, prefix).await? else {
+            self.remember_unknown(prefix);
+            return Err(AuthError::InvalidKey);
         };
-        // An unknown prefix still pays one argon2 verification, so timing does not tell.
-        let hash = stored.as_ref().map_or_else(|| dummy_hash().to_owned(), |s| s.hash.clone());
-        let presented = presented.to_owned();
+        let (presented, hash) = (presented.to_owned(), stored.hash.clone());
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= ARGON2_QUEUE {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(AuthError::Busy);
+        }
         let permit = self.argon2.acquire().await.expect("the semaphore is never closed");
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.argon2_runs.fetch_add(1, Ordering::Relaxed);
         let matches = tokio::task::spawn_blocking(move || verify_hash(&presented, &hash)).await.unwrap_or(false);
         drop(permit);
-        let stored = stored.filter(|_| matches).ok_or(AuthError::InvalidKey)?;
+        if !matches {
+            return Err(AuthError::InvalidKey);
+        }
         let principal = Principal {
             project: stored.project_id,
             key: stored.id,
@@ -153,7 +194,8 @@ impl KeyVerifier {
     async fn remembered(&self, digest: &[u8; 32]) -> Result<Option<Principal>, AuthError> {
         let entry = self.cache.lock().expect("key cache poisoned").get(digest).cloned();
         let Some(entry) = entry else { return Ok(None) };
-        if entry.checked_at.elapsed() < self.ttl {
+        let current = entry.generation == self.generation.load(Ordering::Acquire);
+        if current && entry.checked_at.elapsed() < self.ttl {
             return Ok(Some(entry.principal));
         }
         if store::keys::is_live(&self.pool, entry.principal.key).await? {
@@ -181,9 +223,30 @@ impl KeyVerifier {
         self.cache.lock().expect("key cache poisoned").retain(|_, v| v.principal.key != key);
     }
 
-    /// Forgets every key: they re-verify by lookup (used when revocations may have been missed).
-    pub fn forget_all(&self) {
-        self.cache.lock().expect("key cache poisoned").clear();
+    /// Revocations may have been missed: every cached key is re-checked by a lookup on its
+    /// next use (never by argon2 again).
+    pub fn recheck_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn known_unknown(&self, prefix: &str) -> bool {
+        let unknown = self.unknown.lock().expect("unknown-prefix cache poisoned");
+        unknown.get(prefix).is_some_and(|at| at.elapsed() < self.ttl)
+    }
+
+    fn remember_unknown(&self, prefix: &str) {
+        let mut unknown = self.unknown.lock().expect("unknown-prefix cache poisoned");
+        if unknown.len() >= CACHE_CAPACITY {
+            // Drop the expired ones, then (still full) the oldest half: never all at once.
+            unknown.retain(|_, at| at.elapsed() < self.ttl);
+            if unknown.len() >= CACHE_CAPACITY {
+                let mut ages: Vec<Instant> = unknown.values().copied().collect();
+                ages.sort_unstable();
+                let cutoff = ages[ages.len() / 2];
+                unknown.retain(|_, at| *at > cutoff);
+            }
+        }
+        unknown.insert(prefix.to_owned(), Instant::now());
     }
 
     fn remember(&self, digest: [u8; 32], principal: Principal) {
@@ -195,7 +258,8 @@ impl KeyVerifier {
             let cutoff = ages[ages.len() / 2];
             cache.retain(|_, v| v.checked_at > cutoff);
         }
-        cache.insert(digest, Verified { principal, checked_at: Instant::now() });
+        let generation = self.generation.load(Ordering::Acquire);
+        cache.insert(digest, Verified { principal, checked_at: Instant::now(), generation });
     }
 }
 
@@ -266,12 +330,12 @@ impl Subscriber for KeyVerifier {
     fn notified(&self, payload: &str) {
         match payload.parse::<i64>() {
             Ok(id) => self.forget_key(ApiKeyId(id)),
-            Err(_) => self.forget_all(),
+            Err(_) => self.recheck_all(),
         }
     }
 
     fn missed(&self) {
-        self.forget_all();
+        self.recheck_all();
     }
 }
 

@@ -26,6 +26,7 @@ use crate::store::wakeups::Wakeups;
 
 pub struct Application {
     port: u16,
+    verifier: Arc<KeyVerifier>,
     server: Server,
     pool: PgPool,
     scheduler: Option<JobScheduler>,
@@ -77,7 +78,7 @@ impl Application {
         .run();
         let scheduler = if config.run_jobs { Some(crate::jobs::start(pool.clone()).await?) } else { None };
         tracing::info!(%address, "hookline listening");
-        Ok(Self { port: address.port(), server, pool, scheduler })
+        Ok(Self { port: address.port(), verifier, server, pool, scheduler })
     }
 
     pub fn port(&self) -> u16 {
@@ -86,6 +87,11 @@ impl Application {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The API-key verifier, whose counters tests and operators read.
+    pub fn key_verifier(&self) -> Arc<KeyVerifier> {
+        self.verifier.clone()
     }
 
     /// Serves until SIGINT/SIGTERM: stops accepting, drains in-flight requests, then stops

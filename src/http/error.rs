@@ -51,6 +51,8 @@ pub enum ApiError {
          position; retry (another replica may have the key), or add the key to HOOKLINE_ENCRYPTION_OLD_KEYS"
     )]
     KeyUnavailable { message: MessageId, key_id: i32 },
+    #[error("too many API keys are being verified at once; retry in a moment")]
+    Overloaded,
     #[error("internal error")]
     Unexpected(#[from] anyhow::Error),
 }
@@ -73,6 +75,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnreadablePayload(_) => "payload_unreadable",
             Self::KeyUnavailable { .. } => "key_unavailable",
+            Self::Overloaded => "overloaded",
             Self::Unexpected(_) => "internal",
         }
     }
@@ -87,7 +90,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: bad_request, unauthorized, invalid_signature, invalid_login, forbidden, not_found, method_not_allowed,
     /// conflict, validation_failed, payload_too_large, rate_limited, payload_unreadable, key_unavailable,
-    /// internal.
+    /// overloaded, internal.
     pub code: String,
     pub message: String,
 }
@@ -116,7 +119,7 @@ impl ResponseError for ApiError {
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnreadablePayload(_) | Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::KeyUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::KeyUnavailable { .. } | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -132,6 +135,9 @@ impl ResponseError for ApiError {
             }
             Self::KeyUnavailable { .. } => {
                 response.insert_header(("Retry-After", KEY_UNAVAILABLE_RETRY_SECONDS.to_string()));
+            }
+            Self::Overloaded => {
+                response.insert_header(("Retry-After", "1"));
             }
             Self::RateLimited(limited) => {
                 // Whole seconds, rounded up: a client waiting this long will pass.
@@ -162,6 +168,7 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::InvalidKey => Self::Unauthorized,
+            AuthError::Busy => Self::Overloaded,
             AuthError::Store(s) => s.into(),
         }
     }

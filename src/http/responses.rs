@@ -15,6 +15,8 @@ pub enum KeyErrors {
     Forbidden(ErrorBody),
     #[response(status = 429, description = "Rate limited: see Retry-After and RateLimit-*")]
     RateLimited(ErrorBody),
+    #[response(status = 503, description = "overloaded: too many API keys being verified at once; see Retry-After")]
+    Overloaded(ErrorBody),
 }
 
 /// What every route about one webhook (or one of its messages) can answer besides its own
@@ -29,6 +31,8 @@ pub enum WebhookErrors {
     NotFound(ErrorBody),
     #[response(status = 429, description = "Rate limited: see Retry-After and RateLimit-*")]
     RateLimited(ErrorBody),
+    #[response(status = 503, description = "overloaded: too many API keys being verified at once; see Retry-After")]
+    Overloaded(ErrorBody),
 }
 
 /// What a route that reads a request body can answer about it.

@@ -1,6 +1,6 @@
 //! Holes a release review found (issue 13): hostile text is a 4xx naming the field, a purge
-//! never clears a lock it did not take away, and junk signatures do not spend a real
-//! sender's budget.
+//! never clears a lock it did not take away, junk signatures do not spend a real sender's
+//! budget, and junk API keys never reach argon2.
 
 use std::time::Duration;
 
@@ -137,4 +137,53 @@ async fn rejected_signatures_do_not_spend_the_senders_ingestion_budget() {
     let r = app.ingest_with_headers(&wh, &[("x-hub-signature-256", good.as_str())], body.as_bytes().to_vec()).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "the real sender's request: {}", r.body);
     assert_eq!(app.stored(&wh).await, 1, "only the signed request was stored");
+}
+
+/// Malformed keys and unknown prefixes are refused without argon2; a real key pays it once,
+/// and after missed notifications it is re-checked by lookup, not by argon2 again.
+#[tokio::test]
+async fn junk_api_keys_never_reach_argon2() {
+    let app = spawn_app().await;
+    app.api(Method::GET, "/api/webhooks", None).await.expect(StatusCode::OK);
+    let after_first = app.verifier.argon2_runs();
+    assert_eq!(after_first, 1, "the real key was verified once");
+    let unknown_prefix = format!("hl_{}_{}", "Z".repeat(10), "s".repeat(32));
+    for junk in ["x", "hl_short_secret", "hl_0123456789_tooshort", unknown_prefix.as_str(), unknown_prefix.as_str()] {
+        let r = app.api_as(junk, Method::GET, "/api/webhooks", None).await;
+        r.expect_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    assert_eq!(app.verifier.argon2_runs(), after_first, "no junk key reached argon2");
+
+    // Notifications missed (the listener reconnected): the key is re-checked by a lookup.
+    app.verifier.recheck_all();
+    app.api(Method::GET, "/api/webhooks", None).await.expect(StatusCode::OK);
+    assert_eq!(app.verifier.argon2_runs(), after_first, "a cached key does not pay argon2 again");
+}
+
+/// A flood of well-formed keys with a real prefix and wrong secrets (each must pay argon2)
+/// finds a bounded queue: refused with 503 and Retry-After past it, never a 500.
+#[tokio::test]
+async fn the_argon2_queue_is_bounded() {
+    let app = spawn_app().await;
+    let prefix = app.key.split('_').nth(1).unwrap().to_owned();
+    let mut requests = tokio::task::JoinSet::new();
+    for n in 0..120 {
+        let (app, wrong) = (app.clone_handle(), format!("hl_{prefix}_{:0>32}", n));
+        requests.spawn(async move { app.api_as(&wrong, Method::GET, "/api/webhooks", None).await });
+    }
+    let mut overloaded = 0;
+    while let Some(r) = requests.join_next().await {
+        let r = r.unwrap();
+        match r.status {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(r.error_code(), "overloaded");
+                assert!(r.headers.contains_key("retry-after"));
+                overloaded += 1;
+            }
+            other => panic!("a wrong key got {other}: {}", r.body),
+        }
+    }
+    assert!(overloaded > 0, "120 argon2 verifications at once all queued");
+    assert!(app.verifier.argon2_runs() <= 120);
 }

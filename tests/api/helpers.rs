@@ -148,6 +148,8 @@ pub struct TestApp {
     /// An API key of the project "test".
     pub key: String,
     pub encryption_key: String,
+    /// The broker's API-key verifier (its argon2 count).
+    pub verifier: std::sync::Arc<hookline::auth::KeyVerifier>,
 }
 
 impl TestApp {
@@ -162,6 +164,7 @@ impl TestApp {
             client: self.client.clone(),
             key: self.key.clone(),
             encryption_key: self.encryption_key.clone(),
+            verifier: self.verifier.clone(),
         }
     }
 }
@@ -227,6 +230,7 @@ pub async fn spawn_app_on(db_url: &str, tweak: impl FnOnce(&mut Config)) -> Test
     let app = Application::build(&config).await.expect("building the app");
     let port = app.port();
     let pool = app.pool().clone();
+    let verifier = app.key_verifier();
     tokio::spawn(app.run_until_stopped());
     let (_, key) = hookline::auth::create_key(&pool, "test", hookline::domain::Plan::Unlimited, false).await.unwrap();
     let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
@@ -238,6 +242,7 @@ pub async fn spawn_app_on(db_url: &str, tweak: impl FnOnce(&mut Config)) -> Test
         client,
         key: key.expose().to_owned(),
         encryption_key,
+        verifier,
     }
 }
 

@@ -46,7 +46,7 @@ pub struct DequeueQuery {
               (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
               (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"),
               (status = 500, body = ErrorBody, description = "payload_unreadable: the message was dead-lettered"),
-              (status = 503, body = ErrorBody, description = "key_unavailable: the head is sealed with a key this broker lacks; it stays queued at its position (see Retry-After)")))]
+              (status = 503, body = ErrorBody, description = "key_unavailable: the head is sealed with a key this broker lacks; it stays queued at its position. overloaded: too many API keys being verified at once. See Retry-After")))]
 #[tracing::instrument(skip_all, fields(webhook_id = %req.webhook))]
 pub async fn dequeue(
     req: WebhookRequest<Dequeue>,
