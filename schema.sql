@@ -605,6 +605,19 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.hookline_purge_sessions(p_limit integer) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    purged integer;
+BEGIN
+    DELETE FROM sessions WHERE token_hash = ANY (ARRAY(
+        SELECT token_hash FROM sessions WHERE expires_at <= now() ORDER BY expires_at LIMIT p_limit));
+    GET DIAGNOSTICS purged = ROW_COUNT;
+    RETURN purged;
+END
+$$;
+
 CREATE FUNCTION public.hookline_redrive(p_webhook uuid, p_seqs bigint[], p_discard boolean) RETURNS integer
     LANGUAGE plpgsql
     AS $$

@@ -92,6 +92,15 @@ pub async fn end_session(db: impl PgExecutor<'_>, token_hash: &[u8]) -> StoreRes
     Ok(())
 }
 
+/// Up to `limit` sessions past their expiry; returns how many.
+pub async fn purge_expired_sessions(db: impl PgExecutor<'_>, limit: i32) -> StoreResult<u64> {
+    let purged = sqlx::query_scalar!(r#"SELECT hookline_purge_sessions($1) AS "n!""#, limit)
+        .fetch_one(db)
+        .await
+        .context("purging expired sessions")?;
+    Ok(purged as u64)
+}
+
 /// A signed-in user as the dashboard sees them.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct SessionUser {

@@ -187,3 +187,20 @@ async fn the_argon2_queue_is_bounded() {
     assert!(overloaded > 0, "120 argon2 verifications at once all queued");
     assert!(app.verifier.argon2_runs() <= 120);
 }
+
+/// Expired dashboard sessions are deleted by the TTL purger; live ones stay.
+#[tokio::test]
+async fn the_ttl_purger_deletes_expired_sessions() {
+    let app = spawn_app().await;
+    let hash = hookline::crypto::password::hash_secret("a long enough password");
+    let user = hookline::store::accounts::upsert_user(&app.pool, "someone@example.com", &hash).await.unwrap();
+    let now = chrono::Utc::now();
+    for (token, expires) in
+        [(b"expired".as_slice(), now - chrono::Duration::hours(1)), (b"live", now + chrono::Duration::hours(1))]
+    {
+        hookline::store::accounts::create_session(&app.pool, token, user, expires).await.unwrap();
+    }
+    hookline::jobs::TtlPurger::new(app.pool.clone()).run_once().await.unwrap();
+    let left = app.sql_strings("SELECT encode(token_hash, 'escape') FROM sessions").await;
+    assert_eq!(left, vec!["live".to_owned()]);
+}
