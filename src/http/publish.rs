@@ -8,6 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
@@ -32,10 +33,11 @@ pub const MAX_BATCH_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 #[schema(example = json!({"payload": {"job": "resize", "image": 7}, "priority": 2, "delaySeconds": 0,
     "ttlSeconds": 3600, "idempotencyKey": "resize-7", "headers": {"x-tenant": "acme"}}))]
 pub struct PublishRequest {
-    /// Any JSON value, delivered as its JSON text (content type application/json).
+    /// Any JSON value, delivered as the JSON text sent (content type application/json).
+    // Checked but never built into a tree, so a request's memory stays about its size.
     #[serde(default, deserialize_with = "any_json")]
     #[schema(value_type = Option<Object>)]
-    pub payload: Option<serde_json::Value>,
+    pub payload: Option<Box<RawValue>>,
     /// Raw bytes in base64 instead of `payload` (content type application/octet-stream
     /// unless `headers` says otherwise).
     pub payload_base64: Option<String>,
@@ -53,8 +55,8 @@ pub struct PublishRequest {
 }
 
 /// `payload: null` is a JSON payload too, not an absent one.
-fn any_json<'de, D: Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
-    serde_json::Value::deserialize(d).map(Some)
+fn any_json<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -116,6 +118,8 @@ pub async fn publish_batch(
     let max_body = max_body(&state, &target);
     let raw = read_limited(&req, body, request_limit(max_body, MAX_BATCH).min(MAX_BATCH_REQUEST_BYTES)).await?;
     let batch: PublishBatch = parse_body(&raw)?;
+    // The payloads are copied out: the request's bytes are not needed any more.
+    drop(raw);
     if batch.messages.is_empty() || batch.messages.len() > MAX_BATCH {
         return Err(ApiError::Validation(format!("messages must hold 1 to {MAX_BATCH} messages")));
     }
@@ -182,7 +186,7 @@ fn prepare(
         headers.push((name.to_ascii_lowercase(), value));
     }
     let (body, default_type) = match (request.payload, request.payload_base64) {
-        (Some(json), None) => (serde_json::to_vec(&json).expect("a JSON value serializes"), "application/json"),
+        (Some(json), None) => (json.get().as_bytes().to_vec(), "application/json"),
         (None, Some(encoded)) => {
             let bytes = BASE64
                 .decode(encoded.as_bytes())
