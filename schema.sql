@@ -9,7 +9,8 @@ CREATE TYPE public.delivery_mode AS ENUM (
 CREATE TYPE public.lock_refusal AS ENUM (
     'no_message',
     'not_locked',
-    'lock_mismatch'
+    'lock_mismatch',
+    'token_required'
 );
 
 CREATE TYPE public.message_state AS ENUM (
@@ -205,6 +206,7 @@ CREATE TABLE public.webhooks (
     mode public.delivery_mode DEFAULT 'fifo'::public.delivery_mode NOT NULL,
     priorities boolean DEFAULT false NOT NULL,
     idempotency_from_webhook_id boolean DEFAULT false NOT NULL,
+    require_lock_token boolean DEFAULT false NOT NULL,
     CONSTRAINT webhooks_lock_complete CHECK ((((locked_seq IS NULL) = (lock_token IS NULL)) AND ((locked_seq IS NULL) = (lock_expires_at IS NULL)))),
     CONSTRAINT webhooks_lock_timeout_range CHECK (((lock_timeout_seconds >= 1) AND (lock_timeout_seconds <= 43200))),
     CONSTRAINT webhooks_max_retries_range CHECK (((max_retries >= 1) AND (max_retries <= 100))),
@@ -360,6 +362,9 @@ DECLARE
     found_state message_state;
     holder uuid;
 BEGIN
+    IF p_token IS NULL AND hook.require_lock_token THEN
+        RETURN (NULL, 'token_required', NULL)::held_lock;
+    END IF;
     IF hook.mode = 'fifo' THEN
         SELECT m.seq, m.state, CASE WHEN m.seq = hook.locked_seq THEN hook.lock_token END
         INTO found_seq, found_state, holder

@@ -45,6 +45,9 @@ pub struct CreateWebhook {
     /// Use a Standard Webhooks sender's `webhook-id` header as the idempotency key when no
     /// `Idempotency-Key` header is sent. Default false.
     pub idempotency_from_webhook_id: Option<bool>,
+    /// Commit, error and extend must name the lock token their dequeue answered (otherwise
+    /// 422). Default false.
+    pub require_lock_token: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -62,6 +65,7 @@ pub struct UpdateWebhook {
     pub mode: Option<String>,
     pub priorities: Option<bool>,
     pub idempotency_from_webhook_id: Option<bool>,
+    pub require_lock_token: Option<bool>,
 }
 
 /// Tells a field set to null (Some(None)) from one left out (None).
@@ -104,6 +108,7 @@ pub struct WebhookResponse {
     pub mode: DeliveryMode,
     pub priorities: bool,
     pub idempotency_from_webhook_id: bool,
+    pub require_lock_token: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -130,6 +135,7 @@ fn respond(state: &ApiState, w: Webhook) -> WebhookResponse {
         mode: w.mode,
         priorities: w.priorities,
         idempotency_from_webhook_id: w.idempotency_from_webhook_id,
+        require_lock_token: w.require_lock_token,
         created_at: w.created_at,
         updated_at: w.updated_at,
     }
@@ -157,6 +163,7 @@ pub async fn create(
         mode: req.mode.as_deref().map(DeliveryMode::parse).transpose()?.unwrap_or_default(),
         priorities: req.priorities.unwrap_or(false),
         idempotency_from_webhook_id: req.idempotency_from_webhook_id.unwrap_or(false),
+        require_lock_token: req.require_lock_token.unwrap_or(false),
     };
     let signing = req.signature.as_ref().map(parse_signature).transpose()?;
     let quota = limits.max_webhooks.map(|max| WebhookQuota { max, plan: limits.plan });
@@ -231,6 +238,7 @@ pub async fn update(
         },
         priorities: req.priorities,
         idempotency_from_webhook_id: req.idempotency_from_webhook_id,
+        require_lock_token: req.require_lock_token,
     };
     let signing = match &req.signature {
         None => None,

@@ -24,6 +24,9 @@ pub enum Refusal {
     /// Commit, error or extend of a message that holds no lock.
     #[error("message is {state}, not locked")]
     NotLocked { state: MessageState },
+    /// The webhook requires the lock token and the call named none.
+    #[error("lockToken is required on this webhook (requireLockToken is on)")]
+    LockTokenRequired,
     /// The lock is held under another token.
     #[error("lock token does not match: the lock expired and was handed out again")]
     LockMismatch,

@@ -22,6 +22,8 @@ pub struct Webhook {
     pub mode: DeliveryMode,
     pub priorities: bool,
     pub idempotency_from_webhook_id: bool,
+    /// Commit, error and extend must name the lock token.
+    pub require_lock_token: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -37,6 +39,7 @@ struct Row {
     mode: DeliveryMode,
     priorities: bool,
     idempotency_from_webhook_id: bool,
+    require_lock_token: bool,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -54,6 +57,7 @@ impl From<Row> for Webhook {
             mode: r.mode,
             priorities: r.priorities,
             idempotency_from_webhook_id: r.idempotency_from_webhook_id,
+            require_lock_token: r.require_lock_token,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -68,6 +72,7 @@ pub struct NewWebhook {
     pub mode: DeliveryMode,
     pub priorities: bool,
     pub idempotency_from_webhook_id: bool,
+    pub require_lock_token: bool,
 }
 
 /// The most webhooks a project may have, and the plan that says so.
@@ -102,11 +107,11 @@ pub async fn create(
     let row = sqlx::query_as!(
         Row,
         r#"INSERT INTO webhooks (id, project_id, name, lock_timeout_seconds, max_retries, ttl_days, mode, priorities,
-                                 idempotency_from_webhook_id)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                 idempotency_from_webhook_id, require_lock_token)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
            RETURNING id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme,
                      signature_tolerance_seconds, mode AS "mode: DeliveryMode", priorities,
-                     idempotency_from_webhook_id, created_at, updated_at"#,
+                     idempotency_from_webhook_id, require_lock_token, created_at, updated_at"#,
         id.as_uuid(),
         project.0,
         new.name.as_str(),
@@ -115,7 +120,8 @@ pub async fn create(
         new.ttl_days.get(),
         new.mode as _,
         new.priorities,
-        new.idempotency_from_webhook_id
+        new.idempotency_from_webhook_id,
+        new.require_lock_token
     )
     .fetch_one(&mut *tx)
     .await
@@ -131,7 +137,7 @@ pub async fn get(db: impl PgExecutor<'_>, project: ProjectId, id: &WebhookId) ->
     let row = sqlx::query_as!(
         Row,
         r#"SELECT id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme, signature_tolerance_seconds,
-                  mode AS "mode: DeliveryMode", priorities, idempotency_from_webhook_id, created_at, updated_at
+                  mode AS "mode: DeliveryMode", priorities, idempotency_from_webhook_id, require_lock_token, created_at, updated_at
            FROM webhooks WHERE id = $1 AND project_id = $2"#,
         id.as_uuid(),
         project.0
@@ -154,7 +160,7 @@ pub async fn list(
     let rows = sqlx::query_as!(
         Row,
         r#"SELECT id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme, signature_tolerance_seconds,
-                  mode AS "mode: DeliveryMode", priorities, idempotency_from_webhook_id, created_at, updated_at
+                  mode AS "mode: DeliveryMode", priorities, idempotency_from_webhook_id, require_lock_token, created_at, updated_at
            FROM webhooks
            WHERE project_id = $1
              AND ($2::uuid IS NULL OR (created_at, id) >
@@ -181,6 +187,7 @@ pub struct WebhookChanges {
     pub ttl_days: Option<TtlDays>,
     pub priorities: Option<bool>,
     pub idempotency_from_webhook_id: Option<bool>,
+    pub require_lock_token: Option<bool>,
 }
 
 /// Changes apply to messages from now on; a message's TTL was fixed when it arrived.
@@ -199,11 +206,12 @@ pub async fn update(
                ttl_days = COALESCE($6, ttl_days),
                priorities = COALESCE($7, priorities),
                idempotency_from_webhook_id = COALESCE($8, idempotency_from_webhook_id),
+               require_lock_token = COALESCE($9, require_lock_token),
                updated_at = now()
            WHERE id = $1 AND project_id = $2
            RETURNING id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme,
                      signature_tolerance_seconds, mode AS "mode: DeliveryMode", priorities,
-                     idempotency_from_webhook_id, created_at, updated_at"#,
+                     idempotency_from_webhook_id, require_lock_token, created_at, updated_at"#,
         id.as_uuid(),
         project.0,
         changes.name.as_ref().map(WebhookName::as_str),
@@ -211,7 +219,8 @@ pub async fn update(
         changes.max_retries.map(MaxRetries::get),
         changes.ttl_days.map(TtlDays::get),
         changes.priorities,
-        changes.idempotency_from_webhook_id
+        changes.idempotency_from_webhook_id,
+        changes.require_lock_token
     )
     .fetch_optional(db)
     .await

@@ -204,3 +204,38 @@ async fn the_ttl_purger_deletes_expired_sessions() {
     let left = app.sql_strings("SELECT encode(token_hash, 'escape') FROM sessions").await;
     assert_eq!(left, vec!["live".to_owned()]);
 }
+
+/// With requireLockToken, commit, error and extend must name the lock token: without it
+/// they are 422 and change nothing; with it they work. Off by default.
+#[tokio::test]
+async fn require_lock_token_refuses_calls_without_the_token() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({"requireLockToken": true})).await;
+    assert_eq!(app.get_webhook(&wh).await.body["requireLockToken"], true);
+    app.ingest_ok(&wh, "{}").await;
+    let d = app.dequeue_ok(&wh).await;
+    let base = format!("/api/webhooks/{wh}/messages/{}", d.id);
+    for (action, body) in
+        [("commit", None), ("error", Some(json!({"reason": "x"}))), ("extend", Some(json!({"seconds": 60})))]
+    {
+        let r = app.api(Method::POST, &format!("{base}/{action}"), body).await;
+        assert!(
+            r.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").contains("lockToken"),
+            "{action}"
+        );
+    }
+    let batch = json!({"messages": [{"id": d.id}]});
+    let r = app.api(Method::POST, &format!("/api/webhooks/{wh}/messages/commit"), Some(batch)).await;
+    r.expect(StatusCode::OK);
+    assert_eq!(r.body["failed"][0]["error"]["code"], "validation_failed", "{}", r.body);
+    let m = app.message(&wh, &d.id).await;
+    assert_eq!((m.str("status"), m.i64("retryCount")), ("locked".to_owned(), 0), "nothing changed");
+    app.commit_ok(&wh, &d).await;
+
+    // A webhook without the setting takes a call without a token, as before.
+    let open = app.create_webhook(json!({})).await;
+    assert_eq!(app.get_webhook(&open).await.body["requireLockToken"], false);
+    let (id, _) = app.ingest_ok(&open, "{}").await;
+    app.dequeue_ok(&open).await;
+    app.commit(&open, &id, None).await.expect(StatusCode::OK);
+}

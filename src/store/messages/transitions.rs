@@ -19,6 +19,7 @@ enum LockRefusal {
     NoMessage,
     NotLocked,
     LockMismatch,
+    TokenRequired,
 }
 
 /// A refusal and the message's stored state as the store's answer.
@@ -28,6 +29,7 @@ fn refused(refusal: Option<LockRefusal>, state: Option<MessageState>) -> StoreRe
         Some(LockRefusal::NoMessage) => Err(StoreError::NotFound("message")),
         Some(LockRefusal::NotLocked) => Err(Refusal::NotLocked { state: state.unwrap_or(MessageState::Queued) }.into()),
         Some(LockRefusal::LockMismatch) => Err(Refusal::LockMismatch.into()),
+        Some(LockRefusal::TokenRequired) => Err(Refusal::LockTokenRequired.into()),
     }
 }
 
@@ -108,23 +110,27 @@ pub async fn commit_many(
     webhook: &WebhookId,
     entries: &[(MessageId, Option<LockToken>)],
 ) -> StoreResult<Vec<StoreResult<()>>> {
-    let mode = sqlx::query_scalar!(
-        r#"SELECT mode AS "mode: DeliveryMode" FROM webhooks WHERE id = $1 AND project_id = $2"#,
+    let hook = sqlx::query!(
+        r#"SELECT mode AS "mode: DeliveryMode", require_lock_token FROM webhooks WHERE id = $1 AND project_id = $2"#,
         webhook.as_uuid(),
         project.0
     )
     .fetch_optional(&mut *db)
     .await
-    .context_for("reading a webhook's mode", webhook)?;
-    if mode.ok_or(StoreError::NotFound("webhook"))? == DeliveryMode::Fifo {
+    .context_for("reading a webhook's mode", webhook)?
+    .ok_or(StoreError::NotFound("webhook"))?;
+    if hook.mode == DeliveryMode::Fifo {
         let mut outcomes = Vec::with_capacity(entries.len());
         for (message, token) in entries {
             outcomes.push(commit(&mut *db, &LockedRef { project, webhook, message, token: token.as_ref() }).await);
         }
         return Ok(outcomes);
     }
-    let ids: Vec<Uuid> = entries.iter().map(|(m, _)| *m.as_uuid()).collect();
-    let tokens: Vec<Option<Uuid>> = entries.iter().map(|(_, t)| t.map(|t| *t.as_uuid())).collect();
+    // Entries that must name a token and do not are refused before the statement.
+    let refused = |token: &Option<LockToken>| hook.require_lock_token && token.is_none();
+    let named = entries.iter().filter(|(_, t)| !refused(t));
+    let ids: Vec<Uuid> = named.clone().map(|(m, _)| *m.as_uuid()).collect();
+    let tokens: Vec<Option<Uuid>> = named.map(|(_, t)| t.map(|t| *t.as_uuid())).collect();
     let rows = sqlx::query!(
         // One unique-index probe per id (a LATERAL with FOR UPDATE is never flattened into
         // a join, which stale statistics could turn into a scan of the whole backlog), in id
@@ -156,7 +162,8 @@ pub async fn commit_many(
     let found: HashMap<Uuid, _> = rows.into_iter().map(|r| (r.id, r)).collect();
     Ok(entries
         .iter()
-        .map(|(message, _)| match found.get(message.as_uuid()) {
+        .map(|(message, token)| match found.get(message.as_uuid()) {
+            _ if refused(token) => Err(Refusal::LockTokenRequired.into()),
             None => Err(StoreError::NotFound("message")),
             Some(r) if r.committed => Ok(()),
             Some(r) if r.state != MessageState::Queued || !r.locked => {
