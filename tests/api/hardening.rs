@@ -239,3 +239,25 @@ async fn require_lock_token_refuses_calls_without_the_token() {
     app.dequeue_ok(&open).await;
     app.commit(&open, &id, None).await.expect(StatusCode::OK);
 }
+
+/// Dequeue takes its options in a JSON body as well as the query string; an unknown field
+/// is refused as elsewhere, and an option given in both places is ambiguous (422).
+#[tokio::test]
+async fn dequeue_options_come_in_the_body_too() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({"mode": "standard"})).await;
+    for n in 0..5 {
+        app.ingest_ok(&wh, &format!("{n}")).await;
+    }
+    let path = format!("/api/webhooks/{wh}/messages/dequeue");
+    let r = app.api(Method::POST, &path, Some(json!({"maxMessages": 3, "visibilityTimeout": 30}))).await;
+    r.expect(StatusCode::OK);
+    assert_eq!(r.body["messages"].as_array().map(Vec::len), Some(3), "{}", r.body);
+    let r = app.api(Method::POST, &path, Some(json!({"maxMessage": 3}))).await;
+    r.expect_error(StatusCode::BAD_REQUEST, "bad_request");
+    let r = app.api(Method::POST, &format!("{path}?maxMessages=2"), Some(json!({"maxMessages": 2}))).await;
+    assert!(r.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").contains("maxMessages"));
+    let r = app.api(Method::POST, &path, Some(json!({"maxMessages": 0}))).await;
+    r.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_eq!(app.dequeue_with(&wh, "maxMessages=10").await.body["messages"].as_array().map(Vec::len), Some(2));
+}

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{deliver, deliver_batch, DeliveredMessage};
 use crate::domain::{LockTimeout, MaxMessages, SettingError};
-use crate::http::error::{ApiError, ErrorBody};
+use crate::http::error::{parse_json, ApiError, ErrorBody};
 use crate::http::extract::{Dequeue, WebhookRequest};
 use crate::http::ApiState;
 use crate::limits::Operation;
@@ -21,7 +21,8 @@ const MAX_WAIT_SECONDS: u64 = 20;
 /// Shortest pause before re-checking a queue whose next due time has (by our clock) passed.
 const MIN_RECHECK: Duration = Duration::from_millis(20);
 
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+/// Dequeue's options, in the query string or (the same fields) in a JSON body.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DequeueQuery {
@@ -35,14 +36,36 @@ pub struct DequeueQuery {
     pub visibility_timeout: Option<i64>,
 }
 
+impl DequeueQuery {
+    /// The options of the query string and of the body, each given in one of them at most.
+    fn merged(self, body: DequeueQuery) -> Result<Self, ApiError> {
+        fn one<T>(field: &str, query: Option<T>, body: Option<T>) -> Result<Option<T>, ApiError> {
+            match (query, body) {
+                (Some(_), Some(_)) => {
+                    Err(ApiError::Validation(format!("{field} is given in both the query and the body")))
+                }
+                (q, b) => Ok(q.or(b)),
+            }
+        }
+        Ok(Self {
+            wait: one("wait", self.wait, body.wait)?,
+            max_messages: one("maxMessages", self.max_messages, body.max_messages)?,
+            visibility_timeout: one("visibilityTimeout", self.visibility_timeout, body.visibility_timeout)?,
+        })
+    }
+}
+
 /// Lock and receive what can be delivered: in a FIFO webhook the head of the queue (204
 /// while it is locked by another consumer, or when the queue is empty), in a standard
 /// webhook up to `maxMessages` at once. With `?wait=N`, long-poll.
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/dequeue", tag = "messages",
-    params(("webhook_id" = String, Path), DequeueQuery), security(("api_key" = [])),
+    params(("webhook_id" = String, Path), DequeueQuery), request_body(content = Option<DequeueQuery>,
+    description = "The query's options as JSON instead (an option may be given in one place only)"),
+    security(("api_key" = [])),
     responses((status = 200, body = DeliveredMessage, description = "Without maxMessages: one message. With maxMessages: a DeliveredBatch"),
               (status = 204, description = "Nothing to deliver"),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 413, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
               (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"),
               (status = 500, body = ErrorBody, description = "payload_unreadable: the message was dead-lettered"),
@@ -52,8 +75,10 @@ pub async fn dequeue(
     req: WebhookRequest<Dequeue>,
     query: web::Query<DequeueQuery>,
     state: web::Data<ApiState>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let webhook = req.webhook;
+    let query = query.into_inner().merged(parse_json(&body, true)?)?;
     let wait = match query.wait {
         None => Duration::ZERO,
         Some(s @ 0..=MAX_WAIT_SECONDS) => Duration::from_secs(s),
