@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_app_on, Delivery};
+use crate::helpers::{join_within, spawn_app, spawn_app_on, Delivery};
 
 const CONSUMERS: usize = 16;
 const MESSAGES: usize = 500;
@@ -61,12 +61,12 @@ async fn drain_with_consumers(chain: bool, replicas: usize) {
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let committed = Arc::new(AtomicUsize::new(0));
-    let mut consumers = Vec::new();
+    let mut consumers = tokio::task::JoinSet::new();
     for c in 0..CONSUMERS {
         let app = brokers[c % brokers.len()].clone();
         let (wh, ledger, committed) = (wh.clone(), ledger.clone(), committed.clone());
         let chains = chain && c % 2 == 1;
-        consumers.push(tokio::spawn(async move {
+        consumers.spawn(async move {
             let mut empty_polls = 0u64;
             let mut carried: Option<Delivery> = None;
             while carried.is_some() || committed.load(Ordering::SeqCst) < MESSAGES {
@@ -118,11 +118,9 @@ async fn drain_with_consumers(chain: bool, replicas: usize) {
                     committed.fetch_add(1, Ordering::SeqCst);
                 }
             }
-        }));
+        });
     }
-    for c in consumers {
-        c.await.expect("a consumer failed");
-    }
+    join_within(consumers, std::time::Duration::from_secs(120)).await;
 
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     assert_eq!(ledger.commits, (1..=MESSAGES as i64).collect::<Vec<_>>(), "commits out of seq order");

@@ -642,3 +642,29 @@ pub fn base64(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// Awaits every task of `tasks`, failing at once (and stopping the others) when one fails,
+/// and failing when they have not all finished within `limit`: a broken order or a lost
+/// message must end a concurrency test, not leave its consumers polling for ever.
+pub async fn join_within<T: 'static>(mut tasks: tokio::task::JoinSet<T>, limit: Duration) -> Vec<T> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut done = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(None) => return done,
+            Ok(Some(Ok(value))) => done.push(value),
+            Ok(Some(Err(failed))) => {
+                tasks.abort_all();
+                match failed.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    Err(e) => panic!("a task failed: {e}"),
+                }
+            }
+            Err(_) => {
+                let stuck = tasks.len();
+                tasks.abort_all();
+                panic!("{stuck} tasks were still running after {limit:?}");
+            }
+        }
+    }
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{delivery, priority, spawn_app, time, Delivery, Reply, TestApp};
+use crate::helpers::{delivery, join_within, priority, spawn_app, time, Delivery, Reply, TestApp};
 
 /// The deliveries of a dequeue answered with a list (`maxMessages`); none on 204.
 fn deliveries(r: &Reply) -> Vec<Delivery> {
@@ -370,10 +370,10 @@ async fn sixteen_standard_consumers_take_two_thousand_messages_once_each_by_prio
     assert_eq!(published.len(), MESSAGES);
 
     let handed_out = Arc::new(AtomicUsize::new(0));
-    let mut consumers = Vec::new();
+    let mut consumers = tokio::task::JoinSet::new();
     for c in 0..CONSUMERS {
         let (app, wh, handed_out) = (app.clone_handle(), wh.clone(), handed_out.clone());
-        consumers.push(tokio::spawn(async move {
+        consumers.spawn(async move {
             let path = format!("/api/webhooks/{wh}/messages/dequeue?maxMessages={PER_DEQUEUE}");
             let mut calls: Vec<Call> = Vec::new();
             let mut idle = 0u32;
@@ -410,12 +410,9 @@ async fn sixteen_standard_consumers_take_two_thousand_messages_once_each_by_prio
                 }
             }
             calls
-        }));
+        });
     }
-    let mut calls: Vec<Call> = Vec::new();
-    for c in consumers {
-        calls.extend(c.await.expect("a consumer failed"));
-    }
+    let calls: Vec<Call> = join_within(consumers, Duration::from_secs(120)).await.into_iter().flatten().collect();
 
     // Every message delivered exactly once, as it was published.
     let mut delivered: HashMap<&str, usize> = HashMap::new();
