@@ -29,13 +29,16 @@ pub struct Outcome {
     /// Deliveries out of seq order within a FIFO webhook, or of a message already delivered
     /// (standard mode): must be 0.
     pub out_of_order: u64,
+    /// Acknowledged messages missing: seqs a FIFO consumer skipped, or ingests answered 202
+    /// that the queue does not hold (counted by the caller from stats). Must be 0.
+    pub lost: u64,
     pub latency: Histogram<u64>,
     pub elapsed: Duration,
 }
 
 impl Outcome {
     fn new() -> Self {
-        Self { done: 0, failures: 0, empty: 0, out_of_order: 0, latency: histogram(), elapsed: Duration::ZERO }
+        Self { done: 0, failures: 0, empty: 0, out_of_order: 0, lost: 0, latency: histogram(), elapsed: Duration::ZERO }
     }
 
     fn merge(&mut self, other: Outcome) {
@@ -43,6 +46,7 @@ impl Outcome {
         self.failures += other.failures;
         self.empty += other.empty;
         self.out_of_order += other.out_of_order;
+        self.lost += other.lost;
         self.latency.add(&other.latency).expect("same histogram bounds");
     }
 
@@ -137,8 +141,11 @@ async fn consume(t: Target, webhooks: Vec<String>, deadline: Instant, next: bool
         };
         empty_streak = 0;
         let seq = message["seq"].as_i64().unwrap_or(0);
-        if last_seq.insert(w, seq).is_some_and(|prev| prev >= seq) {
-            out.out_of_order += 1;
+        match last_seq.insert(w, seq) {
+            Some(prev) if prev >= seq => out.out_of_order += 1,
+            // Every message is committed in order, so the next seq is the one after.
+            Some(prev) if seq > prev + 1 => out.lost += (seq - prev - 1) as u64,
+            _ => {}
         }
         let id = message["id"].as_str().unwrap_or_default();
         let token = message["lockToken"].as_str().unwrap_or_default();
@@ -279,6 +286,20 @@ async fn post(t: &Target, path: &str, json: Option<Value>) -> Option<(StatusCode
     let bytes = r.bytes().await.ok()?;
     let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).ok()? };
     Some((status, value))
+}
+
+/// How many messages the webhooks hold, in any state (from their stats).
+pub async fn stored(t: &Target, webhooks: &[String]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for w in webhooks {
+        let r = t.client.get(format!("{}/api/webhooks/{w}/stats", t.base)).header("x-api-key", &*t.key).send().await?;
+        let s: Value = r.error_for_status()?.json().await?;
+        total += ["queued", "locked", "delayed", "dead", "committed"]
+            .iter()
+            .map(|k| s[k].as_u64().unwrap_or(0))
+            .sum::<u64>();
+    }
+    Ok(total)
 }
 
 /// Creates `n` strict-FIFO webhooks and returns their ids.

@@ -41,7 +41,8 @@ struct Args {
     /// by default, which the `postgres` user can reach when this runs as root.
     #[arg(long, default_value_os_t = std::env::temp_dir().join("hookline-bench"))]
     data_dir: PathBuf,
-    /// Exit non-zero if any scenario lost order, failed a request or moved no message.
+    /// Exit non-zero if any scenario delivered out of order, lost an acknowledged message,
+    /// failed a request or moved no message.
     #[arg(long)]
     check: bool,
     /// Where to write the JSON results.
@@ -62,6 +63,7 @@ struct Row {
     messages: u64,
     failures: u64,
     out_of_order: u64,
+    lost: u64,
     p50_ms: f64,
     p99_ms: f64,
     p999_ms: f64,
@@ -94,10 +96,11 @@ async fn main() -> anyhow::Result<()> {
     if args.check {
         for r in rows.iter().filter(|r| !r.scenario.starts_with("pgbench")) {
             anyhow::ensure!(
-                r.out_of_order == 0 && r.failures == 0 && r.messages > 0,
-                "{}: {} out of order, {} failures, {} messages",
+                r.out_of_order == 0 && r.lost == 0 && r.failures == 0 && r.messages > 0,
+                "{}: {} out of order, {} lost, {} failures, {} messages",
                 r.scenario,
                 r.out_of_order,
+                r.lost,
                 r.failures,
                 r.messages
             );
@@ -106,8 +109,19 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The scenarios `--scenarios` accepts (besides `all`).
+const SCENARIOS: &[&str] =
+    &["ingest-many", "ingest-one", "fifo-one", "fifo-many", "standard", "latency", "delivery", "growth", "baseline"];
+
 /// Every scenario in order; the broker is stopped by the caller whatever happens.
 async fn run(args: &Args, exe: &std::path::Path, broker: &Broker) -> anyhow::Result<Vec<Row>> {
+    for name in args.scenarios.split(',').map(str::trim).filter(|s| *s != "all") {
+        anyhow::ensure!(
+            SCENARIOS.contains(&name),
+            "unknown scenario {name:?}: expected all or some of {}",
+            SCENARIOS.join(", ")
+        );
+    }
     let wanted = |s: &str| args.scenarios == "all" || args.scenarios.split(',').any(|w| w.trim() == s);
     let client = reqwest::Client::builder().pool_max_idle_per_host(512).tcp_nodelay(true).build()?;
     let target = Target { client, base: broker.base.clone().into(), key: broker.key.clone().into() };
@@ -117,10 +131,14 @@ async fn run(args: &Args, exe: &std::path::Path, broker: &Broker) -> anyhow::Res
     let mut rec = Recorder { broker, rows: Vec::new() };
 
     if wanted("ingest-many") {
+        let before = load::stored(&target, &many).await?;
         rec.measure("ingest-many", load::ingest(&target, many.clone(), 64, secs)).await;
+        rec.expect_stored(before + rec.last_messages(), load::stored(&target, &many).await?);
     }
     if wanted("ingest-one") {
+        let before = load::stored(&target, &one).await?;
         rec.measure("ingest-one", load::ingest(&target, one.clone(), 64, secs)).await;
+        rec.expect_stored(before + rec.last_messages(), load::stored(&target, &one).await?);
     }
     if wanted("fifo-one") {
         // Enough queued for both runs, whatever ingest-one managed.
@@ -137,8 +155,10 @@ async fn run(args: &Args, exe: &std::path::Path, broker: &Broker) -> anyhow::Res
         let hook =
             load::create_webhook(&target, serde_json::json!({"name": "bench-standard", "mode": "standard"})).await?;
         let hook = Arc::new(vec![hook]);
-        top_up(&target, hook.clone(), 12_000 * secs).await;
+        let published = top_up(&target, hook.clone(), 12_000 * secs).await;
         rec.measure("standard", load::standard(&target, hook[0].clone(), 16, 10, secs)).await;
+        // Everything published is still there, committed or not.
+        rec.expect_stored(published, load::stored(&target, &hook).await?);
     }
     if wanted("latency") {
         rec.measure("latency", load::offered(&target, many.clone(), args.rate, secs)).await;
@@ -214,6 +234,19 @@ impl Recorder<'_> {
         );
         self.rows.push(row);
     }
+
+    /// Messages the last load moved.
+    fn last_messages(&self) -> u64 {
+        self.rows.last().map_or(0, |r| r.messages)
+    }
+
+    /// The webhooks should hold `expected` messages after the last load: any fewer were
+    /// acknowledged and lost.
+    fn expect_stored(&mut self, expected: u64, stored: u64) {
+        if let Some(row) = self.rows.last_mut() {
+            row.lost += expected.saturating_sub(stored);
+        }
+    }
 }
 
 impl Row {
@@ -224,6 +257,7 @@ impl Row {
             messages: 0,
             failures: 0,
             out_of_order: 0,
+            lost: 0,
             p50_ms: 0.0,
             p99_ms: 0.0,
             p999_ms: 0.0,
@@ -235,8 +269,9 @@ impl Row {
     }
 }
 
-/// Ingests until at least `n` messages were added (outside any measurement).
-async fn top_up(target: &Target, webhooks: Arc<Vec<String>>, n: u64) {
+/// Ingests until at least `n` messages were added (outside any measurement); returns how
+/// many were acknowledged.
+async fn top_up(target: &Target, webhooks: Arc<Vec<String>>, n: u64) -> u64 {
     let mut added = 0;
     while added < n {
         let o = load::ingest(target, webhooks.clone(), 64, 2).await;
@@ -245,6 +280,7 @@ async fn top_up(target: &Target, webhooks: Arc<Vec<String>>, n: u64) {
         }
         added += o.done;
     }
+    added
 }
 
 fn row(name: &str, o: &Outcome, cpu: Option<f64>, rss: Option<f64>) -> Row {
@@ -255,6 +291,7 @@ fn row(name: &str, o: &Outcome, cpu: Option<f64>, rss: Option<f64>) -> Row {
         messages: o.done,
         failures: o.failures,
         out_of_order: o.out_of_order,
+        lost: o.lost,
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
         p999_ms: ms(0.999),
@@ -268,11 +305,11 @@ fn row(name: &str, o: &Outcome, cpu: Option<f64>, rss: Option<f64>) -> Row {
 fn print_table(rows: &[Row], secs: u64) {
     let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
     println!("\n{secs} s per scenario, 1 KiB JSON payloads\n");
-    println!("| scenario | msg/s | p50 ms | p99 ms | p99.9 ms | failures | out of order | peak RSS MiB | CPU s / 1k msgs | pgbench msg/s | ratio |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| scenario | msg/s | p50 ms | p99 ms | p99.9 ms | failures | out of order | lost | peak RSS MiB | CPU s / 1k msgs | pgbench msg/s | ratio |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in rows {
         println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
             r.scenario,
             r.msgs_per_sec,
             r.p50_ms,
@@ -280,6 +317,7 @@ fn print_table(rows: &[Row], secs: u64) {
             r.p999_ms,
             r.failures,
             r.out_of_order,
+            r.lost,
             opt(r.peak_rss_mib, 0),
             opt(r.cpu_sec_per_1k, 3),
             opt(r.baseline_per_sec, 0),
