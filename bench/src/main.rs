@@ -76,6 +76,13 @@ struct Row {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    for name in args.scenarios.split(',').map(str::trim).filter(|s| *s != "all") {
+        anyhow::ensure!(
+            SCENARIOS.contains(&name),
+            "unknown scenario {name:?}: expected all or some of {}",
+            SCENARIOS.join(", ")
+        );
+    }
     let exe = std::env::current_exe()?.with_file_name("hookline");
     let broker = match (&args.base, &args.key) {
         (Some(base), Some(key)) => Broker::existing(base.trim_end_matches('/').to_owned(), key.clone()).await?,
@@ -115,13 +122,6 @@ const SCENARIOS: &[&str] =
 
 /// Every scenario in order; the broker is stopped by the caller whatever happens.
 async fn run(args: &Args, exe: &std::path::Path, broker: &Broker) -> anyhow::Result<Vec<Row>> {
-    for name in args.scenarios.split(',').map(str::trim).filter(|s| *s != "all") {
-        anyhow::ensure!(
-            SCENARIOS.contains(&name),
-            "unknown scenario {name:?}: expected all or some of {}",
-            SCENARIOS.join(", ")
-        );
-    }
     let wanted = |s: &str| args.scenarios == "all" || args.scenarios.split(',').any(|w| w.trim() == s);
     let client = reqwest::Client::builder().pool_max_idle_per_host(512).tcp_nodelay(true).build()?;
     let target = Target { client, base: broker.base.clone().into(), key: broker.key.clone().into() };
