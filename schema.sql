@@ -533,15 +533,24 @@ CREATE FUNCTION public.hookline_purge_expired(p_limit integer) RETURNS integer
 DECLARE
     webhook_ids uuid[];
     seqs bigint[];
+    free uuid[];
     hook record;
 BEGIN
-    WITH deleted AS (
-        DELETE FROM messages m USING (
-            SELECT webhook_id, seq FROM messages WHERE expires_at <= now()
-            ORDER BY expires_at LIMIT p_limit FOR UPDATE SKIP LOCKED
-        ) expired
-        WHERE m.webhook_id = expired.webhook_id AND m.seq = expired.seq
-        RETURNING m.webhook_id, m.seq
+    SELECT coalesce(array_agg(webhook_id), '{}'), coalesce(array_agg(seq), '{}') INTO webhook_ids, seqs
+    FROM (SELECT webhook_id, seq FROM messages WHERE expires_at <= now() ORDER BY expires_at LIMIT p_limit) c;
+    SELECT coalesce(array_agg(id), '{}') INTO free
+    FROM (SELECT id FROM webhooks WHERE id = ANY (webhook_ids) ORDER BY id FOR NO KEY UPDATE SKIP LOCKED) w;
+    WITH doomed AS (
+        SELECT m.ctid AS row_id
+        FROM unnest(webhook_ids, seqs) AS c(webhook_id, seq)
+        CROSS JOIN LATERAL (
+            SELECT ctid FROM messages
+            WHERE webhook_id = c.webhook_id AND seq = c.seq AND expires_at <= now()
+            FOR UPDATE SKIP LOCKED
+        ) m
+        WHERE c.webhook_id = ANY (free)
+    ), deleted AS (
+        DELETE FROM messages WHERE ctid = ANY (ARRAY(SELECT row_id FROM doomed)) RETURNING webhook_id, seq
     )
     SELECT coalesce(array_agg(webhook_id), '{}'), coalesce(array_agg(seq), '{}') INTO webhook_ids, seqs FROM deleted;
     FOR hook IN
@@ -654,7 +663,7 @@ CREATE FUNCTION public.hookline_release_lock(p_webhook uuid, p_message uuid, p_t
         WHERE id = p_webhook AND lock_token = p_token
         RETURNING id
     )
-    UPDATE messages SET lock_token = NULL, lock_expires_at = NULL
+    UPDATE messages SET lock_token = NULL, lock_expires_at = NULL, deliver_at = now() + interval '5 seconds'
     WHERE webhook_id = p_webhook AND id = p_message AND lock_token = p_token
       AND NOT EXISTS (SELECT 1 FROM fifo)
 $$;

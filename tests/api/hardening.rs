@@ -67,7 +67,9 @@ async fn a_purge_meeting_a_dequeue_never_frees_the_lock_a_consumer_holds() {
     let purge = tokio::spawn(async move { purger.api(Method::POST, &purge_path, None).await });
     wait_for_a_lock_wait(&app).await;
 
-    // A message arrives meanwhile; the dequeue hands out the head and commits.
+    // A message arrives meanwhile; the dequeue hands out the head (the first message again,
+    // its expired lock counted as an attempt, or, had the purge deleted it first, the new
+    // one) and commits.
     app.ingest_ok(&wh, r#"{"n":2}"#).await;
     let project = hookline::store::projects::find(&app.pool, "test").await.unwrap();
     let held: uuid::Uuid = sqlx::query_scalar(&format!("SELECT id FROM hookline_dequeue('{webhook}', $1, 1, NULL)"))
@@ -260,4 +262,40 @@ async fn dequeue_options_come_in_the_body_too() {
     let r = app.api(Method::POST, &path, Some(json!({"maxMessages": 0}))).await;
     r.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
     assert_eq!(app.dequeue_with(&wh, "maxMessages=10").await.body["messages"].as_array().map(Vec::len), Some(2));
+}
+
+/// The TTL purger meets a dequeue holding the webhook row of an expired, locked message:
+/// neither waits for the other in a cycle (the purger used to delete the message, then wait
+/// for the row the dequeue held while the dequeue waited for the message: a deadlock).
+#[tokio::test]
+async fn the_ttl_purger_and_a_dequeue_never_deadlock() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({})).await;
+    app.ingest_ok(&wh, "{}").await;
+    app.dequeue_ok(&wh).await;
+    let webhook = uuid_of(&wh);
+    app.sql(&format!("UPDATE webhooks SET lock_expires_at = now() - interval '1 second' WHERE id = '{webhook}'")).await;
+    app.sql(&format!("UPDATE messages SET expires_at = now() - interval '1 second' WHERE webhook_id = '{webhook}'"))
+        .await;
+
+    let mut dequeuer = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut dequeuer).await.unwrap();
+    sqlx::query(&format!("SELECT 1 FROM webhooks WHERE id = '{webhook}' FOR NO KEY UPDATE"))
+        .execute(&mut dequeuer)
+        .await
+        .unwrap();
+    let pool = app.pool.clone();
+    let purge = tokio::spawn(async move { hookline::jobs::TtlPurger::new(pool).run_once().await });
+    // Give the purger time to reach whatever it would wait for, then dequeue in the same
+    // transaction that holds the row (its expired lock is a failed attempt on that message).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let project = hookline::store::projects::find(&app.pool, "test").await.unwrap();
+    let dequeued = sqlx::query(&format!("SELECT * FROM hookline_dequeue('{webhook}', $1, 1, NULL)"))
+        .bind(project.0)
+        .fetch_all(&mut dequeuer)
+        .await;
+    let committed = sqlx::query("COMMIT").execute(&mut dequeuer).await;
+    let purged = tokio::time::timeout(Duration::from_secs(30), purge).await.expect("the purger finished").unwrap();
+    assert!(dequeued.is_ok() && committed.is_ok(), "the dequeue failed: {dequeued:?} {committed:?}");
+    assert!(purged.is_ok(), "the purger failed: {purged:?}");
 }

@@ -7,9 +7,10 @@ use crate::domain::{ProjectId, WebhookId};
 use crate::store::{Context, StoreResult};
 
 /// Deletes every live message (queued, delayed or locked) of the webhook; returns how many.
-/// In short batches that skip rows a consumer is committing this instant (the commit wins),
-/// so a purge never waits on, or deadlocks with, consumers. A FIFO lock on a message it
-/// deleted is released with it (`hookline_purge_live`).
+/// In short batches, each under the webhook row lock (taken as a dequeue takes it, so the
+/// two wait for each other but never deadlock) that skip rows a standard-mode consumer is
+/// committing this instant (the commit wins). A FIFO lock on a message it deleted is
+/// released with it (`hookline_purge_live`).
 pub async fn purge(db: &mut PgConnection, project: ProjectId, webhook: &WebhookId) -> StoreResult<u64> {
     const BATCH: i32 = 5000;
     crate::store::webhooks::get(&mut *db, project, webhook).await?;
