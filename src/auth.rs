@@ -42,7 +42,7 @@ impl ApiKey {
     fn prefix(presented: &str) -> Option<&str> {
         let rest = presented.strip_prefix("hl_")?;
         let (prefix, secret) = rest.split_once('_')?;
-        (prefix.len() == PREFIX_LEN && secret.len() == SECRET_LEN).then_some(prefix)
+        (is_prefix(prefix) && secret.len() == SECRET_LEN).then_some(prefix)
     }
 }
 
@@ -160,6 +160,8 @@ impl KeyVerifier {
         prefix: &str,
         digest: [u8; 32],
     ) -> Result<Principal, AuthError> {
+        // What the cache may trust afterwards: a revocation missed meanwhile bumps it.
+        let generation = self.generation.load(Ordering::Acquire);
         // Prefixes are public (listed, shown in logs): telling an unknown one apart costs
         // nothing secret, and spares argon2 for keys that could be real.
         let Some(stored) = store::keys::find_live(&self.pool, prefix).await? else {
@@ -167,12 +169,14 @@ impl KeyVerifier {
             return Err(AuthError::InvalidKey);
         };
         let (presented, hash) = (presented.to_owned(), stored.hash.clone());
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= ARGON2_QUEUE {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(AuthError::Busy);
-        }
-        let permit = self.argon2.acquire().await.expect("the semaphore is never closed");
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        let permit = {
+            // Counted while waiting, and uncounted however the wait ends (a request dropped
+            // mid-wait too), so the queue's bound never leaks.
+            let waiter = Waiter::enter(&self.waiting).ok_or(AuthError::Busy)?;
+            let permit = self.argon2.acquire().await.expect("the semaphore is never closed");
+            drop(waiter);
+            permit
+        };
         self.argon2_runs.fetch_add(1, Ordering::Relaxed);
         let matches = tokio::task::spawn_blocking(move || verify_hash(&presented, &hash)).await.unwrap_or(false);
         drop(permit);
@@ -186,7 +190,7 @@ impl KeyVerifier {
             webhooks: stored.webhooks.map(Arc::from),
         };
         store::keys::touch(&self.pool, stored.id).await?;
-        self.remember(digest, principal.clone());
+        self.remember(digest, principal.clone(), generation);
         Ok(principal)
     }
 
@@ -198,8 +202,9 @@ impl KeyVerifier {
         if current && entry.checked_at.elapsed() < self.ttl {
             return Ok(Some(entry.principal));
         }
+        let generation = self.generation.load(Ordering::Acquire);
         if store::keys::is_live(&self.pool, entry.principal.key).await? {
-            self.remember(*digest, entry.principal.clone());
+            self.remember(*digest, entry.principal.clone(), generation);
             Ok(Some(entry.principal))
         } else {
             self.cache.lock().expect("key cache poisoned").remove(digest);
@@ -249,7 +254,8 @@ impl KeyVerifier {
         unknown.insert(prefix.to_owned(), Instant::now());
     }
 
-    fn remember(&self, digest: [u8; 32], principal: Principal) {
+    /// Caches a key checked against the database as of `generation`.
+    fn remember(&self, digest: [u8; 32], principal: Principal, generation: u64) {
         let mut cache = self.cache.lock().expect("key cache poisoned");
         if cache.len() >= CACHE_CAPACITY && !cache.contains_key(&digest) {
             // Drop the stalest half; they re-verify by a lookup, or argon2 if evicted.
@@ -258,8 +264,24 @@ impl KeyVerifier {
             let cutoff = ages[ages.len() / 2];
             cache.retain(|_, v| v.checked_at > cutoff);
         }
-        let generation = self.generation.load(Ordering::Acquire);
         cache.insert(digest, Verified { principal, checked_at: Instant::now(), generation });
+    }
+}
+
+/// One verification waiting for argon2, counted against `ARGON2_QUEUE` while it lives.
+struct Waiter<'a>(&'a AtomicUsize);
+
+impl<'a> Waiter<'a> {
+    fn enter(waiting: &'a AtomicUsize) -> Option<Self> {
+        let before = waiting.fetch_add(1, Ordering::AcqRel);
+        let waiter = Self(waiting);
+        (before < ARGON2_QUEUE).then_some(waiter)
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -325,7 +347,7 @@ pub fn prefix_of(key: &ApiKey) -> &str {
 
 /// Keeps this replica's key cache in step with revocations made on any replica (the
 /// store's listener hears `hookline_key_revoked`). When notifications may have been missed,
-/// the cache is emptied so keys re-verify by lookup.
+/// every cached key is re-checked by a lookup on its next use.
 impl Subscriber for KeyVerifier {
     fn notified(&self, payload: &str) {
         match payload.parse::<i64>() {
