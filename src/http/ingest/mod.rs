@@ -121,12 +121,20 @@ pub async fn ingest(
     let body = read_limited(&req, body, max_body).await?;
     let replay_mark = match &target.signature {
         Some(signature) => {
-            let passed = check_signature(&state, &webhook, signature, &req, &body).map_err(|refused| {
-                // Junk has a budget of its own; past it, the sender is told to slow down.
-                spend(Operation::RejectedSignature).map_or_else(ApiError::RateLimited, |()| refused)
-            })?;
-            spend(Operation::Ingest).map_err(ApiError::RateLimited)?;
-            Some(check_replay(&state, &webhook, signature, passed)?)
+            // Junk (a wrong signature or a replay) has a budget of its own; past it, the
+            // sender is told to slow down. Only a request that passed spends the webhook's.
+            let rejected =
+                |refused| spend(Operation::RejectedSignature).map_or_else(ApiError::RateLimited, |()| refused);
+            let passed = check_signature(&state, &webhook, signature, &req, &body).map_err(rejected)?;
+            let mark = check_replay(&state, &webhook, signature, passed).map_err(rejected)?;
+            if let Err(limited) = spend(Operation::Ingest) {
+                // Not stored: the sender's retry of this very request is not a replay.
+                if let Some(mark) = &mark {
+                    state.replays.forget(webhook, mark);
+                }
+                return Err(ApiError::RateLimited(limited));
+            }
+            Some(mark)
         }
         None => None,
     };

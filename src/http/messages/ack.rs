@@ -113,7 +113,8 @@ pub struct CommitQuery {
     responses((status = 200, body = Committed, description = "Committed; with next=true, the next message (DeliveredMessage)"),
               (status = 204, description = "next=true: committed, nothing to deliver next"),
               BodyErrors, WebhookErrors,
-              (status = 409, body = ErrorBody, description = "Not locked, or locked under another token")))]
+              (status = 409, body = ErrorBody, description = "Not locked, or locked under another token"),
+              (status = 422, body = ErrorBody, description = "The webhook requires the lock token (requireLockToken)")))]
 #[tracing::instrument(skip_all, fields(webhook_id = %req.webhook(), message_id = %req.id()))]
 pub async fn commit(
     req: LockedRequest<CommitRequest>,
@@ -144,7 +145,8 @@ pub async fn commit(
     params(("webhook_id" = String, Path), ("message_id" = String, Path)), request_body(content = Option<ErrorRequest>),
     security(("api_key" = [])),
     responses((status = 200, body = Errored), BodyErrors, WebhookErrors,
-              (status = 409, body = ErrorBody, description = "Not locked, or locked under another token")))]
+              (status = 409, body = ErrorBody, description = "Not locked, or locked under another token"),
+              (status = 422, body = ErrorBody, description = "The webhook requires the lock token (requireLockToken)")))]
 #[tracing::instrument(skip_all, fields(webhook_id = %req.webhook(), message_id = %req.id()))]
 pub async fn error(req: LockedRequest<ErrorRequest>, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let reason = req.body.reason.as_deref().map(|r| storable("reason", r)).transpose()?;
