@@ -91,6 +91,7 @@ $$;
 
 CREATE FUNCTION public.hookline_claim_idempotency_keys(p_webhooks uuid[], p_keys text[], p_messages uuid[]) RETURNS SETOF uuid
     LANGUAGE plpgsql
+    SET lock_timeout TO '1s'
     AS $$
 BEGIN
     RETURN QUERY
@@ -386,6 +387,7 @@ $$;
 
 CREATE FUNCTION public.hookline_ingest(p_webhooks uuid[], p_ids uuid[], p_key_ids integer[], p_nonces bytea[], p_ciphertexts bytea[], p_priorities smallint[], p_delays integer[], p_ttls integer[]) RETURNS TABLE(message_id uuid, message_seq bigint)
     LANGUAGE plpgsql
+    SET lock_timeout TO '1s'
     AS $$
 BEGIN
     RETURN QUERY
@@ -683,6 +685,41 @@ CREATE FUNCTION public.hookline_release_purged_lock(p_webhook uuid, p_seqs bigin
     WHERE id = p_webhook AND locked_seq = ANY (p_seqs)
 $$;
 
+CREATE FUNCTION public.hookline_remember_deleted_webhooks() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    INSERT INTO deleted_webhooks (webhook_id) SELECT id FROM old_rows ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION public.hookline_sweep_deleted_webhooks(p_limit integer) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    gone uuid;
+    remaining integer := p_limit;
+    n integer;
+BEGIN
+    FOR gone IN SELECT webhook_id FROM deleted_webhooks ORDER BY deleted_at FOR UPDATE SKIP LOCKED LOOP
+        DELETE FROM messages WHERE webhook_id = gone AND seq = ANY (ARRAY(
+            SELECT seq FROM messages WHERE webhook_id = gone ORDER BY seq LIMIT remaining));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        remaining := remaining - n;
+        EXIT WHEN remaining = 0;
+        DELETE FROM idempotency_keys WHERE webhook_id = gone AND key = ANY (ARRAY(
+            SELECT key FROM idempotency_keys WHERE webhook_id = gone LIMIT remaining));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        remaining := remaining - n;
+        EXIT WHEN remaining = 0;
+        DELETE FROM webhook_counts WHERE webhook_id = gone;
+        DELETE FROM deleted_webhooks WHERE webhook_id = gone;
+    END LOOP;
+    RETURN p_limit - remaining;
+END
+$$;
+
 CREATE FUNCTION public.hookline_wake(p_webhook uuid) RETURNS void
     LANGUAGE sql
     AS $$
@@ -728,6 +765,11 @@ ALTER TABLE public.api_keys ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     NO MINVALUE
     NO MAXVALUE
     CACHE 1
+);
+
+CREATE TABLE public.deleted_webhooks (
+    webhook_id uuid NOT NULL,
+    deleted_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
 CREATE TABLE public.idempotency_keys (
@@ -839,6 +881,9 @@ ALTER TABLE ONLY public.api_keys
 ALTER TABLE ONLY public.api_keys
     ADD CONSTRAINT api_keys_prefix_key UNIQUE (prefix);
 
+ALTER TABLE ONLY public.deleted_webhooks
+    ADD CONSTRAINT deleted_webhooks_pkey PRIMARY KEY (webhook_id);
+
 ALTER TABLE ONLY public.idempotency_keys
     ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (webhook_id, key);
 
@@ -900,22 +945,18 @@ CREATE TRIGGER messages_lock_released AFTER UPDATE OF lock_token ON public.messa
 
 CREATE TRIGGER messages_requeued AFTER UPDATE OF state ON public.messages FOR EACH ROW WHEN (((old.state = 'dead'::public.message_state) AND (new.state = 'queued'::public.message_state))) EXECUTE FUNCTION public.hookline_wake_on_requeue();
 
+CREATE TRIGGER webhooks_deleted AFTER DELETE ON public.webhooks REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION public.hookline_remember_deleted_webhooks();
+
 CREATE TRIGGER webhooks_lock_released AFTER UPDATE OF locked_seq ON public.webhooks FOR EACH ROW WHEN (((old.locked_seq IS NOT NULL) AND (new.locked_seq IS NULL))) EXECUTE FUNCTION public.hookline_wake_on_release();
 
 ALTER TABLE ONLY public.api_keys
     ADD CONSTRAINT api_keys_project_id_fkey FOREIGN KEY (project_id) REFERENCES public.projects(id) ON DELETE CASCADE;
-
-ALTER TABLE ONLY public.idempotency_keys
-    ADD CONSTRAINT idempotency_keys_webhook_id_fkey FOREIGN KEY (webhook_id) REFERENCES public.webhooks(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.memberships
     ADD CONSTRAINT memberships_project_id_fkey FOREIGN KEY (project_id) REFERENCES public.projects(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.memberships
     ADD CONSTRAINT memberships_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id) ON DELETE CASCADE;
-
-ALTER TABLE ONLY public.messages
-    ADD CONSTRAINT messages_webhook_id_fkey FOREIGN KEY (webhook_id) REFERENCES public.webhooks(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.sessions
     ADD CONSTRAINT sessions_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id) ON DELETE CASCADE;

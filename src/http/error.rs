@@ -53,6 +53,8 @@ pub enum ApiError {
     KeyUnavailable { message: MessageId, key_id: i32 },
     #[error("too many API keys are being verified at once; retry in a moment")]
     Overloaded,
+    #[error("this webhook's rows are locked by another operation; nothing was stored, retry in a moment")]
+    Busy,
     #[error("internal error")]
     Unexpected(#[from] anyhow::Error),
 }
@@ -76,6 +78,7 @@ impl ApiError {
             Self::UnreadablePayload(_) => "payload_unreadable",
             Self::KeyUnavailable { .. } => "key_unavailable",
             Self::Overloaded => "overloaded",
+            Self::Busy => "busy",
             Self::Unexpected(_) => "internal",
         }
     }
@@ -90,7 +93,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: bad_request, unauthorized, invalid_signature, invalid_login, forbidden, not_found, method_not_allowed,
     /// conflict, validation_failed, payload_too_large, rate_limited, payload_unreadable, key_unavailable,
-    /// overloaded, internal.
+    /// overloaded, busy, internal.
     pub code: String,
     pub message: String,
 }
@@ -121,7 +124,7 @@ impl ResponseError for ApiError {
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnreadablePayload(_) | Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::KeyUnavailable { .. } | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::KeyUnavailable { .. } | Self::Overloaded | Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -138,7 +141,7 @@ impl ResponseError for ApiError {
             Self::KeyUnavailable { .. } => {
                 response.insert_header(("Retry-After", KEY_UNAVAILABLE_RETRY_SECONDS.to_string()));
             }
-            Self::Overloaded => {
+            Self::Overloaded | Self::Busy => {
                 response.insert_header(("Retry-After", "1"));
             }
             Self::RateLimited(limited) => {
@@ -161,6 +164,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(what) => Self::NotFound(what),
             StoreError::Refused(refusal) => Self::Refused(refusal),
+            StoreError::Busy => Self::Busy,
             StoreError::Database(db) => Self::Unexpected(anyhow::Error::new(db)),
         }
     }

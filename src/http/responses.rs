@@ -31,7 +31,10 @@ pub enum WebhookErrors {
     NotFound(ErrorBody),
     #[response(status = 429, description = "Rate limited: see Retry-After and RateLimit-*")]
     RateLimited(ErrorBody),
-    #[response(status = 503, description = "overloaded: too many API keys being verified at once; see Retry-After")]
+    #[response(
+        status = 503,
+        description = "overloaded: too many API keys being verified at once. busy (publishing): another operation holds the webhook's rows past the lock timeout, nothing was stored. See Retry-After"
+    )]
     Overloaded(ErrorBody),
 }
 

@@ -5,6 +5,7 @@
 mod count_folder;
 mod lock_reaper;
 mod ttl_purger;
+mod webhook_sweeper;
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,6 +16,7 @@ pub use lock_reaper::LockReaper;
 use sqlx::PgPool;
 use tokio_cron_scheduler::{Job, JobScheduler};
 pub use ttl_purger::TtlPurger;
+pub use webhook_sweeper::WebhookSweeper;
 
 use crate::store::{self, StoreResult};
 
@@ -22,10 +24,12 @@ use crate::store::{self, StoreResult};
 const REAPER_LOCK: i64 = 0x686c_0001;
 const PURGER_LOCK: i64 = 0x686c_0002;
 const FOLDER_LOCK: i64 = 0x686c_0003;
+const SWEEPER_LOCK: i64 = 0x686c_0004;
 
 pub const REAPER_EVERY: Duration = Duration::from_secs(60);
 pub const PURGER_EVERY: Duration = Duration::from_secs(15 * 60);
 pub const FOLDER_EVERY: Duration = Duration::from_secs(60);
+pub const SWEEPER_EVERY: Duration = Duration::from_secs(30);
 
 /// Starts the scheduler with every job. Shut it down with `JobScheduler::shutdown`.
 pub async fn start(pool: PgPool) -> anyhow::Result<JobScheduler> {
@@ -40,6 +44,12 @@ pub async fn start(pool: PgPool) -> anyhow::Result<JobScheduler> {
     schedule(&scheduler, FOLDER_EVERY, "count folder", None, move || {
         let folder = folder.clone();
         async move { folder.run_once().await }
+    })
+    .await?;
+    let sweeper = WebhookSweeper::new(pool.clone());
+    schedule(&scheduler, SWEEPER_EVERY, "webhook sweeper", Some("removed deleted webhooks' rows"), move || {
+        let sweeper = sweeper.clone();
+        async move { sweeper.run_once().await }
     })
     .await?;
     let purger = TtlPurger::new(pool);

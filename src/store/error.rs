@@ -12,6 +12,10 @@ pub enum StoreError {
     NotFound(&'static str),
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// A row this needed stayed locked by another transaction past the lock timeout (see
+    /// `hookline_ingest`): nothing was written; retrying later will pass.
+    #[error("rows of this webhook are locked by another operation")]
+    Busy,
     #[error(transparent)]
     Database(DbError),
 }
@@ -71,16 +75,29 @@ pub trait Context<T> {
 
 impl<T> Context<T> for Result<T, sqlx::Error> {
     fn context(self, operation: &'static str) -> StoreResult<T> {
-        self.map_err(|source| StoreError::Database(DbError { operation, webhook: None, source }))
+        self.map_err(|source| match sqlstate(&source).as_deref() {
+            Some(LOCK_NOT_AVAILABLE) => StoreError::Busy,
+            _ => StoreError::Database(DbError { operation, webhook: None, source }),
+        })
     }
 
     fn context_for(self, operation: &'static str, webhook: &WebhookId) -> StoreResult<T> {
-        self.map_err(|source| match &source {
-            sqlx::Error::Database(db) if db.code().as_deref() == Some(NO_DATA_FOUND) => StoreError::NotFound("webhook"),
+        self.map_err(|source| match sqlstate(&source).as_deref() {
+            Some(NO_DATA_FOUND) => StoreError::NotFound("webhook"),
+            Some(LOCK_NOT_AVAILABLE) => StoreError::Busy,
             _ => StoreError::Database(DbError { operation, webhook: Some(*webhook), source }),
         })
     }
 }
 
+fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
+        _ => None,
+    }
+}
+
 /// SQLSTATE `no_data_found`.
 const NO_DATA_FOUND: &str = "P0002";
+/// SQLSTATE `lock_not_available`: a `lock_timeout` ran out.
+const LOCK_NOT_AVAILABLE: &str = "55P03";

@@ -4,8 +4,10 @@
 //! Flushers take turns at one queue: a flusher takes everything waiting (up to
 //! `max_batch`), optionally lingers `max_wait` for more, and writes it. Requests that arrive
 //! while a batch is being written form the next batch, so batches grow with load and a lone
-//! request is written at once. If a batch fails, its items are retried one by one, so a bad
-//! item fails only its own request.
+//! request is written at once. A batch never waits long on another transaction's row lock
+//! (`hookline_ingest` has a lock timeout): the blocked webhook's items fail alone. If a batch
+//! fails otherwise, its items are retried one by one, so a bad item fails only its own
+//! request.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,26 +94,85 @@ async fn next_batch(receiver: &Mutex<mpsc::Receiver<Pending>>, config: GroupComm
     Some(batch)
 }
 
-async fn write(pool: &PgPool, batch: Vec<Pending>) {
-    let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| ((p.webhook, p.message), p.reply)).unzip();
-    match messages::insert_many(pool, &items).await {
-        Ok(seqs) => {
-            for (reply, stored) in replies.into_iter().zip(seqs) {
-                let _ = reply.send(stored.ok_or(StoreError::NotFound("webhook")));
+/// One batch's messages and, in the same order, the requests waiting for them.
+struct Batch {
+    items: Vec<(WebhookId, NewMessage)>,
+    replies: Vec<oneshot::Sender<StoreResult<Stored>>>,
+}
+
+impl Batch {
+    /// Answers every request that its webhook is busy.
+    fn busy(self) {
+        for reply in self.replies {
+            let _ = reply.send(Err(StoreError::Busy));
+        }
+    }
+
+    /// The batch split by webhook, each part in arrival order.
+    fn per_webhook(self) -> Vec<Batch> {
+        let mut parts: Vec<Batch> = Vec::new();
+        for (item, reply) in self.items.into_iter().zip(self.replies) {
+            match parts.iter_mut().find(|p| p.items[0].0 == item.0) {
+                Some(part) => {
+                    part.items.push(item);
+                    part.replies.push(reply);
+                }
+                None => parts.push(Batch { items: vec![item], replies: vec![reply] }),
             }
         }
-        Err(e) if items.len() > 1 => {
-            tracing::warn!(error = ?e, size = items.len(), "ingestion batch failed; retrying its messages one by one");
-            for (item, reply) in items.into_iter().zip(replies) {
-                let result = messages::insert_many(pool, std::slice::from_ref(&item)).await;
-                let _ = reply.send(result.and_then(|mut s| s.pop().flatten().ok_or(StoreError::NotFound("webhook"))));
+        parts
+    }
+}
+
+/// Writes the batch in one transaction and answers each request. When that fails because a
+/// row lock held by another transaction (a long operation on one webhook) outlasted the
+/// lock timeout, each webhook's part is retried alone, all at once, so only the blocked
+/// webhook's requests fail (503, retry later) and nobody waits longer than the timeout
+/// twice. Any other failure retries the items one by one, so a bad item fails only itself.
+async fn write(pool: &PgPool, batch: Vec<Pending>) {
+    let (items, replies) = batch.into_iter().map(|p| ((p.webhook, p.message), p.reply)).unzip();
+    let batch = Batch { items, replies };
+    match messages::insert_many(pool, &batch.items).await {
+        Ok(stored) => answer(batch, stored),
+        Err(StoreError::Busy) => {
+            let parts = batch.per_webhook();
+            if parts.len() == 1 {
+                parts.into_iter().for_each(Batch::busy);
+            } else {
+                futures_util::future::join_all(parts.into_iter().map(|part| write_part(pool, part))).await;
             }
+        }
+        Err(e) if batch.items.len() > 1 => {
+            tracing::warn!(error = ?e, size = batch.items.len(), "ingestion batch failed; retrying its messages one by one");
+            one_by_one(pool, batch).await;
         }
         Err(e) => {
             // A batch of one: its only request gets the error.
-            if let Some(reply) = replies.into_iter().next() {
+            if let Some(reply) = batch.replies.into_iter().next() {
                 let _ = reply.send(Err(e));
             }
         }
+    }
+}
+
+/// One webhook's part of a batch that could not get its locks.
+async fn write_part(pool: &PgPool, part: Batch) {
+    match messages::insert_many(pool, &part.items).await {
+        Ok(stored) => answer(part, stored),
+        Err(StoreError::Busy) => part.busy(),
+        Err(_) => one_by_one(pool, part).await,
+    }
+}
+
+async fn one_by_one(pool: &PgPool, batch: Batch) {
+    for (item, reply) in batch.items.into_iter().zip(batch.replies) {
+        let result = messages::insert_many(pool, std::slice::from_ref(&item)).await;
+        let _ = reply.send(result.and_then(|mut s| s.pop().flatten().ok_or(StoreError::NotFound("webhook"))));
+    }
+}
+
+fn answer(batch: Batch, stored: Vec<Option<Stored>>) {
+    for (reply, stored) in batch.replies.into_iter().zip(stored) {
+        let _ = reply.send(stored.ok_or(StoreError::NotFound("webhook")));
     }
 }

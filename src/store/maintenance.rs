@@ -22,3 +22,13 @@ pub async fn release_expired_locks(db: impl PgExecutor<'_>, limit: i32) -> Store
         .context("releasing expired locks")?;
     Ok(released as u64)
 }
+
+/// Removes up to `limit` rows (messages, idempotency keys) of deleted webhooks; returns how
+/// many. A webhook's delete only removes its row; this clears what it left behind.
+pub async fn sweep_deleted_webhooks(db: impl PgExecutor<'_>, limit: i32) -> StoreResult<u64> {
+    let swept = sqlx::query_scalar!(r#"SELECT hookline_sweep_deleted_webhooks($1) AS "n!""#, limit)
+        .fetch_one(db)
+        .await
+        .context("sweeping deleted webhooks")?;
+    Ok(swept as u64)
+}

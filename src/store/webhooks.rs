@@ -228,7 +228,7 @@ pub async fn update(
     row.map(Webhook::from).ok_or(StoreError::NotFound("webhook"))
 }
 
-/// Deletes the webhook with every message in its queue.
+/// Deletes the webhook at once; the webhook sweeper job removes its messages afterwards.
 pub async fn delete(db: impl PgExecutor<'_>, project: ProjectId, id: &WebhookId) -> StoreResult<()> {
     let done = sqlx::query!("DELETE FROM webhooks WHERE id = $1 AND project_id = $2", id.as_uuid(), project.0)
         .execute(db)

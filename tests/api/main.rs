@@ -13,6 +13,7 @@ mod group_commit;
 mod hardening;
 mod head_of_line;
 mod idempotency;
+mod isolation;
 mod jobs;
 mod keys;
 mod lifecycle;

@@ -147,6 +147,9 @@ async fn delete_removes_the_webhook_and_its_messages() {
     app.ingest(&doomed, "{}").await.expect_error(StatusCode::NOT_FOUND, "not_found");
 
     let count = |wh: &str| format!("SELECT count(*) FROM messages WHERE webhook_id = '{}'", uuid_of(wh));
+    // The messages go in the background, by the webhook sweeper.
+    assert_eq!(app.sql_i64(&count(&doomed)).await, 4);
+    assert_eq!(hookline::jobs::WebhookSweeper::new(app.pool.clone()).run_once().await.unwrap(), 4);
     assert_eq!(app.sql_i64(&count(&doomed)).await, 0);
     assert_eq!(
         app.sql_i64(&format!("SELECT count(*) FROM webhook_sequences WHERE webhook_id = '{}'", uuid_of(&doomed))).await,

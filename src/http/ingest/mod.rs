@@ -97,7 +97,8 @@ fn options_from_headers(req: &HttpRequest, target: &IngestTarget) -> Result<Deli
               (status = 401, body = ErrorBody, description = "invalid_signature: the webhook requires a valid signature"),
               (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
               (status = 422, body = ErrorBody, description = "A bad X-Hookline-Priority or Idempotency-Key; nothing stored"),
-              (status = 429, body = ErrorBody, description = "The webhook's ingestion rate limit, or on a signed webhook its budget of rejected signatures; nothing stored")))]
+              (status = 429, body = ErrorBody, description = "The webhook's ingestion rate limit, or on a signed webhook its budget of rejected signatures; nothing stored"),
+              (status = 503, body = ErrorBody, description = "busy: another operation holds the webhook's rows past the lock timeout; nothing stored, see Retry-After")))]
 #[tracing::instrument(skip_all, fields(path = req.path()))]
 pub async fn ingest(
     req: HttpRequest,
