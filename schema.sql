@@ -106,6 +106,27 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.hookline_claim_signatures(p_webhooks uuid[], p_signatures bytea[], p_windows integer[], p_messages uuid[]) RETURNS SETOF uuid
+    LANGUAGE plpgsql
+    SET lock_timeout TO '1s'
+    AS $$
+BEGIN
+    RETURN QUERY
+    WITH claim AS (
+        SELECT * FROM unnest(p_webhooks, p_signatures, p_windows, p_messages)
+            AS c(webhook_id, signature, window_seconds, message_id)
+    ), won AS (
+        INSERT INTO seen_signatures AS s (webhook_id, signature, expires_at)
+        SELECT c.webhook_id, c.signature, now() + make_interval(secs => c.window_seconds)
+        FROM claim c ORDER BY c.webhook_id, c.signature
+        ON CONFLICT (webhook_id, signature) DO UPDATE SET expires_at = EXCLUDED.expires_at
+            WHERE s.expires_at <= now()
+        RETURNING s.webhook_id, s.signature
+    )
+    SELECT claim.message_id FROM claim JOIN won USING (webhook_id, signature);
+END
+$$;
+
 CREATE FUNCTION public.hookline_commit(p_webhook uuid, p_project bigint, p_message uuid, p_token uuid, p_next boolean) RETURNS TABLE(refusal public.lock_refusal, state public.message_state, id uuid, seq bigint, retry_count integer, max_retries integer, lock_token uuid, lock_expires_at timestamp with time zone, received_at timestamp with time zone, key_id integer, nonce bytea, ciphertext bytea, priority smallint)
     LANGUAGE plpgsql
     AS $$
@@ -621,6 +642,19 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.hookline_purge_seen_signatures(p_limit integer) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    purged integer;
+BEGIN
+    DELETE FROM seen_signatures WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM seen_signatures WHERE expires_at <= now() ORDER BY expires_at LIMIT p_limit));
+    GET DIAGNOSTICS purged = ROW_COUNT;
+    RETURN purged;
+END
+$$;
+
 CREATE FUNCTION public.hookline_purge_sessions(p_limit integer) RETURNS integer
     LANGUAGE plpgsql
     AS $$
@@ -837,6 +871,12 @@ ALTER TABLE public.projects ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     CACHE 1
 );
 
+CREATE TABLE public.seen_signatures (
+    webhook_id uuid NOT NULL,
+    signature bytea NOT NULL,
+    expires_at timestamp with time zone NOT NULL
+);
+
 CREATE TABLE public.sessions (
     token_hash bytea NOT NULL,
     user_id bigint NOT NULL,
@@ -902,6 +942,9 @@ ALTER TABLE ONLY public.projects
 ALTER TABLE ONLY public.projects
     ADD CONSTRAINT projects_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.seen_signatures
+    ADD CONSTRAINT seen_signatures_pkey PRIMARY KEY (webhook_id, signature);
+
 ALTER TABLE ONLY public.sessions
     ADD CONSTRAINT sessions_pkey PRIMARY KEY (token_hash);
 
@@ -928,6 +971,8 @@ CREATE INDEX messages_expires_idx ON public.messages USING btree (expires_at);
 CREATE INDEX messages_in_flight_idx ON public.messages USING btree (webhook_id, lock_expires_at) WHERE (lock_token IS NOT NULL);
 
 CREATE INDEX messages_ready_idx ON public.messages USING btree (webhook_id, priority DESC, seq) WHERE ((state = 'queued'::public.message_state) AND (deliver_at IS NULL) AND (lock_token IS NULL));
+
+CREATE INDEX seen_signatures_expires_idx ON public.seen_signatures USING btree (expires_at);
 
 CREATE INDEX sessions_expires_idx ON public.sessions USING btree (expires_at);
 

@@ -60,7 +60,6 @@ impl Application {
             ingest: GroupCommitter::start(pool.clone(), config.group_commit),
             limits: RateLimits::new(config.api_key_rate_limit),
             settings: SettingsCache::new(pool.clone(), config.plan_cache_ttl),
-            replays: Default::default(),
             logins: Default::default(),
             wakeups: wakeups.clone(),
             max_body_bytes: config.max_body_bytes,

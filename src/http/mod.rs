@@ -28,7 +28,6 @@ use crate::store::group_commit::GroupCommitter;
 use crate::store::wakeups::Wakeups;
 use error::ApiError;
 pub use extract::Authenticated;
-use ingest::signature::ReplayGuard;
 
 /// What every handler can reach.
 pub struct ApiState {
@@ -39,8 +38,6 @@ pub struct ApiState {
     pub ingest: GroupCommitter,
     pub limits: RateLimits,
     pub settings: SettingsCache,
-    /// Signed requests seen recently, to refuse replays.
-    pub replays: ReplayGuard,
     pub logins: LoginLimits,
     /// Long-poll dequeues wait here for their webhook's wake-up.
     pub wakeups: Arc<Wakeups>,

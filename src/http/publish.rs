@@ -140,10 +140,8 @@ pub async fn publish_batch(
         .collect::<Result<Vec<_>, ApiError>>()?;
     // One statement (or one transaction with idempotency keys): all or none.
     let stored = store::insert_many(&state.pool, &items).await?;
-    let messages = stored
-        .into_iter()
-        .map(|s| s.map(Accepted::from).ok_or(ApiError::NotFound("webhook")))
-        .collect::<Result<Vec<_>, _>>()?;
+    let messages =
+        stored.into_iter().map(|s| s.map(Accepted::from).map_err(ApiError::from)).collect::<Result<Vec<_>, _>>()?;
     Ok(HttpResponse::Created().json(PublishedBatch { messages }))
 }
 
@@ -226,7 +224,7 @@ fn prepare(
     };
     let id = MessageId::new_random();
     let sealed = state.keys.seal(webhook, &id, &Payload { headers, body }.encode());
-    Ok(NewMessage { id, sealed, options })
+    Ok(NewMessage { id, sealed, options, replay: None })
 }
 
 /// A message may not outlive its webhook's TTL.

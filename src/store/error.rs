@@ -37,6 +37,9 @@ pub enum Refusal {
     /// Retry or discard of a message that is not in the dead-letter queue.
     #[error("message is {state}, not dead")]
     NotDead { state: MessageState },
+    /// A signed request whose signature was already seen within its window.
+    #[error("this signature was already used: a replayed request")]
+    Replayed,
     /// Creating a webhook past the plan's count.
     #[error("a project may have at most {max} webhooks on the {} plan", plan.name())]
     WebhookLimit { max: u32, plan: Plan },

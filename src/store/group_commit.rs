@@ -167,12 +167,12 @@ async fn write_part(pool: &PgPool, part: Batch) {
 async fn one_by_one(pool: &PgPool, batch: Batch) {
     for (item, reply) in batch.items.into_iter().zip(batch.replies) {
         let result = messages::insert_many(pool, std::slice::from_ref(&item)).await;
-        let _ = reply.send(result.and_then(|mut s| s.pop().flatten().ok_or(StoreError::NotFound("webhook"))));
+        let _ = reply.send(result.and_then(|mut s| s.pop().unwrap_or(Err(StoreError::NotFound("webhook")))));
     }
 }
 
-fn answer(batch: Batch, stored: Vec<Option<Stored>>) {
-    for (reply, stored) in batch.replies.into_iter().zip(stored) {
-        let _ = reply.send(stored.ok_or(StoreError::NotFound("webhook")));
+fn answer(batch: Batch, outcomes: Vec<StoreResult<Stored>>) {
+    for (reply, outcome) in batch.replies.into_iter().zip(outcomes) {
+        let _ = reply.send(outcome);
     }
 }

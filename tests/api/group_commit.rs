@@ -20,7 +20,7 @@ fn lingering_committer(app: &TestApp) -> GroupCommitter {
 
 fn sealed(app: &TestApp, webhook: &WebhookId, id: MessageId) -> NewMessage {
     let keys = KeyRing::from_base64(&app.encryption_key, &[]).unwrap();
-    NewMessage { id, sealed: keys.seal(webhook, &id, b"payload"), options: Default::default() }
+    NewMessage { id, sealed: keys.seal(webhook, &id, b"payload"), options: Default::default(), replay: None }
 }
 
 async fn seqs_of(app: &TestApp, webhook: &WebhookId) -> Vec<i64> {

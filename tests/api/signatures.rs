@@ -10,7 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sha2::Sha256;
 
-use crate::helpers::{spawn_app, Reply, TestApp};
+use crate::helpers::{spawn_app, spawn_app_on, Reply, TestApp};
 
 const BODY: &str = r#"{"type":"invoice.paid"}"#;
 
@@ -147,4 +147,39 @@ async fn the_secret_is_encrypted_at_rest_and_can_be_removed() {
         let r = app.api(Method::PATCH, &format!("/api/webhooks/{wh}"), Some(json!({"signature": bad}))).await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {}", r.body);
     }
+}
+
+/// Replay protection is held in PostgreSQL: a second replica, a restarted broker and two
+/// copies of one request sent at once all store it once.
+#[tokio::test]
+async fn a_replay_is_refused_by_every_replica_and_after_a_restart() {
+    let app = spawn_app().await;
+    let secret = "whsec_stripe_test_secret_1234";
+    let wh = signed_webhook(&app, "stripe", secret).await;
+    let header = |ts: u64| format!("t={ts},v1={}", hex(&mac(secret.as_bytes(), &format!("{ts}.{BODY}"))));
+    let same_key = |c: &mut hookline::config::Config| c.encryption_key = Some(app.encryption_key.clone().into());
+
+    let ok = vec![("stripe-signature", header(now()))];
+    assert_eq!(post(&app, &wh, &ok).await.status, StatusCode::ACCEPTED);
+    let replica = spawn_app_on(&app.db_url, same_key).await;
+    refused(&post(&replica, &wh, &ok).await);
+    // A fresh broker (a restart) on the same database remembers it too.
+    let restarted = spawn_app_on(&app.db_url, same_key).await;
+    refused(&post(&restarted, &wh, &ok).await);
+    assert_eq!(stored(&app).await, 1);
+
+    // Two copies of a new request at once, one to each replica: exactly one is stored.
+    let copy = vec![("stripe-signature", header(now() + 1))];
+    let (a, b) = tokio::join!(post(&app, &wh, &copy), post(&replica, &wh, &copy));
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::ACCEPTED, StatusCode::UNAUTHORIZED], "{} {}", a.body, b.body);
+    assert_eq!(stored(&app).await, 2);
+
+    // Claims leave with the TTL purger once past their window, and only then.
+    hookline::jobs::TtlPurger::new(app.pool.clone()).run_once().await.unwrap();
+    assert_eq!(app.sql_i64("SELECT count(*) FROM seen_signatures").await, 2);
+    app.sql("UPDATE seen_signatures SET expires_at = now() - interval '1 second'").await;
+    hookline::jobs::TtlPurger::new(app.pool.clone()).run_once().await.unwrap();
+    assert_eq!(app.sql_i64("SELECT count(*) FROM seen_signatures").await, 0);
 }

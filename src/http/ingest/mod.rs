@@ -17,10 +17,12 @@ use super::ApiState;
 use crate::domain::SignatureScheme;
 use crate::domain::{IdempotencyKey, MessageId, Payload, Priority, Seq, WebhookId};
 use crate::limits::Operation;
-use crate::store::messages::{DeliveryOptions, NewMessage, Stored};
+use crate::store::messages::{self as store, DeliveryOptions, NewMessage, ReplayClaim, Stored};
 use crate::store::projects::IngestTarget;
 use crate::store::webhooks::StoredSignature;
-use signature::SigningKey;
+use crate::store::{Refusal, StoreError};
+use sha2::{Digest as _, Sha256};
+use signature::{SignatureError, SigningKey};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     // A static prefix and the id read from the path by hand: the hottest route then costs
@@ -120,22 +122,21 @@ pub async fn ingest(
     let max_body = limits.max_body_bytes.map_or(state.max_body_bytes, |plan| plan.min(state.max_body_bytes));
     let options = options_from_headers(&req, &target)?;
     let body = read_limited(&req, body, max_body).await?;
-    let replay_mark = match &target.signature {
+    let replay = match &target.signature {
         Some(signature) => {
             // Junk (a wrong signature or a replay) has a budget of its own; past it, the
             // sender is told to slow down. Only a request that passed spends the webhook's.
             let rejected =
                 |refused| spend(Operation::RejectedSignature).map_or_else(ApiError::RateLimited, |()| refused);
             let passed = check_signature(&state, &webhook, signature, &req, &body).map_err(rejected)?;
-            let mark = check_replay(&state, &webhook, signature, passed).map_err(rejected)?;
-            if let Err(limited) = spend(Operation::Ingest) {
-                // Not stored: the sender's retry of this very request is not a replay.
-                if let Some(mark) = &mark {
-                    state.replays.forget(webhook, mark);
+            let claim = replay_claim(signature, &passed);
+            if let Some(claim) = &claim {
+                if store::seen_signature(&state.pool, &webhook, &claim.signature).await? {
+                    return Err(rejected(replayed()));
                 }
-                return Err(ApiError::RateLimited(limited));
             }
-            Some(mark)
+            spend(Operation::Ingest).map_err(ApiError::RateLimited)?;
+            claim
         }
         None => None,
     };
@@ -147,15 +148,13 @@ pub async fn ingest(
         .collect();
     let message = MessageId::new_random();
     let sealed = state.keys.seal(&webhook, &message, &Payload { headers, body }.encode());
-    let stored = match state.ingest.submit(webhook, NewMessage { id: message, sealed, options }).await {
+    let stored = match state.ingest.submit(webhook, NewMessage { id: message, sealed, options, replay }).await {
         Ok(stored) => stored,
-        Err(e) => {
-            // Not stored: the sender's retry of this very request must not count as a replay.
-            if let Some(mark) = replay_mark.flatten() {
-                state.replays.forget(webhook, &mark);
-            }
-            return Err(e.into());
+        // The claim in the store decides: two replicas may both have passed the check above.
+        Err(StoreError::Refused(Refusal::Replayed)) => {
+            return Err(spend(Operation::RejectedSignature).map_or_else(ApiError::RateLimited, |()| replayed()))
         }
+        Err(e) => return Err(e.into()),
     };
     let mut reply = if stored.duplicate { HttpResponse::Ok() } else { HttpResponse::Accepted() };
     Ok(reply.json(Accepted::from(stored)))
@@ -179,21 +178,19 @@ fn check_signature(
     key.verify(req.headers(), body, SystemTime::now()).map_err(|e| ApiError::InvalidSignature(e.to_string()))
 }
 
-/// Refuses (401) a signature seen within its tolerance. Returns the signature remembered
-/// against replays, for schemes with a timestamp.
-fn check_replay(
-    state: &ApiState,
-    webhook: &WebhookId,
-    signature: &StoredSignature,
-    passed: String,
-) -> Result<Option<String>, ApiError> {
+/// What a passed signature claims against replays: for schemes with a timestamp, the
+/// signature itself, remembered for twice its tolerance (at least ten minutes). GitHub signs
+/// the body alone: a redelivery is indistinguishable from a replay, so nothing is claimed.
+fn replay_claim(signature: &StoredSignature, passed: &str) -> Option<ReplayClaim> {
     if signature.scheme == SignatureScheme::Github {
-        // GitHub signs the body alone: a redelivery is indistinguishable from a replay.
-        return Ok(None);
+        return None;
     }
-    let tolerance = Duration::from_secs(signature.tolerance_seconds as u64);
-    state.replays.check(*webhook, passed.clone(), tolerance).map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
-    Ok(Some(passed))
+    let window_seconds = signature.tolerance_seconds.max(300).saturating_mul(2);
+    Some(ReplayClaim { signature: Sha256::digest(passed.as_bytes()).into(), window_seconds })
+}
+
+fn replayed() -> ApiError {
+    ApiError::InvalidSignature(SignatureError::Replayed.to_string())
 }
 
 /// Reads the body, refusing (413) as soon as it passes `limit`.

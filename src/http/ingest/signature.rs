@@ -4,8 +4,6 @@
 //! the tolerance; a signature seen before within the tolerance is a replay (remembered per
 //! replica).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header::HeaderMap;
@@ -15,7 +13,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::domain::{SignatureScheme as Scheme, WebhookId};
+use crate::domain::SignatureScheme as Scheme;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -167,38 +165,6 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
-/// Signatures seen recently, per webhook: the same one again within its tolerance is a
-/// replay. Entries leave once older than the tolerance, when they could no longer pass.
-#[derive(Default)]
-pub struct ReplayGuard {
-    seen: Mutex<HashMap<(WebhookId, String), std::time::Instant>>,
-}
-
-impl ReplayGuard {
-    pub fn check(&self, webhook: WebhookId, signature: String, tolerance: Duration) -> Result<(), SignatureError> {
-        let mut seen = self.seen.lock().expect("replay guard poisoned");
-        // Keep the window at least a few minutes even with a tiny tolerance.
-        let window = tolerance.max(Duration::from_secs(300)) * 2;
-        if seen.len() > 100_000 {
-            seen.retain(|_, at| at.elapsed() < window);
-        }
-        match seen.get(&(webhook, signature.clone())) {
-            Some(at) if at.elapsed() < window => Err(SignatureError::Replayed),
-            _ => {
-                seen.insert((webhook, signature), std::time::Instant::now());
-                Ok(())
-            }
-        }
-    }
-}
-
-impl ReplayGuard {
-    /// Forgets a signature whose request was not stored after all.
-    pub fn forget(&self, webhook: WebhookId, signature: &str) {
-        self.seen.lock().expect("replay guard poisoned").remove(&(webhook, signature.to_owned()));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,14 +229,5 @@ mod tests {
         assert!(key.verify(&signed(format!("{} {good}", bogus(MAX_CANDIDATES - 1))), b"body", now).is_ok());
         let buried = signed(format!("{} {good}", bogus(3000)));
         assert_eq!(key.verify(&buried, b"body", now), Err(SignatureError::Mismatch));
-    }
-
-    #[test]
-    fn replays_are_caught() {
-        let guard = ReplayGuard::default();
-        let w = WebhookId::new_random();
-        assert!(guard.check(w, "sig".into(), Duration::from_secs(300)).is_ok());
-        assert_eq!(guard.check(w, "sig".into(), Duration::from_secs(300)), Err(SignatureError::Replayed));
-        assert!(guard.check(WebhookId::new_random(), "sig".into(), Duration::from_secs(300)).is_ok());
     }
 }

@@ -3,36 +3,120 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use super::{NewMessage, Stored};
 use crate::domain::{DelaySeconds, MessageId, Seq, TtlSeconds, WebhookId};
-use crate::store::{Context, StoreResult};
+use crate::store::{Context, Refusal, StoreError, StoreResult};
 
-/// Inserts messages atomically. Returns each item's outcome in input order, None where the
-/// webhook does not exist.
+/// Inserts messages atomically. Returns each item's outcome in input order: stored (or the
+/// duplicate of an earlier message), NotFound where the webhook does not exist, Replayed
+/// where its signature was already seen.
 ///
-/// Without idempotency keys this is one statement. With them, one transaction that first
-/// claims the keys (`hookline_claim_idempotency_keys`), then inserts the messages whose
-/// keys it won; a repeated key answers the message that first claimed it.
-pub async fn insert_many(pool: &PgPool, items: &[(WebhookId, NewMessage)]) -> StoreResult<Vec<Option<Stored>>> {
-    if items.iter().all(|(_, m)| m.options.idempotency_key.is_none()) {
+/// Without idempotency keys or replay claims this is one statement. With them, one
+/// transaction that first claims the signatures (`hookline_claim_signatures`), then the
+/// keys (`hookline_claim_idempotency_keys`), then inserts the messages whose claims won; a
+/// repeated key answers the message that first claimed it.
+pub async fn insert_many(pool: &PgPool, items: &[(WebhookId, NewMessage)]) -> StoreResult<Vec<StoreResult<Stored>>> {
+    if items.iter().all(|(_, m)| m.options.idempotency_key.is_none() && m.replay.is_none()) {
         let seqs = insert_rows(pool, items.iter()).await?;
         return Ok(items.iter().map(|(_, m)| stored_new(&seqs, &m.id)).collect());
     }
-    // The first item of the batch to use a key claims it; later ones are its duplicates.
+    let mut tx = pool.begin().await.context("beginning an ingestion")?;
+    let replayed = claim_signatures(&mut tx, items).await?;
+    let unreplayed = || items.iter().filter(|(_, m)| !replayed.contains(m.id.as_uuid()));
+    let (won, originals) = claim_keys(&mut tx, unreplayed()).await?;
+    let fresh = unreplayed().filter(|(_, m)| m.options.idempotency_key.is_none() || won.contains(m.id.as_uuid()));
+    let seqs = insert_rows(&mut *tx, fresh).await?;
+    let originals = record_key_seqs(&mut tx, &won, &seqs, originals).await?;
+    tx.commit().await.context("committing an ingestion")?;
+
+    Ok(items
+        .iter()
+        .map(|(webhook, m)| match &m.options.idempotency_key {
+            _ if replayed.contains(m.id.as_uuid()) => Err(StoreError::Refused(Refusal::Replayed)),
+            None => stored_new(&seqs, &m.id),
+            Some(key) => {
+                let &(id, seq) = originals
+                    .get(&(*webhook.as_uuid(), key.as_str().to_owned()))
+                    .ok_or(StoreError::NotFound("webhook"))?;
+                Ok(Stored { id: MessageId::from_uuid(id), seq: Seq(seq), duplicate: id != *m.id.as_uuid() })
+            }
+        })
+        .collect())
+}
+
+/// Whether a signature is claimed already (a replay), before any work is spent on it.
+/// The claim in `insert_many` is what decides; this only refuses most replays early.
+pub async fn seen_signature(db: impl PgExecutor<'_>, webhook: &WebhookId, signature: &[u8; 32]) -> StoreResult<bool> {
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM seen_signatures
+                          WHERE webhook_id = $1 AND signature = $2 AND expires_at > now()) AS "seen!""#,
+        webhook.as_uuid(),
+        signature.as_slice()
+    )
+    .fetch_one(db)
+    .await
+    .context_for("checking a signature against replays", webhook)
+}
+
+/// Claims the items' signatures; returns the ids of the messages whose claim lost (the
+/// replays). Within the batch the first item with a signature claims it.
+async fn claim_signatures(tx: &mut PgConnection, items: &[(WebhookId, NewMessage)]) -> StoreResult<HashSet<Uuid>> {
+    let mut claims: BTreeMap<(Uuid, [u8; 32]), (Uuid, i32)> = BTreeMap::new();
+    for (webhook, m) in items {
+        if let Some(claim) = &m.replay {
+            claims.entry((*webhook.as_uuid(), claim.signature)).or_insert((*m.id.as_uuid(), claim.window_seconds));
+        }
+    }
+    if claims.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let webhooks: Vec<Uuid> = claims.keys().map(|(w, _)| *w).collect();
+    let signatures: Vec<&[u8]> = claims.keys().map(|(_, s)| s.as_slice()).collect();
+    let (ids, windows): (Vec<Uuid>, Vec<i32>) = claims.values().copied().unzip();
+    let won: HashSet<Uuid> = sqlx::query_scalar!(
+        r#"SELECT id AS "id!" FROM hookline_claim_signatures($1, $2, $3, $4) AS id"#,
+        &webhooks,
+        &signatures as _,
+        &windows,
+        &ids
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .context("claiming signatures against replays")?
+    .into_iter()
+    .collect();
+    Ok(items
+        .iter()
+        .filter(|(_, m)| m.replay.is_some() && !won.contains(m.id.as_uuid()))
+        .map(|(_, m)| *m.id.as_uuid())
+        .collect())
+}
+
+/// (webhook, key) -> (message id, seq) of the message that first claimed the key.
+type Originals = HashMap<(Uuid, String), (Uuid, i64)>;
+
+/// Claims the items' idempotency keys; returns the ids of the messages whose claim won and
+/// which (webhook, key) pairs to read back. The first item of the batch to use a key claims
+/// it; later ones are its duplicates.
+async fn claim_keys<'a>(
+    tx: &mut PgConnection,
+    items: impl Iterator<Item = &'a (WebhookId, NewMessage)>,
+) -> StoreResult<(HashSet<Uuid>, Vec<(Uuid, String)>)> {
     let mut claims: BTreeMap<(Uuid, &str), Uuid> = BTreeMap::new();
     for (webhook, m) in items {
         if let Some(key) = &m.options.idempotency_key {
             claims.entry((*webhook.as_uuid(), key.as_str())).or_insert(*m.id.as_uuid());
         }
     }
+    if claims.is_empty() {
+        return Ok((HashSet::new(), Vec::new()));
+    }
     let (claim_webhooks, claim_keys): (Vec<Uuid>, Vec<&str>) = claims.keys().copied().unzip();
     let claim_ids: Vec<Uuid> = claims.values().copied().collect();
-
-    let mut tx = pool.begin().await.context("beginning an ingestion")?;
-    let won: HashSet<Uuid> = sqlx::query_scalar!(
+    let won = sqlx::query_scalar!(
         r#"SELECT id AS "id!" FROM hookline_claim_idempotency_keys($1, $2, $3) AS id"#,
         &claim_webhooks,
         &claim_keys as _,
@@ -43,8 +127,20 @@ pub async fn insert_many(pool: &PgPool, items: &[(WebhookId, NewMessage)]) -> St
     .context("claiming idempotency keys")?
     .into_iter()
     .collect();
-    let fresh = items.iter().filter(|(_, m)| m.options.idempotency_key.is_none() || won.contains(m.id.as_uuid()));
-    let seqs = insert_rows(&mut *tx, fresh).await?;
+    Ok((won, claims.into_keys().map(|(w, k)| (w, k.to_owned())).collect()))
+}
+
+/// Records the seqs of the messages whose key claims won, then reads every claimed key's
+/// original message.
+async fn record_key_seqs(
+    tx: &mut PgConnection,
+    won: &HashSet<Uuid>,
+    seqs: &HashMap<Uuid, i64>,
+    claimed: Vec<(Uuid, String)>,
+) -> StoreResult<Originals> {
+    if claimed.is_empty() {
+        return Ok(Originals::new());
+    }
     let won_ids: Vec<Uuid> = won.iter().copied().collect();
     let won_seqs: Vec<i64> = won_ids.iter().map(|id| seqs.get(id).copied().unwrap_or(0)).collect();
     sqlx::query!(
@@ -57,34 +153,23 @@ pub async fn insert_many(pool: &PgPool, items: &[(WebhookId, NewMessage)]) -> St
     .execute(&mut *tx)
     .await
     .context("recording idempotency keys' seqs")?;
+    let (claim_webhooks, claim_keys): (Vec<Uuid>, Vec<String>) = claimed.into_iter().unzip();
     let originals = sqlx::query!(
         r#"SELECT k.webhook_id, k.key, k.message_id, k.seq
            FROM idempotency_keys k JOIN unnest($1::uuid[], $2::text[]) AS c(webhook_id, key)
              ON k.webhook_id = c.webhook_id AND k.key = c.key"#,
         &claim_webhooks,
-        &claim_keys as _
+        &claim_keys
     )
     .fetch_all(&mut *tx)
     .await
     .context("reading idempotency keys")?;
-    tx.commit().await.context("committing an ingestion")?;
-
-    let originals: HashMap<(Uuid, &str), (Uuid, i64)> =
-        originals.iter().map(|k| ((k.webhook_id, k.key.as_str()), (k.message_id, k.seq.unwrap_or(0)))).collect();
-    Ok(items
-        .iter()
-        .map(|(webhook, m)| match &m.options.idempotency_key {
-            None => stored_new(&seqs, &m.id),
-            Some(key) => {
-                let &(id, seq) = originals.get(&(*webhook.as_uuid(), key.as_str()))?;
-                Some(Stored { id: MessageId::from_uuid(id), seq: Seq(seq), duplicate: id != *m.id.as_uuid() })
-            }
-        })
-        .collect())
+    Ok(originals.into_iter().map(|k| ((k.webhook_id, k.key), (k.message_id, k.seq.unwrap_or(0)))).collect())
 }
 
-fn stored_new(seqs: &HashMap<Uuid, i64>, id: &MessageId) -> Option<Stored> {
-    seqs.get(id.as_uuid()).map(|&seq| Stored { id: *id, seq: Seq(seq), duplicate: false })
+fn stored_new(seqs: &HashMap<Uuid, i64>, id: &MessageId) -> StoreResult<Stored> {
+    let &seq = seqs.get(id.as_uuid()).ok_or(StoreError::NotFound("webhook"))?;
+    Ok(Stored { id: *id, seq: Seq(seq), duplicate: false })
 }
 
 /// The insert itself, one statement. Returns id -> seq.

@@ -18,8 +18,8 @@ use crate::domain::{
 
 pub use dequeue::{dequeue, next_due};
 pub use find::{find, MessageInfo};
-pub use ingest::insert_many;
-pub use purge::{purge, purge_expired, purge_idempotency_keys};
+pub use ingest::{insert_many, seen_signature};
+pub use purge::{purge, purge_expired, purge_idempotency_keys, purge_seen_signatures};
 pub use transitions::{bury, commit, commit_many, commit_next, error, extend, release, ErrorOutcome};
 
 /// A message ready to insert: its id chosen and its payload sealed by the caller.
@@ -27,6 +27,18 @@ pub struct NewMessage {
     pub id: MessageId,
     pub sealed: Sealed,
     pub options: DeliveryOptions,
+    /// A signed request's signature, claimed against replays in the same transaction.
+    pub replay: Option<ReplayClaim>,
+}
+
+/// A signature that passed, to be seen once: a second message bringing it within its
+/// window is a replay and is not stored.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayClaim {
+    /// SHA-256 of the signature that passed.
+    pub signature: [u8; 32],
+    /// How long it is remembered: longer than it could pass the timestamp check.
+    pub window_seconds: i32,
 }
 
 /// What a producer may ask of one message's delivery.

@@ -45,3 +45,12 @@ pub async fn purge_idempotency_keys(db: impl PgExecutor<'_>, limit: i32) -> Stor
         .context("purging expired idempotency keys")?;
     Ok(purged as u64)
 }
+
+/// Up to `limit` replay claims past their window; returns how many.
+pub async fn purge_seen_signatures(db: impl PgExecutor<'_>, limit: i32) -> StoreResult<u64> {
+    let purged = sqlx::query_scalar!(r#"SELECT hookline_purge_seen_signatures($1) AS "n!""#, limit)
+        .fetch_one(db)
+        .await
+        .context("purging expired replay claims")?;
+    Ok(purged as u64)
+}
