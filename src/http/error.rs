@@ -14,6 +14,10 @@ use crate::auth::AuthError;
 use crate::domain::{MessageId, NulInText, SettingError};
 use crate::limits::Limited;
 use crate::store::{Refusal, StoreError};
+use crate::telemetry::Throttle;
+
+/// Failed requests logged a minute (the rest counted): in a database outage every request fails.
+static REQUEST_FAILURES: Throttle = Throttle::new(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -130,7 +134,9 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         if let Self::Unexpected(cause) = self {
-            tracing::error!(error = ?cause, "request failed");
+            if let Some(suppressed) = REQUEST_FAILURES.permit() {
+                tracing::error!(error = ?cause, suppressed, "request failed");
+            }
         }
         let body = ErrorBody { error: self.detail() };
         let mut response = HttpResponse::build(self.status_code());

@@ -3,6 +3,10 @@
 use actix_web::{web, HttpResponse};
 
 use super::ApiState;
+use crate::telemetry::Throttle;
+
+/// Failed readiness checks logged a minute: probes keep coming while the database is down.
+static READINESS_FAILURES: Throttle = Throttle::new(5);
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz)).route("/readyz", web::get().to(readyz));
@@ -21,7 +25,9 @@ pub async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
     match crate::store::ping(&state.pool).await {
         Ok(_) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
         Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
+            if let Some(suppressed) = READINESS_FAILURES.permit() {
+                tracing::warn!(error = %e, suppressed, "readiness check failed");
+            }
             HttpResponse::ServiceUnavailable()
                 .json(serde_json::json!({"error": {"code": "unavailable", "message": "database unreachable"}}))
         }

@@ -19,6 +19,10 @@ use tokio::time::Instant;
 use super::messages::{self, NewMessage, Stored};
 use super::{Context, StoreError, StoreResult};
 use crate::domain::WebhookId;
+use crate::telemetry::Throttle;
+
+/// Failed batches logged a minute (the rest counted).
+static BATCH_FAILURES: Throttle = Throttle::new(10);
 
 #[derive(Debug, Clone, Copy)]
 pub struct GroupCommitConfig {
@@ -143,7 +147,9 @@ async fn write(pool: &PgPool, batch: Vec<Pending>) {
             }
         }
         Err(e) if batch.items.len() > 1 => {
-            tracing::warn!(error = ?e, size = batch.items.len(), "ingestion batch failed; retrying its messages one by one");
+            if let Some(suppressed) = BATCH_FAILURES.permit() {
+                tracing::warn!(error = ?e, size = batch.items.len(), suppressed, "ingestion batch failed; retrying its messages one by one");
+            }
             one_by_one(pool, batch).await;
         }
         Err(e) => {

@@ -9,6 +9,12 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 
+use crate::telemetry::Throttle;
+
+/// Listener failures logged a minute (the rest counted): it retries every second while the
+/// database is down.
+static LISTENER_FAILURES: Throttle = Throttle::new(5);
+
 /// What hears one channel.
 pub trait Subscriber: Send + Sync {
     /// A notification's payload.
@@ -43,7 +49,9 @@ impl Listener {
                 Ok(l) => l,
                 Err(_) if pool.is_closed() => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for notifications; retrying");
+                    if let Some(suppressed) = LISTENER_FAILURES.permit() {
+                        tracing::warn!(error = %e, suppressed, "cannot listen for notifications; retrying");
+                    }
                     // While the listener is down nothing is heard: every subscriber falls back
                     // (long-polls re-check once a second, keys re-verify by lookup).
                     self.missed();
@@ -63,7 +71,9 @@ impl Listener {
                     Ok(None) => self.missed(),
                     Err(_) if pool.is_closed() => return,
                     Err(e) => {
-                        tracing::warn!(error = %e, "notification listener failed; reconnecting");
+                        if let Some(suppressed) = LISTENER_FAILURES.permit() {
+                            tracing::warn!(error = %e, suppressed, "notification listener failed; reconnecting");
+                        }
                         self.missed();
                         break;
                     }
