@@ -53,11 +53,15 @@ if [ -z "${DATABASE_URL:-}" ]; then
     # A seconds-long smoke of the benchmark: it starts a broker on a fresh cluster, drives it
     # over HTTP and checks order; the full run is deploy/bench.sh (see BENCHMARKS.md).
     echo "== benchmark smoke"
-    smoke_dir="${TMPDIR:-/tmp}/hookline-bench-smoke"
+    smoke_dir="${TMPDIR:-/tmp}/hookline-bench-smoke-$$"
     cargo run --quiet -p hookline-bench -- --secs 1 --scenarios ingest-one,fifo-one,standard --check \
-        --port 18181 --data-dir "$smoke_dir" --json target/bench-smoke.json
+        --port 0 --data-dir "$smoke_dir" --json target/bench-smoke.json
     rm -rf "$smoke_dir"
 fi
+# The short fault suite: SIGKILL the broker and crash PostgreSQL under load, then account for
+# every acknowledged message (RELIABILITY.md; the full run is deploy/chaos.sh).
+echo "== fault suite (short)"
+bash deploy/chaos.sh --short
 # Offline data that no longer matches the schema (a migration changed what an unchanged
 # query sees) compiles; regenerating it against a scratch database tells, where a
 # PostgreSQL server is at hand.

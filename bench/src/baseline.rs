@@ -77,14 +77,25 @@ pub async fn broker_sql(cluster: &Path, sql: &str) -> anyhow::Result<()> {
     psql(&bin, cluster, "hookline", &["-c", sql]).await
 }
 
+/// Runs a query on the broker's own database and returns its rows, unaligned (`|` between
+/// columns, a line per row).
+pub async fn broker_query(cluster: &Path, sql: &str) -> anyhow::Result<String> {
+    let bin = pg_bin_dir().context("PostgreSQL binaries not found")?;
+    let out = psql_command(&bin, cluster, "hookline").args(["-At", "-c", sql]).output().await?;
+    if !out.status.success() {
+        bail!("psql: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn psql_command(bin: &Path, cluster: &Path, db: &str) -> Command {
+    let mut cmd = Command::new(bin.join("psql"));
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"]).arg(cluster).args(["-p", "5432", "-U", "postgres", "-d", db]);
+    cmd
+}
+
 async fn psql(bin: &Path, cluster: &Path, db: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(bin.join("psql"))
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
-        .arg(cluster)
-        .args(["-p", "5432", "-U", "postgres", "-d", db])
-        .args(args)
-        .output()
-        .await?;
+    let out = psql_command(bin, cluster, db).args(args).output().await?;
     if !out.status.success() {
         bail!("psql: {}", String::from_utf8_lossy(&out.stderr));
     }

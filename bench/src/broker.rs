@@ -18,34 +18,44 @@ pub struct Broker {
     child: Option<Child>,
     pid: Option<u32>,
     peak_rss_kb: Arc<AtomicU64>,
+    /// How to start it again (`restart`): the binary, its data directory and port.
+    serve: Option<(PathBuf, PathBuf, u16)>,
+}
+
+/// `hookline <args>` on the data directory and port, with nothing from our environment that
+/// would point it elsewhere.
+fn command(exe: &Path, data_dir: &Path, port: u16, args: &[&str]) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .env("HOOKLINE_DATA_DIR", data_dir)
+        .env("HOOKLINE_BIND", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        // Logged errors without backtraces, whatever our own environment asks for.
+        .env("RUST_LIB_BACKTRACE", "0")
+        .env_remove("DATABASE_URL")
+        .env_remove("HOOKLINE_ENCRYPTION_KEY");
+    cmd
 }
 
 impl Broker {
+    /// Port 0: a free one, so runs on one host do not meet.
     pub async fn start(exe: &Path, data_dir: &Path, port: u16) -> anyhow::Result<Self> {
+        let port = match port {
+            0 => std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(),
+            p => p,
+        };
         // Absolute: the cluster's socket lives in it and pg_ctl runs from `/`.
         let data_dir = &std::path::absolute(data_dir)?;
         let cluster = data_dir.join("postgres");
         stop_cluster(&cluster).await;
         let _ = std::fs::remove_dir_all(data_dir);
         std::fs::create_dir_all(data_dir)?;
-        let env = |cmd: &mut Command| {
-            cmd.env("HOOKLINE_DATA_DIR", data_dir)
-                .env("HOOKLINE_BIND", format!("127.0.0.1:{port}"))
-                .env("RUST_LOG", "warn")
-                .env_remove("DATABASE_URL")
-                .env_remove("HOOKLINE_ENCRYPTION_KEY");
-        };
-        let mut serve = Command::new(exe);
-        serve.arg("serve").kill_on_drop(true);
-        env(&mut serve);
-        let child = serve.spawn().with_context(|| format!("starting {}", exe.display()))?;
+        let mut serve = command(exe, data_dir, port, &["serve"]);
+        let child = serve.kill_on_drop(true).spawn().with_context(|| format!("starting {}", exe.display()))?;
         let pid = child.id();
         let base = format!("http://127.0.0.1:{port}");
         wait_ready(&base).await?;
-        let mut admin = Command::new(exe);
-        admin.args(["admin", "create-key", "--project", "bench"]);
-        env(&mut admin);
-        let out = admin.output().await?;
+        let out = command(exe, data_dir, port, &["admin", "create-key", "--project", "bench"]).output().await?;
         if !out.status.success() {
             bail!("create-key failed: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -58,6 +68,7 @@ impl Broker {
             child: Some(child),
             pid,
             peak_rss_kb: Arc::new(AtomicU64::new(0)),
+            serve: Some((exe.to_owned(), data_dir.to_owned(), port)),
         };
         broker.sample_rss();
         Ok(broker)
@@ -65,7 +76,8 @@ impl Broker {
 
     pub async fn existing(base: String, key: String) -> anyhow::Result<Self> {
         wait_ready(&base).await?;
-        Ok(Self { base, key, cluster_dir: None, child: None, pid: None, peak_rss_kb: Arc::new(AtomicU64::new(0)) })
+        let peak_rss_kb = Arc::new(AtomicU64::new(0));
+        Ok(Self { base, key, cluster_dir: None, child: None, pid: None, peak_rss_kb, serve: None })
     }
 
     /// CPU seconds the broker has used so far.
@@ -99,13 +111,53 @@ impl Broker {
         });
     }
 
-    /// SIGTERM (the broker then stops its own cluster), then wait.
+    /// SIGKILL: the process ends at once, mid-request, leaving its cluster running.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+        self.pid = None;
+    }
+
+    /// Starts the broker again on the same data directory (and so the same cluster and
+    /// encryption key) and waits until it is ready.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let (exe, data_dir, port) = self.serve.clone().context("not a broker this started")?;
+        let child = command(&exe, &data_dir, port, &["serve"]).kill_on_drop(true).spawn()?;
+        self.pid = child.id();
+        self.child = Some(child);
+        wait_ready(&self.base).await
+    }
+
+    /// Stops PostgreSQL in immediate mode (a crash: no checkpoint, recovery at start) and
+    /// starts it again, while the broker keeps running.
+    pub async fn crash_postgres(&self) -> anyhow::Result<()> {
+        let cluster = self.cluster_dir.as_ref().context("not a cluster this started")?;
+        let bin = crate::baseline::pg_bin_dir().context("PostgreSQL binaries not found")?;
+        let status = crate::baseline::as_cluster_owner(&bin.join("pg_ctl"))
+            .args(["restart", "-m", "immediate", "-w", "-D"])
+            .arg(cluster)
+            .arg("-l")
+            .arg(cluster.join("server.log"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "pg_ctl restart failed: {status}");
+        Ok(())
+    }
+
+    /// SIGTERM (the broker then stops its own cluster), then wait; then stop the cluster if
+    /// it still runs (a restarted broker found it running and leaves it be).
     pub async fn stop(mut self) {
         if let (Some(pid), Some(mut child)) = (self.pid, self.child.take()) {
             let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
             if tokio::time::timeout(Duration::from_secs(30), child.wait()).await.is_err() {
                 let _ = child.kill().await;
             }
+        }
+        if let Some(cluster) = &self.cluster_dir {
+            stop_cluster(cluster).await;
         }
     }
 }

@@ -276,7 +276,7 @@ async fn collect(mut tasks: JoinSet<Outcome>, started: Instant) -> Outcome {
     total
 }
 
-async fn post(t: &Target, path: &str, json: Option<Value>) -> Option<(StatusCode, Value)> {
+pub async fn post(t: &Target, path: &str, json: Option<Value>) -> Option<(StatusCode, Value)> {
     let mut req = t.client.post(format!("{}{path}", t.base)).header("x-api-key", &*t.key);
     if let Some(j) = json {
         req = req.json(&j);

@@ -5,9 +5,7 @@
 //! By default it starts `hookline serve` (the binary next to this one) on a fresh embedded
 //! PostgreSQL cluster with fsync on; `--base` and `--key` target a running broker instead.
 
-mod baseline;
-mod broker;
-mod load;
+use hookline_bench::{baseline, broker, load};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,7 +32,7 @@ struct Args {
     /// API key for --base.
     #[arg(long)]
     key: Option<String>,
-    /// Port for the broker this starts.
+    /// Port for the broker this starts (0: a free one).
     #[arg(long, default_value_t = 18080)]
     port: u16,
     /// Where the started broker keeps its fresh cluster (wiped first). In the temp directory
