@@ -21,9 +21,9 @@ if [ "${1:-}" = --short ]; then
     faults=(--kills 5 --pg-restarts 1 --interval-ms 800)
 fi
 if [ "$profile" = release ]; then
-    cargo build --release --quiet --bin hookline -p hookline -p hookline-bench
+    cargo build --release --quiet --bins -p hookline -p hookline-bench
 else
-    cargo build --quiet --bin hookline -p hookline -p hookline-bench
+    cargo build --quiet --bins -p hookline -p hookline-bench
 fi
 data_dir="${TMPDIR:-/tmp}/hookline-chaos-$$"
 trap 'rm -rf "$data_dir"' EXIT

@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 . deploy/lib.sh
 database_url_given || ensure_postgres_binaries
 
-test_cluster="${TMPDIR:-/tmp}/hookline-test-pg"
+# Each run its own cluster (the tests read HOOKLINE_TEST_PG_DIR), so two runs never meet.
+test_cluster="${TMPDIR:-/tmp}/hookline-test-pg-$$"
+export HOOKLINE_TEST_PG_DIR="$test_cluster"
 stop_test_cluster() {
     if [ -f "$test_cluster/postmaster.pid" ]; then
         local ctl
@@ -18,7 +20,7 @@ stop_test_cluster() {
             "$ctl" stop -m fast -D "$test_cluster" >/dev/null 2>&1 || true
         fi
     fi
-    rm -rf "$test_cluster"
+    rm -rf "$test_cluster" "$test_cluster.lock"
 }
 if [ -z "${DATABASE_URL:-}" ]; then
     stop_test_cluster

@@ -40,7 +40,10 @@ async fn server() -> &'static Server {
                     opts.join()
                 }
                 None => {
-                    let dir = std::env::temp_dir().join("hookline-test-pg");
+                    // deploy/test.sh gives each run its own cluster, so two runs on a host never meet.
+                    let dir = std::env::var_os("HOOKLINE_TEST_PG_DIR")
+                        .map(std::path::PathBuf::from)
+                        .unwrap_or_else(|| std::env::temp_dir().join("hookline-test-pg"));
                     let pg = tokio::task::spawn_blocking(move || {
                         // Test processes (cargo nextest runs one per test) start it one at a time.
                         let lock = std::fs::File::create(dir.with_extension("lock")).expect("creating the start lock");
@@ -57,6 +60,7 @@ async fn server() -> &'static Server {
             let template = format!("hookline_template_{}", migrations_fingerprint());
             let admin = with_db(&url_pattern, "postgres");
             let mut conn = PgConnection::connect(&admin).await.expect("connecting to the test PostgreSQL");
+            drop_stale_databases(&mut conn).await;
             // Several test processes may race to build the template: one builds, the rest wait.
             sqlx::query("SELECT pg_advisory_lock(7412)").execute(&mut conn).await.unwrap();
             let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
@@ -77,6 +81,27 @@ async fn server() -> &'static Server {
             Server { url_pattern, template }
         })
         .await
+}
+
+/// Test databases are named `test_<unix seconds>_<uuid>`; a run drops those over two hours
+/// old (its own and other runs' leftovers: a test that panicked, a killed run), so a shared
+/// server does not fill up. (Each database is dropped when its test ends, too: `DropOnExit`.)
+async fn drop_stale_databases(conn: &mut PgConnection) {
+    let names: Vec<String> = sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname ~ '^test_[0-9]+_'")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap_or_default();
+    let now = unix_seconds();
+    for name in names {
+        let created: u64 = name.split('_').nth(1).and_then(|s| s.parse().ok()).unwrap_or(now);
+        if now.saturating_sub(created) > 2 * 3600 {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut *conn).await;
+        }
+    }
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
 /// A closed pool's sessions can linger server-side for a moment, and RENAME needs none:
@@ -150,6 +175,29 @@ pub struct TestApp {
     pub encryption_key: String,
     /// The broker's API-key verifier (its argon2 count).
     pub verifier: std::sync::Arc<hookline::auth::KeyVerifier>,
+    /// The test's own database, dropped when the last handle goes (None: another's).
+    database: Option<std::sync::Arc<DropOnExit>>,
+}
+
+/// Drops a test database when the test ends (forcing out the broker's connections).
+struct DropOnExit {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for DropOnExit {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Its own thread and runtime: the test's runtime may be the one ending.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let mut conn = PgConnection::connect(&admin_url).await.ok()?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await.ok()
+            })
+        })
+        .join();
+    }
 }
 
 impl TestApp {
@@ -165,6 +213,7 @@ impl TestApp {
             key: self.key.clone(),
             encryption_key: self.encryption_key.clone(),
             verifier: self.verifier.clone(),
+            database: self.database.clone(),
         }
     }
 }
@@ -181,8 +230,13 @@ pub async fn migrated_database() -> String {
 }
 
 async fn create_database(template: Option<&str>) -> String {
+    create_named_database(template).await.0
+}
+
+/// A new database: its URL and name.
+async fn create_named_database(template: Option<&str>) -> (String, String) {
     let server = server().await;
-    let db = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let db = format!("test_{}_{}", unix_seconds(), uuid::Uuid::new_v4().simple());
     let mut conn = PgConnection::connect(&with_db(&server.url_pattern, "postgres")).await.unwrap();
     let statement = match template {
         Some(t) => format!("CREATE DATABASE {db} TEMPLATE {t}"),
@@ -190,7 +244,7 @@ async fn create_database(template: Option<&str>) -> String {
     };
     sqlx::query(&statement).execute(&mut conn).await.unwrap();
     conn.close().await.unwrap();
-    with_db(&server.url_pattern, &db)
+    (with_db(&server.url_pattern, &db), db)
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -199,8 +253,11 @@ pub async fn spawn_app() -> TestApp {
 
 /// A fresh database and broker; `tweak` adjusts the config before the build.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
-    let db_url = migrated_database().await;
-    spawn_app_on(&db_url, tweak).await
+    let (db_url, name) = create_named_database(Some(&server().await.template)).await;
+    let mut app = spawn_app_on(&db_url, tweak).await;
+    let admin_url = with_db(&server().await.url_pattern, "postgres");
+    app.database = Some(std::sync::Arc::new(DropOnExit { admin_url, name }));
+    app
 }
 
 /// Another broker on an existing database (e.g. `app.db_url`), as a second replica or a
@@ -243,6 +300,7 @@ pub async fn spawn_app_on(db_url: &str, tweak: impl FnOnce(&mut Config)) -> Test
         key: key.expose().to_owned(),
         encryption_key,
         verifier,
+        database: None,
     }
 }
 

@@ -20,6 +20,7 @@ mod lifecycle;
 mod lock_control;
 mod long_poll;
 mod migrations;
+mod model;
 mod plans;
 mod priorities;
 mod publish;
