@@ -9,7 +9,7 @@ use crate::domain::{ProjectId, WebhookId};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueStats {
-    /// Waiting and deliverable now: not locked, not delayed.
+    /// Waiting and deliverable now: not locked, not delayed, not past its TTL.
     pub queued: i64,
     pub locked: i64,
     pub delayed: i64,
@@ -41,17 +41,21 @@ pub async fn get(db: impl PgExecutor<'_>, project: ProjectId, webhook: &WebhookI
                     + (SELECT count(*) FROM messages WHERE webhook_id = $1 AND lock_token IS NOT NULL) AS locked,
                     (SELECT count(*) FROM messages
                      WHERE webhook_id = $1 AND state = 'queued' AND deliver_at > now()) AS delayed,
+                    -- Past their TTL but not purged yet: never delivered, so not waiting.
+                    (SELECT count(*) FROM messages
+                     WHERE expires_at <= now() AND webhook_id = $1 AND state = 'queued' AND lock_token IS NULL
+                       AND (deliver_at IS NULL OR deliver_at <= now()) AND seq <> hook.fifo_locked) AS expired,
                     -- Each priority's first ready seq is its oldest: 11 probes of the ready index.
                     (SELECT extract(epoch FROM now() - min(head.received_at))::float8
                      FROM generate_series(0, 10) AS p(priority)
                      CROSS JOIN LATERAL (SELECT received_at FROM messages
                                          WHERE webhook_id = $1 AND state = 'queued' AND priority = p.priority
                                            AND deliver_at IS NULL AND lock_token IS NULL
-                                           AND seq <> hook.fifo_locked
+                                           AND seq <> hook.fifo_locked AND expires_at > now()
                                          ORDER BY seq LIMIT 1) head) AS oldest
              FROM hook
          )
-         SELECT greatest(totals.live - gauges.locked - gauges.delayed, 0) AS "queued!", gauges.locked AS "locked!",
+         SELECT greatest(totals.live - gauges.locked - gauges.delayed - gauges.expired, 0) AS "queued!", gauges.locked AS "locked!",
                 gauges.delayed AS "delayed!", totals.dead AS "dead!", totals.committed AS "committed!",
                 gauges.oldest AS oldest_queued_age_seconds,
                 totals.ingested_minute AS "ingested_last_minute!", totals.ingested_hour AS "ingested_last_hour!",

@@ -187,3 +187,21 @@ async fn stats_are_per_webhook_and_404_for_an_unknown_one() {
         r.expect_error(StatusCode::NOT_FOUND, "not_found");
     }
 }
+
+/// A message past its TTL that the purger has not reached yet is never delivered, so it is
+/// not counted as waiting (nor as the oldest waiting).
+#[tokio::test]
+async fn messages_past_their_ttl_are_not_counted_as_queued() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({})).await;
+    let (expired, _) = app.ingest_ok(&wh, "{}").await;
+    app.ingest_ok(&wh, "{}").await;
+    let expire =
+        format!("UPDATE messages SET expires_at = now() - interval '1 second' WHERE id = '{}'", uuid_of(&expired));
+    app.sql(&expire).await;
+    let s = stats(&app, &wh).await;
+    assert_eq!(counts(&s), c(1, 0, 0, 0, 0), "{s}");
+    assert!(oldest(&s) < 60.0, "{s}");
+    // The one that is still alive is what a dequeue hands out.
+    assert_ne!(app.dequeue_ok(&wh).await.id, expired);
+}
