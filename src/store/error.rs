@@ -22,6 +22,14 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+impl StoreError {
+    /// Whether a database unique constraint refused the write (`constraint` names it).
+    pub fn violates(&self, constraint: &str) -> bool {
+        matches!(self, Self::Database(DbError { source: sqlx::Error::Database(db), .. })
+            if db.constraint() == Some(constraint))
+    }
+}
+
 /// Why a transition changed nothing. Mapped to HTTP once, in `http/error.rs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {

@@ -170,10 +170,20 @@ async fn write_part(pool: &PgPool, part: Batch) {
     }
 }
 
+/// Each item in its own statement. A batch whose COMMIT failed may have committed after
+/// all (the connection broke after the server did it): an item whose id is then already
+/// stored in its webhook is that very message, and is answered as stored.
 async fn one_by_one(pool: &PgPool, batch: Batch) {
     for (item, reply) in batch.items.into_iter().zip(batch.replies) {
-        let result = messages::insert_many(pool, std::slice::from_ref(&item)).await;
-        let _ = reply.send(result.and_then(|mut s| s.pop().unwrap_or(Err(StoreError::NotFound("webhook")))));
+        let result = match messages::insert_many(pool, std::slice::from_ref(&item)).await {
+            Err(e) if e.violates("messages_id_key") => match messages::stored(pool, &item.0, &item.1.id).await {
+                Ok(Some(stored)) => Ok(stored),
+                Ok(None) => Err(e),
+                Err(lookup) => Err(lookup),
+            },
+            result => result.and_then(|mut s| s.pop().unwrap_or(Err(StoreError::NotFound("webhook")))),
+        };
+        let _ = reply.send(result);
     }
 }
 

@@ -47,6 +47,19 @@ pub async fn insert_many(pool: &PgPool, items: &[(WebhookId, NewMessage)]) -> St
         .collect())
 }
 
+/// Where a message of the webhook stands, if it is stored.
+pub async fn stored(db: impl PgExecutor<'_>, webhook: &WebhookId, id: &MessageId) -> StoreResult<Option<Stored>> {
+    let seq = sqlx::query_scalar!(
+        "SELECT seq FROM messages WHERE id = $1 AND webhook_id = $2",
+        id.as_uuid(),
+        webhook.as_uuid()
+    )
+    .fetch_optional(db)
+    .await
+    .context_for("reading a stored message", webhook)?;
+    Ok(seq.map(|seq| Stored { id: *id, seq: Seq(seq), duplicate: false }))
+}
+
 /// Whether a signature is claimed already (a replay), before any work is spent on it.
 /// The claim in `insert_many` is what decides; this only refuses most replays early.
 pub async fn seen_signature(db: impl PgExecutor<'_>, webhook: &WebhookId, signature: &[u8; 32]) -> StoreResult<bool> {
