@@ -64,6 +64,10 @@ fi
 # every acknowledged message (RELIABILITY.md; the full run is deploy/chaos.sh).
 echo "== fault suite (short)"
 bash deploy/chaos.sh --short
+# The served OpenAPI document against the broker: no 5xx, no answer the document does not
+# describe, valid requests accepted and invalid ones refused (deploy/schemathesis.sh).
+echo "== schemathesis (short)"
+bash deploy/schemathesis.sh --short
 # Offline data that no longer matches the schema (a migration changed what an unchanged
 # query sees) compiles; regenerating it against a scratch database tells, where a
 # PostgreSQL server is at hand.

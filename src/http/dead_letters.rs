@@ -61,6 +61,7 @@ pub struct DeadLetterSelection {
     /// Died before this time (RFC 3339).
     pub until: Option<DateTime<Utc>>,
     /// Case-insensitive text the last error contains.
+    #[schema(pattern = r"^[^\u0000]*$")]
     pub error: Option<String>,
 }
 
@@ -78,14 +79,17 @@ impl TryFrom<DeadLetterSelection> for DeadLetterFilter {
 #[into_params(parameter_in = Query)]
 pub struct DeadLetterQuery {
     /// Page size, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `nextCursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,18}$")]
     pub cursor: Option<String>,
     /// Died at or after this time (RFC 3339).
     pub since: Option<DateTime<Utc>>,
     /// Died before this time (RFC 3339).
     pub until: Option<DateTime<Utc>>,
     /// Case-insensitive text the last error contains.
+    #[param(pattern = r"^[^\u0000]*$")]
     pub error: Option<String>,
 }
 

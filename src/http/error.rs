@@ -4,7 +4,7 @@
 
 use actix_web::body::MessageBody;
 use actix_web::dev::ServiceResponse;
-use actix_web::http::header::CONTENT_TYPE;
+use actix_web::http::header::{ALLOW, CONTENT_TYPE};
 use actix_web::http::StatusCode;
 use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{HttpResponse, ResponseError};
@@ -200,8 +200,13 @@ impl From<SettingError> for ApiError {
 
 /// Parses a JSON request body; an empty body counts as `{}` where the caller allows it.
 pub fn parse_json<T: serde::de::DeserializeOwned + Default>(body: &[u8], empty_ok: bool) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    // An optional body may be left out, or sent as JSON null.
+    if body.iter().all(u8::is_ascii_whitespace) || (empty_ok && body.trim_ascii() == b"null") {
         return if empty_ok { Ok(T::default()) } else { Err(ApiError::BadRequest("request body must be JSON".into())) };
+    }
+    // serde would also read a struct from an array of its fields in order.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::BadRequest("request body must be a JSON object".into()));
     }
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
@@ -216,6 +221,13 @@ pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &'static str) -> Result<T
 pub fn json_client_errors<B: MessageBody + 'static>(
     res: ServiceResponse<B>,
 ) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let mut res = res;
+    if res.status() == StatusCode::METHOD_NOT_ALLOWED {
+        // RFC 9110: a 405 lists what the path does serve.
+        if let Some(methods) = super::openapi::allowed_methods(res.request().path()) {
+            res.headers_mut().insert(ALLOW, actix_web::http::header::HeaderValue::from_static(methods));
+        }
+    }
     let is_json = res.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if is_json {
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
@@ -227,9 +239,13 @@ pub fn json_client_errors<B: MessageBody + 'static>(
         other => ApiError::BadRequest(other.canonical_reason().unwrap_or("bad request").to_lowercase()),
     };
     let status = res.status();
+    let allow = res.headers().get(ALLOW).cloned();
     let (req, _) = res.into_parts();
     let mut response = error.error_response();
     *response.status_mut() = status;
+    if let Some(allow) = allow {
+        response.headers_mut().insert(ALLOW, allow);
+    }
     Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, response).map_into_right_body()))
 }
 

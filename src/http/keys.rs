@@ -21,12 +21,31 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateKey {
+    #[schema(pattern = r"^[^\u0000]*$")]
     pub name: Option<String>,
     /// Any of manage, consume, publish (default: all three, or what the creating key has).
+    #[schema(value_type = Option<Vec<ScopeName>>, min_items = 1)]
     pub scopes: Option<Vec<String>>,
     /// Limit the key to these webhooks (default: every webhook of the project).
+    #[schema(value_type = Option<Vec<WebhookIdText>>)]
     pub webhook_ids: Option<Vec<String>>,
 }
+
+/// What a key may do (documentation of the field's values).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ScopeName {
+    Manage,
+    Consume,
+    Publish,
+}
+
+/// A webhook id as the API shows it.
+#[derive(ToSchema)]
+#[schema(value_type = String, pattern = "^wh_[0-9a-f]{32}$")]
+#[allow(dead_code)]
+pub struct WebhookIdText(String);
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -9,11 +9,13 @@ mod ingest;
 mod keys;
 mod messages;
 pub mod openapi;
+mod openapi_links;
 mod publish;
 mod queue;
 mod responses;
 mod session;
 mod webhooks;
+mod whole;
 
 use std::sync::Arc;
 
@@ -73,9 +75,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/openapi.json", web::get().to(openapi::serve));
 }
 
-/// Answers every unmatched route with the JSON error shape.
-pub async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound("route"))
+/// Answers every unmatched request with the JSON error shape: 405 (with `Allow`) for a
+/// documented path asked with another method, else 404.
+pub async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
+    match openapi::allowed_methods(req.path()) {
+        Some(_) => Err(ApiError::MethodNotAllowed),
+        None => Err(ApiError::NotFound("route")),
+    }
 }
 
 /// Cursor pagination parameters shared by list routes.
@@ -84,8 +90,10 @@ pub async fn not_found() -> Result<HttpResponse, ApiError> {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Page size, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `nextCursor` of the previous page.
+    #[param(pattern = "^wh_[0-9a-f]{32}$")]
     pub cursor: Option<String>,
 }
 

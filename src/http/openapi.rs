@@ -5,6 +5,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::openapi_links::Links;
 use super::{dead_letters, error, health, ingest, keys, messages, publish, queue, session, webhooks};
 
 #[derive(OpenApi)]
@@ -23,7 +24,7 @@ use super::{dead_letters, error, health, ingest, keys, messages, publish, queue,
         session::login, session::current, session::logout,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, messages::DeliveredBatch)),
-    modifiers(&ApiKeyAuth),
+    modifiers(&ApiKeyAuth, &Links),
 )]
 pub struct ApiDoc;
 
@@ -43,11 +44,50 @@ impl Modify for ApiKeyAuth {
 }
 
 pub fn document() -> String {
-    ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serializes")
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    super::openapi_links::finish(&mut doc);
+    serde_json::to_string_pretty(&doc).expect("the OpenAPI document serializes")
 }
 
 pub async fn serve() -> HttpResponse {
     HttpResponse::Ok().content_type("application/json").body(document())
+}
+
+/// The methods the API serves at a request path (`GET, POST`), from this document: what a
+/// 405 lists in its `Allow` header. None when no documented route has the path. Where a
+/// literal segment and a parameter both match (`/messages/batch`, `/messages/{message_id}`),
+/// the route with more literal segments is the one meant.
+pub fn allowed_methods(path: &str) -> Option<&'static str> {
+    static ROUTES: std::sync::OnceLock<Vec<(Vec<String>, String)>> = std::sync::OnceLock::new();
+    let routes = ROUTES.get_or_init(|| {
+        ApiDoc::openapi()
+            .paths
+            .paths
+            .into_iter()
+            .map(|(template, item)| {
+                let methods = [
+                    ("GET", item.get.is_some()),
+                    ("POST", item.post.is_some()),
+                    ("PUT", item.put.is_some()),
+                    ("PATCH", item.patch.is_some()),
+                    ("DELETE", item.delete.is_some()),
+                ];
+                let allowed: Vec<&str> = methods.iter().filter(|(_, served)| *served).map(|(m, _)| *m).collect();
+                (template.split('/').map(str::to_owned).collect(), allowed.join(", "))
+            })
+            .collect()
+    });
+    let segments: Vec<&str> = path.split('/').collect();
+    routes
+        .iter()
+        .filter_map(|(template, methods)| {
+            let matches = template.len() == segments.len()
+                && template.iter().zip(&segments).all(|(t, s)| t == s || (t.starts_with('{') && !s.is_empty()));
+            let literals = template.iter().filter(|t| !t.starts_with('{')).count();
+            matches.then_some((literals, methods.as_str()))
+        })
+        .max_by_key(|(literals, _)| *literals)
+        .map(|(_, methods)| methods)
 }
 
 #[cfg(test)]

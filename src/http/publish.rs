@@ -36,19 +36,27 @@ pub struct PublishRequest {
     /// Any JSON value, delivered as the JSON text sent (content type application/json).
     // Checked but never built into a tree, so a request's memory stays about its size.
     #[serde(default, deserialize_with = "any_json")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub payload: Option<Box<RawValue>>,
     /// Raw bytes in base64 instead of `payload` (content type application/octet-stream
     /// unless `headers` says otherwise).
     pub payload_base64: Option<String>,
     /// 0 to 10, higher first; only on webhooks with priorities enabled.
+    #[schema(minimum = 0, maximum = 10)]
+    #[serde(default, deserialize_with = "crate::http::whole::opt")]
     pub priority: Option<i64>,
     /// Not deliverable before this many seconds (0 to 604800).
+    #[schema(minimum = 0, maximum = 604800)]
+    #[serde(default, deserialize_with = "crate::http::whole::opt")]
     pub delay_seconds: Option<i64>,
     /// Expires (never delivered, then purged) after this many seconds: 1 to the webhook's
     /// ttlDays in seconds.
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "crate::http::whole::opt")]
     pub ttl_seconds: Option<i64>,
-    /// A repeat on this webhook within 24 hours answers the original message and stores nothing.
+    /// A repeat on this webhook within 24 hours answers the original message and stores
+    /// nothing: 1 to 255 visible ASCII characters.
+    #[schema(pattern = r"^[\x21-\x7e]{1,255}$")]
     pub idempotency_key: Option<String>,
     /// Delivered with the message, names lowercased.
     pub headers: Option<BTreeMap<String, String>>,
@@ -65,6 +73,7 @@ fn any_json<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D:
     {"payload": {"later": true}, "delaySeconds": 3600}]}))]
 pub struct PublishBatch {
     /// 1 to 100 messages, stored in this order in one transaction: all or none.
+    #[schema(min_items = 1, max_items = 100)]
     pub messages: Vec<PublishRequest>,
 }
 

@@ -29,10 +29,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
+/// The longest address SMTP allows, and a password bound well past any passphrase.
+const MAX_EMAIL_CHARS: usize = 254;
+const MAX_PASSWORD_CHARS: usize = 1024;
+
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
+    #[schema(min_length = 1, max_length = 254, pattern = r"^[^\u0000]*$")]
     pub email: String,
+    #[schema(max_length = 1024)]
     pub password: String,
 }
 
@@ -43,6 +49,12 @@ pub struct Login {
               (status = 429, body = ErrorBody, description = "Too many attempts for this account or address")))]
 pub async fn login(req: HttpRequest, state: web::Data<ApiState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let login: Login = parse_json(&body, false)?;
+    // Checked before anything is keyed by it (the limiter) or spent on it (argon2).
+    if login.email.chars().count() > MAX_EMAIL_CHARS || login.password.chars().count() > MAX_PASSWORD_CHARS {
+        return Err(ApiError::BadRequest(format!(
+            "email must be at most {MAX_EMAIL_CHARS} characters and password at most {MAX_PASSWORD_CHARS}"
+        )));
+    }
     let email = normalize(storable("email", &login.email)?);
     let address = req.peer_addr().map(|a| a.ip());
     state.logins.check(&email, address).map_err(ApiError::RateLimited)?;

@@ -27,18 +27,26 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateWebhook {
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$")]
     pub name: String,
     /// 1 to 43200, default 300.
+    #[schema(minimum = 1, maximum = 43200)]
+    #[serde(default, deserialize_with = "crate::http::whole::opt")]
     pub lock_timeout_seconds: Option<i64>,
     /// 1 to 100, default 10.
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "crate::http::whole::opt")]
     pub max_retries: Option<i64>,
     /// Bounded by the plan: free 7 (fixed), pro 1 to 30 (default 30), enterprise 1 to 90
     /// (default 90), unlimited 1 to 365 (default 7).
+    #[schema(minimum = 1, maximum = 365)]
+    #[serde(default, deserialize_with = "crate::http::whole::opt")]
     pub ttl_days: Option<i64>,
     /// Require senders to sign each request (401 and nothing stored otherwise).
     pub signature: Option<SignatureSettings>,
     /// `fifo` (default): strict order, one message in flight, head-of-line blocking.
     /// `standard`: many in flight at once for concurrent consumers. Fixed at creation.
+    #[schema(value_type = Option<ModeName>)]
     pub mode: Option<String>,
     /// Let producers set a priority (0 to 10, higher first). Default false.
     pub priorities: Option<bool>,
@@ -53,15 +61,23 @@ pub struct CreateWebhook {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateWebhook {
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$")]
     pub name: Option<String>,
+    #[schema(minimum = 1, maximum = 43200)]
+    #[serde(default, deserialize_with = "crate::http::whole::opt")]
     pub lock_timeout_seconds: Option<i64>,
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "crate::http::whole::opt")]
     pub max_retries: Option<i64>,
+    #[schema(minimum = 1, maximum = 365)]
+    #[serde(default, deserialize_with = "crate::http::whole::opt")]
     pub ttl_days: Option<i64>,
     /// A new signing requirement, or null to stop requiring signatures.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<SignatureSettings>)]
     pub signature: Option<Option<SignatureSettings>>,
     /// Not changeable: refused with 422 (create a new webhook instead).
+    #[schema(value_type = Option<ModeName>)]
     pub mode: Option<String>,
     pub priorities: Option<bool>,
     pub idempotency_from_webhook_id: Option<bool>,
@@ -76,13 +92,35 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Resul
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SignatureSettings {
-    /// standard-webhooks, stripe or github.
+    #[schema(value_type = SchemeName)]
     pub scheme: String,
     /// The shared secret (Standard Webhooks: `whsec_` + base64). Stored encrypted; never
     /// shown again.
+    #[schema(min_length = 16)]
     pub secret: String,
     /// How far a signed timestamp may be from now, 1 to 86400 s (default 300).
+    #[schema(minimum = 1, maximum = 86400)]
+    #[serde(default, deserialize_with = "crate::http::whole::opt")]
     pub tolerance_seconds: Option<i64>,
+}
+
+/// A webhook's delivery mode (documentation of the field's values).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ModeName {
+    Fifo,
+    Standard,
+}
+
+/// A signing scheme (documentation of the field's values).
+#[derive(ToSchema)]
+#[schema(rename_all = "kebab-case")]
+#[allow(dead_code)]
+pub enum SchemeName {
+    StandardWebhooks,
+    Stripe,
+    Github,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -374,3 +374,29 @@ async fn an_oversize_api_body_gets_a_json_error() {
     assert!(failures.is_empty(), "answers without the JSON error shape:\n{}", failures.join("\n"));
     assert_eq!(app.list_webhooks("").await.body["data"].as_array().unwrap().len(), 1);
 }
+
+/// What the served OpenAPI document promises about shapes: a 405 lists the methods the path
+/// serves; a whole number is an integer however it is spelled; an optional body may be
+/// null; a body that is not a JSON object is 400 (serde would read a struct from an array).
+#[tokio::test]
+async fn requests_are_read_as_the_openapi_document_describes_them() {
+    let app = spawn_app().await;
+    for (method, path, allow) in
+        [("TRACE", "/healthz", "GET"), ("PUT", "/api/keys", "GET, POST"), ("GET", "/ingest/x", "POST")]
+    {
+        let r = app.send(app.request(Method::from_bytes(method.as_bytes()).unwrap(), path)).await;
+        r.expect_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+        assert_eq!(r.headers.get("allow").and_then(|v| v.to_str().ok()), Some(allow), "{method} {path}");
+    }
+    let r = app.create_webhook_raw(json!({"name": "n", "lockTimeoutSeconds": 60.0})).await;
+    r.expect(StatusCode::CREATED);
+    assert_eq!(r.i64("lockTimeoutSeconds"), 60);
+    let r = app.create_webhook_raw(json!({"name": "n", "lockTimeoutSeconds": 60.5})).await;
+    r.expect_error(StatusCode::BAD_REQUEST, "bad_request");
+    let wh = r.body["id"].as_str().map(str::to_owned).unwrap_or(app.create_webhook(json!({})).await);
+    let dequeue = format!("/api/webhooks/{wh}/messages/dequeue");
+    let raw =
+        |body: &'static str| app.request(Method::POST, &dequeue).header("content-type", "application/json").body(body);
+    assert_eq!(app.send(raw("null")).await.status, StatusCode::NO_CONTENT);
+    app.send(raw("[null, null]")).await.expect_error(StatusCode::BAD_REQUEST, "bad_request");
+}

@@ -108,10 +108,10 @@ pub async fn ingest(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let raw_id = req.path().strip_prefix("/ingest/").ok_or(ApiError::NotFound("route"))?;
-    let webhook: WebhookId = parse_id(raw_id, "webhook")?;
     if req.method() != Method::POST {
         return Err(ApiError::MethodNotAllowed);
     }
+    let webhook: WebhookId = parse_id(raw_id, "webhook")?;
     let target = state.settings.ingest_target(webhook).await?.ok_or(ApiError::NotFound("webhook"))?;
     let limits = &target.limits;
     let spend = |operation| state.limits.webhook(target.project, webhook, operation, limits);

@@ -20,18 +20,19 @@ use crate::store::StoreError;
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CommitRequest {
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^lt_[0-9a-f]{32}$")]
     pub lock_token: Option<LockToken>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ErrorRequest {
-    /// Why processing failed; kept as the message's last error (up to 2,000 characters).
+    /// Why processing failed; kept as the message's last error (cut to 2,000 characters).
+    #[schema(pattern = r"^[^\u0000]*$")]
     pub reason: Option<String>,
     /// false: do not retry; the message goes straight to the dead-letter queue (default true).
     pub requeue: Option<bool>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^lt_[0-9a-f]{32}$")]
     pub lock_token: Option<LockToken>,
 }
 
@@ -39,8 +40,10 @@ pub struct ErrorRequest {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExtendRequest {
     /// The lock now expires this many seconds from now (1 to 43200).
+    #[schema(minimum = 1, maximum = 43200)]
+    #[serde(deserialize_with = "crate::http::whole::required")]
     pub seconds: i64,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^lt_[0-9a-f]{32}$")]
     pub lock_token: Option<LockToken>,
 }
 
@@ -180,15 +183,16 @@ pub async fn extend(req: LockedRequest<ExtendRequest>, state: web::Data<ApiState
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CommitBatch {
     /// 1 to 100 locked messages, each with the token its dequeue answered.
+    #[schema(min_items = 1, max_items = 100)]
     pub messages: Vec<CommitEntry>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CommitEntry {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^msg_[0-9a-f]{32}$")]
     pub id: MessageId,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^lt_[0-9a-f]{32}$")]
     pub lock_token: Option<LockToken>,
 }
 

@@ -7,7 +7,7 @@ use actix_web::{web, HttpResponse};
 use chrono::Utc;
 use serde::Deserialize;
 
-use super::{deliver, deliver_batch, DeliveredMessage};
+use super::{deliver, deliver_batch};
 use crate::domain::{LockTimeout, MaxMessages, SettingError};
 use crate::http::error::{parse_json, ApiError, ErrorBody};
 use crate::http::extract::{Dequeue, WebhookRequest};
@@ -16,7 +16,7 @@ use crate::limits::Operation;
 use crate::store::messages as store;
 
 /// Longest long-poll a dequeue may ask for.
-const MAX_WAIT_SECONDS: u64 = 20;
+const MAX_WAIT_SECONDS: i64 = 20;
 
 /// Shortest pause before re-checking a queue whose next due time has (by our clock) passed.
 const MIN_RECHECK: Duration = Duration::from_millis(20);
@@ -28,11 +28,20 @@ const MIN_RECHECK: Duration = Duration::from_millis(20);
 pub struct DequeueQuery {
     /// Long-poll: hold the request up to this many seconds (at most 20) until a message can
     /// be delivered, then answer it, or 204 when the time runs out.
-    pub wait: Option<u64>,
+    #[param(minimum = 0, maximum = 20)]
+    #[schema(minimum = 0, maximum = 20)]
+    #[serde(default, deserialize_with = "crate::http::whole::opt")]
+    pub wait: Option<i64>,
     /// Lock up to this many messages (1 to 100) and answer a DeliveredBatch. A FIFO webhook
     /// has at most one message in flight, so it answers at most one.
+    #[param(minimum = 1, maximum = 100)]
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "crate::http::whole::opt")]
     pub max_messages: Option<i64>,
     /// Seconds these locks last (1 to 43200), instead of the webhook's lockTimeoutSeconds.
+    #[param(minimum = 1, maximum = 43200)]
+    #[schema(minimum = 1, maximum = 43200)]
+    #[serde(default, deserialize_with = "crate::http::whole::opt")]
     pub visibility_timeout: Option<i64>,
 }
 
@@ -62,7 +71,7 @@ impl DequeueQuery {
     params(("webhook_id" = String, Path), DequeueQuery), request_body(content = Option<DequeueQuery>,
     description = "The query's options as JSON instead (an option may be given in one place only)"),
     security(("api_key" = [])),
-    responses((status = 200, body = DeliveredMessage, description = "Without maxMessages: one message. With maxMessages: a DeliveredBatch"),
+    responses((status = 200, body = super::Dequeued, description = "Without maxMessages: one message. With maxMessages: a DeliveredBatch"),
               (status = 204, description = "Nothing to deliver"),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 413, body = ErrorBody),
@@ -81,7 +90,7 @@ pub async fn dequeue(
     let query = query.into_inner().merged(parse_json(&body, true)?)?;
     let wait = match query.wait {
         None => Duration::ZERO,
-        Some(s @ 0..=MAX_WAIT_SECONDS) => Duration::from_secs(s),
+        Some(s @ 0..=MAX_WAIT_SECONDS) => Duration::from_secs(s as u64),
         Some(_) => return Err(ApiError::Validation(format!("wait must be between 0 and {MAX_WAIT_SECONDS} seconds"))),
     };
     let max = query.max_messages.map(MaxMessages::parse).transpose()?;

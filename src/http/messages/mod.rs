@@ -97,6 +97,15 @@ pub struct DeliveredBatch {
     pub messages: Vec<DeliveredMessage>,
 }
 
+/// What a dequeue answers (documentation): one message, or with `maxMessages` a batch.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum Dequeued {
+    One(DeliveredMessage),
+    Batch(DeliveredBatch),
+}
+
 /// Opens each message; unreadable ones are dead-lettered and left out, and ones sealed with
 /// a key this broker lacks are released and left out (503 when nothing else is left).
 pub(super) async fn deliver_batch(
