@@ -171,7 +171,7 @@ impl RateLimits {
     /// Counts one request by `key` in its sliding one-second window; the unlimited plan has
     /// no per-key limit either.
     pub fn key(&self, key: ApiKeyId, limits: &Limits) -> Result<(), Limited> {
-        let Some(rate) = self.per_key.filter(|_| limits.plan != crate::domain::Plan::Unlimited) else {
+        let Some(rate) = key_rate(self.per_key, limits) else {
             return Ok(());
         };
         let now = Instant::now();
@@ -181,6 +181,18 @@ impl RateLimits {
         }
         keys.entry(key).or_insert(SlidingWindow { started: now, current: 0, previous: 0 }).admit(rate.get(), now)
     }
+}
+
+/// What one key may make a second: the configured per-key rate, raised to the plan's whole
+/// dequeue and commit budget (a worker's single key must be able to use all of it); none on
+/// the unlimited plan.
+fn key_rate(per_key: Option<NonZeroU32>, limits: &Limits) -> Option<NonZeroU32> {
+    if limits.plan == crate::domain::Plan::Unlimited {
+        return None;
+    }
+    let consumer =
+        limits.dequeue_per_second.map_or(0, NonZeroU32::get) + limits.ack_per_second.map_or(0, NonZeroU32::get);
+    per_key.map(|rate| rate.max(NonZeroU32::new(consumer).unwrap_or(NonZeroU32::MIN)))
 }
 
 /// Login attempts, per account and per client address, so passwords cannot be guessed
@@ -214,6 +226,17 @@ mod tests {
     use super::*;
 
     use crate::domain::Plan;
+
+    #[test]
+    fn a_keys_rate_covers_its_plans_whole_consumer_budget() {
+        let rate = |per_key: u32, plan: Plan| key_rate(NonZeroU32::new(per_key), &plan.limits()).map(NonZeroU32::get);
+        assert_eq!(rate(20, Plan::Free), Some(20), "free: 5 dequeues + 10 commits a second fit in 20");
+        assert_eq!(rate(20, Plan::Pro), Some(150));
+        assert_eq!(rate(20, Plan::Enterprise), Some(1500));
+        assert_eq!(rate(2000, Plan::Enterprise), Some(2000), "a higher configured rate stands");
+        assert_eq!(rate(20, Plan::Unlimited), None);
+        assert_eq!(key_rate(None, &Plan::Pro.limits()), None, "no per-key limit configured");
+    }
 
     #[test]
     fn a_burst_passes_up_to_the_quota_and_no_further() {
@@ -252,13 +275,15 @@ mod tests {
 
     #[test]
     fn keys_have_their_own_limit_except_on_the_unlimited_plan() {
-        let limits = RateLimits::new(NonZeroU32::new(2));
-        let pro = Plan::Pro.limits();
-        assert!(limits.key(ApiKeyId(1), &pro).is_ok());
-        assert!(limits.key(ApiKeyId(1), &pro).is_ok());
-        assert!(limits.key(ApiKeyId(1), &pro).is_err());
-        assert!(limits.key(ApiKeyId(2), &pro).is_ok());
+        // Above the free plan's consumer budget (15 a second), so 20 is the key's limit.
+        let limits = RateLimits::new(NonZeroU32::new(20));
+        let free = Plan::Free.limits();
+        for _ in 0..20 {
+            assert!(limits.key(ApiKeyId(1), &free).is_ok());
+        }
+        assert!(limits.key(ApiKeyId(1), &free).is_err());
+        assert!(limits.key(ApiKeyId(2), &free).is_ok());
         assert!(limits.key(ApiKeyId(1), &Plan::Unlimited.limits()).is_ok());
-        assert!(RateLimits::new(None).key(ApiKeyId(1), &pro).is_ok());
+        assert!(RateLimits::new(None).key(ApiKeyId(1), &free).is_ok());
     }
 }

@@ -89,9 +89,10 @@ async fn limits_are_per_webhook_and_per_operation() {
 
 #[tokio::test]
 async fn each_api_key_has_its_own_limit() {
+    // On free, the plan's consumer budget (15 a second) is below the configured 20.
     let app = spawn_app_with(|c| c.api_key_rate_limit = NonZeroU32::new(20)).await;
-    on_plan(&app, Plan::Enterprise).await;
-    let (_, second) = hookline::auth::create_key(&app.pool, "test", Plan::Enterprise, false).await.unwrap();
+    on_plan(&app, Plan::Free).await;
+    let (_, second) = hookline::auth::create_key(&app.pool, "test", Plan::Free, false).await.unwrap();
 
     for _ in 0..20 {
         assert_eq!(app.api(Method::GET, "/api/webhooks", None).await.status, StatusCode::OK);
@@ -182,4 +183,25 @@ async fn a_batch_larger_than_the_plans_per_second_limit_is_422_not_a_429_that_ne
     let items: Vec<_> = (0..10).map(|i| json!({"payload": i})).collect();
     app.publish_batch(&wh, items).await.expect(StatusCode::CREATED);
     assert_eq!(stored(&app, &wh).await, 10);
+}
+
+/// A project holds at most its plan's number of live API keys: past it, creating one is 422
+/// naming the limit, and revoking one makes room again.
+#[tokio::test]
+async fn api_keys_per_project_are_capped_by_the_plan() {
+    let app = spawn_app().await;
+    on_plan(&app, Plan::Free).await;
+    let max = Plan::Free.limits().max_api_keys.unwrap() as usize;
+    let mut prefixes = Vec::new();
+    // The app's own key is the first.
+    for _ in 1..max {
+        let r = app.api(Method::POST, "/api/keys", Some(json!({}))).await;
+        r.expect(StatusCode::CREATED);
+        prefixes.push(r.str("prefix"));
+    }
+    let r = app.api(Method::POST, "/api/keys", Some(json!({}))).await;
+    let message = r.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert!(message.contains(&format!("at most {max} API keys on the free plan")), "{message}");
+    app.api(Method::DELETE, &format!("/api/keys/{}", prefixes[0]), None).await.expect(StatusCode::NO_CONTENT);
+    app.api(Method::POST, "/api/keys", Some(json!({}))).await.expect(StatusCode::CREATED);
 }
