@@ -42,6 +42,9 @@ pub struct Config {
     pub group_commit: GroupCommitConfig,
     /// Run the periodic jobs (lock reaper, TTL purger) in this process.
     pub run_jobs: bool,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (for the login limiter);
+    /// from any other peer the header is ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Config {
@@ -81,6 +84,18 @@ impl Config {
                 flushers: number("HOOKLINE_INGEST_WRITERS", 4)?.clamp(1, 64) as usize,
             },
             run_jobs: var("HOOKLINE_RUN_JOBS").map(|v| v != "false" && v != "0").unwrap_or(true),
+            trusted_proxies: var("HOOKLINE_TRUSTED_PROXIES")
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|ip| {
+                            ip.parse().with_context(|| format!("HOOKLINE_TRUSTED_PROXIES: {ip:?} is not an IP address"))
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()
+                })
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }

@@ -61,6 +61,7 @@ impl Application {
             limits: RateLimits::new(config.api_key_rate_limit),
             settings: SettingsCache::new(pool.clone(), config.plan_cache_ttl),
             logins: Default::default(),
+            trusted_proxies: config.trusted_proxies.clone(),
             wakeups: wakeups.clone(),
             max_body_bytes: config.max_body_bytes,
             public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{address}")),

@@ -41,6 +41,7 @@ impl Plan {
                 ttl_days: 7..=7,
                 default_ttl_days: 7,
                 max_webhooks: Some(10),
+                max_api_keys: Some(20),
                 max_body_bytes: Some(256 * 1024),
             },
             Self::Pro => Limits {
@@ -51,6 +52,7 @@ impl Plan {
                 ttl_days: 1..=30,
                 default_ttl_days: 30,
                 max_webhooks: Some(100),
+                max_api_keys: Some(200),
                 max_body_bytes: Some(1024 * 1024),
             },
             Self::Enterprise => Limits {
@@ -61,6 +63,7 @@ impl Plan {
                 ttl_days: 1..=90,
                 default_ttl_days: 90,
                 max_webhooks: Some(1000),
+                max_api_keys: Some(2000),
                 max_body_bytes: Some(10 * 1024 * 1024),
             },
             Self::Unlimited => Limits {
@@ -71,6 +74,7 @@ impl Plan {
                 ttl_days: 1..=365,
                 default_ttl_days: 7,
                 max_webhooks: None,
+                max_api_keys: None,
                 max_body_bytes: None,
             },
         }
@@ -102,6 +106,8 @@ pub struct Limits {
     pub ttl_days: RangeInclusive<i32>,
     pub default_ttl_days: i32,
     pub max_webhooks: Option<u32>,
+    /// Live (not revoked) API keys a project may hold.
+    pub max_api_keys: Option<u32>,
     /// Largest ingestion body; the broker-wide HOOKLINE_MAX_BODY_BYTES caps it too.
     pub max_body_bytes: Option<usize>,
 }

@@ -73,7 +73,7 @@ impl ApiError {
             Self::NoSession => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
-            Self::Refused(Refusal::WebhookLimit { .. } | Refusal::LockTokenRequired) => "validation_failed",
+            Self::Refused(Refusal::PlanLimit { .. } | Refusal::LockTokenRequired) => "validation_failed",
             Self::Refused(_) => "conflict",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RateLimited(_) => "rate_limited",
@@ -119,9 +119,7 @@ impl ResponseError for ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             // A plan's limit is a setting to change, not a state to wait out.
-            Self::Refused(Refusal::WebhookLimit { .. } | Refusal::LockTokenRequired) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Self::Refused(Refusal::PlanLimit { .. } | Refusal::LockTokenRequired) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Refused(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,

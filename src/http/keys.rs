@@ -117,6 +117,9 @@ pub async fn create(
         ),
     };
     let mut tx = store::begin(&state.pool).await?;
+    if let Some(max) = auth.limits.max_api_keys {
+        store::keys::check_quota(&mut tx, auth.project(), max, auth.limits.plan).await?;
+    }
     for webhook in webhooks.iter().flatten() {
         if !auth.principal.may_touch(webhook) {
             return Err(ApiError::Forbidden("a key cannot grant webhooks it is not allowed".into()));

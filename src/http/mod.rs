@@ -41,6 +41,8 @@ pub struct ApiState {
     pub limits: RateLimits,
     pub settings: SettingsCache,
     pub logins: LoginLimits,
+    /// Peers whose `X-Forwarded-For` is believed (HOOKLINE_TRUSTED_PROXIES).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Long-poll dequeues wait here for their webhook's wake-up.
     pub wakeups: Arc<Wakeups>,
     pub max_body_bytes: usize,

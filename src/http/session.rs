@@ -4,6 +4,8 @@
 //! an unknown email give the same answer in comparable time.
 
 use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
+use std::net::IpAddr;
+
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -42,6 +44,27 @@ pub struct Login {
     pub password: String,
 }
 
+/// The address a login comes from: the peer, unless the peer is a trusted reverse proxy;
+/// then the nearest address in `X-Forwarded-For` that is not one of the trusted proxies
+/// (entries further left were written by whoever sent the request, and can be anything).
+fn client_address(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded = req.headers().get_all("x-forwarded-for").filter_map(|v| v.to_str().ok());
+    let hops: Vec<&str> = forwarded.flat_map(|v| v.split(',')).map(str::trim).collect();
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if trusted.contains(&ip) => continue,
+            Ok(ip) => return Some(ip),
+            // Not an address: nothing further left can be believed either.
+            Err(_) => break,
+        }
+    }
+    Some(peer)
+}
+
 /// Sign in to the dashboard; sets the session cookie.
 #[utoipa::path(post, path = "/api/session", tag = "session", request_body = Login,
     responses((status = 200, body = SessionUser), (status = 400, body = ErrorBody),
@@ -56,7 +79,7 @@ pub async fn login(req: HttpRequest, state: web::Data<ApiState>, body: web::Byte
         )));
     }
     let email = normalize(storable("email", &login.email)?);
-    let address = req.peer_addr().map(|a| a.ip());
+    let address = client_address(&req, &state.trusted_proxies);
     state.logins.check(&email, address).map_err(ApiError::RateLimited)?;
     let user = accounts::find_user(&state.pool, &email).await?;
     let valid = state.verifier.verify_password(user.as_ref().map(|u| u.password_hash.as_str()), &login.password).await;

@@ -48,9 +48,9 @@ pub enum Refusal {
     /// A signed request whose signature was already seen within its window.
     #[error("this signature was already used: a replayed request")]
     Replayed,
-    /// Creating a webhook past the plan's count.
-    #[error("a project may have at most {max} webhooks on the {} plan", plan.name())]
-    WebhookLimit { max: u32, plan: Plan },
+    /// Creating a webhook or an API key past the plan's count.
+    #[error("a project may have at most {max} {what} on the {} plan", plan.name())]
+    PlanLimit { what: &'static str, max: u32, plan: Plan },
 }
 
 /// A database failure and what the store was doing.

@@ -2,11 +2,11 @@
 //! scopes the key grants and the webhooks it is limited to (None: all of its project's).
 
 use chrono::{DateTime, Utc};
-use sqlx::PgExecutor;
+use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use super::{Context, StoreError, StoreResult};
-use crate::domain::{ApiKeyId, ProjectId, Scopes, WebhookId};
+use super::{Context, Refusal, StoreError, StoreResult};
+use crate::domain::{ApiKeyId, Plan, ProjectId, Scopes, WebhookId};
 
 /// Sent with a revoked key's id, so every replica forgets it at once.
 pub const REVOKED_CHANNEL: &str = "hookline_key_revoked";
@@ -26,6 +26,23 @@ pub struct NewKey<'a> {
     pub name: Option<&'a str>,
     pub scopes: Scopes,
     pub webhooks: Option<&'a [WebhookId]>,
+}
+
+/// Refuses a new key past `max` live keys of the project. The project row lock makes the
+/// count hold under concurrency (until the transaction ends).
+pub async fn check_quota(tx: &mut PgConnection, project: ProjectId, max: u32, plan: Plan) -> StoreResult<()> {
+    let live = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM api_keys
+           WHERE project_id = (SELECT id FROM projects WHERE id = $1 FOR UPDATE) AND revoked_at IS NULL"#,
+        project.0
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .context("counting a project's API keys")?;
+    if live >= i64::from(max) {
+        return Err(Refusal::PlanLimit { what: "API keys", max, plan }.into());
+    }
+    Ok(())
 }
 
 pub async fn insert(db: impl PgExecutor<'_>, key: &NewKey<'_>) -> StoreResult<ApiKeyId> {

@@ -100,7 +100,7 @@ pub async fn create(
         .await
         .context("counting a project's webhooks")?;
         if count >= i64::from(quota.max) {
-            return Err(Refusal::WebhookLimit { max: quota.max, plan: quota.plan }.into());
+            return Err(Refusal::PlanLimit { what: "webhooks", max: quota.max, plan: quota.plan }.into());
         }
     }
     let id = WebhookId::new_random();

@@ -281,6 +281,7 @@ pub async fn spawn_app_on(db_url: &str, tweak: impl FnOnce(&mut Config)) -> Test
         api_key_rate_limit: std::num::NonZeroU32::new(100),
         plan_cache_ttl: Duration::ZERO,
         run_jobs: false,
+        trusted_proxies: vec![],
     };
     tweak(&mut config);
     let encryption_key = config.encryption_key.as_ref().map(|k| k.expose_secret().to_owned()).unwrap_or_default();

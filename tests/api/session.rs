@@ -95,3 +95,33 @@ async fn failed_logins_are_limited_per_account() {
     assert_eq!(login(&app, "bob@example.com", PASSWORD).await.0.status, StatusCode::OK);
     let _ = app.api(Method::GET, "/api/webhooks", None).await;
 }
+
+async fn login_from(app: &TestApp, forwarded_for: &str, email: &str) -> StatusCode {
+    let body = json!({"email": email, "password": "wrong"});
+    let r = app.client.post(app.url("/api/session")).header("x-forwarded-for", forwarded_for).json(&body);
+    r.send().await.unwrap().status()
+}
+
+/// Logins are limited per client address too (20 a minute); behind a trusted proxy the
+/// address is the one it forwards, and from anyone else `X-Forwarded-For` is ignored.
+#[tokio::test]
+async fn failed_logins_are_limited_per_client_address_as_the_trusted_proxy_reports_it() {
+    let app = crate::helpers::spawn_app_with(|c| c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()]).await;
+    // Different accounts each time: only the address limit can refuse.
+    for i in 0..20 {
+        let status = login_from(&app, "203.0.113.7", &format!("user{i}@example.com")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    // A spoofed entry further left changes nothing: the proxy's own entry is believed.
+    let spoofed = login_from(&app, "198.51.100.1, 203.0.113.7", "another@example.com").await;
+    assert_eq!(spoofed, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(login_from(&app, "203.0.113.8", "another@example.com").await, StatusCode::UNAUTHORIZED);
+
+    // Not a trusted proxy: the header is the sender's word, and the peer is what counts.
+    let direct = spawn_app().await;
+    for i in 0..20 {
+        let status = login_from(&direct, &format!("203.0.113.{i}"), &format!("user{i}@example.com")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    assert_eq!(login_from(&direct, "203.0.113.99", "another@example.com").await, StatusCode::TOO_MANY_REQUESTS);
+}
