@@ -99,9 +99,13 @@ async fn stripe_signatures() {
     let wh = signed_webhook(&app, "stripe", secret).await;
     let header = |ts: u64, k: &str| format!("t={ts},v1={}", hex(&mac(k.as_bytes(), &format!("{ts}.{BODY}"))));
 
-    let ok = vec![("stripe-signature", header(now(), secret))];
+    let ts = now();
+    let ok = vec![("stripe-signature", header(ts, secret))];
     assert_eq!(post(&app, &wh, &ok).await.status, StatusCode::ACCEPTED);
     refused(&post(&app, &wh, &ok).await); // replayed
+                                          // The same signature spelled differently (upper-case hex) is the same replay.
+    let shouted = format!("t={ts},v1={}", hex(&mac(secret.as_bytes(), &format!("{ts}.{BODY}"))).to_uppercase());
+    refused(&post(&app, &wh, &[("stripe-signature", shouted)]).await);
     refused(&post(&app, &wh, &[("stripe-signature", header(now() + 1, "whsec_wrong_secret_wrong_secret"))]).await);
     refused(&post(&app, &wh, &[("stripe-signature", header(now() - 400, secret))]).await);
     refused(&post(&app, &wh, &[("stripe-signature", "v1=abcd".into())]).await);

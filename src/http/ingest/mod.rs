@@ -160,15 +160,15 @@ pub async fn ingest(
     Ok(reply.json(Accepted::from(stored)))
 }
 
-/// Verifies the sender's signature (401, nothing stored, when it fails); returns the
-/// signature that passed.
+/// Verifies the sender's signature (401, nothing stored, when it fails); returns the MAC
+/// of the signed content that it matched.
 fn check_signature(
     state: &ApiState,
     webhook: &WebhookId,
     signature: &StoredSignature,
     req: &HttpRequest,
     body: &[u8],
-) -> Result<String, ApiError> {
+) -> Result<[u8; 32], ApiError> {
     let secret = state
         .keys
         .open_secret(webhook, &signature.sealed)
@@ -178,15 +178,16 @@ fn check_signature(
     key.verify(req.headers(), body, SystemTime::now()).map_err(|e| ApiError::InvalidSignature(e.to_string()))
 }
 
-/// What a passed signature claims against replays: for schemes with a timestamp, the
-/// signature itself, remembered for twice its tolerance (at least ten minutes). GitHub signs
-/// the body alone: a redelivery is indistinguishable from a replay, so nothing is claimed.
-fn replay_claim(signature: &StoredSignature, passed: &str) -> Option<ReplayClaim> {
+/// What a passed signature claims against replays: for schemes with a timestamp, (a hash
+/// of) the MAC of the signed content, so no re-spelling of the header escapes it,
+/// remembered for twice the tolerance (at least ten minutes). GitHub signs the body alone: a
+/// redelivery is indistinguishable from a replay, so nothing is claimed.
+fn replay_claim(signature: &StoredSignature, mac: &[u8; 32]) -> Option<ReplayClaim> {
     if signature.scheme == SignatureScheme::Github {
         return None;
     }
     let window_seconds = signature.tolerance_seconds.max(300).saturating_mul(2);
-    Some(ReplayClaim { signature: Sha256::digest(passed.as_bytes()).into(), window_seconds })
+    Some(ReplayClaim { signature: Sha256::digest(mac).into(), window_seconds })
 }
 
 fn replayed() -> ApiError {

@@ -1,8 +1,9 @@
 //! Signed ingestion: a webhook may require its senders to sign each request with a shared
 //! secret, in one of three schemes. The MAC is computed once per request and compared in
 //! constant time (`subtle`) with at most a handful of candidates; timestamps must be within
-//! the tolerance; a signature seen before within the tolerance is a replay (remembered per
-//! replica).
+//! the tolerance. `verify` answers the MAC of the signed content, which is what the replay
+//! claim (in PostgreSQL, see `http/ingest/mod.rs`) is made of: every spelling of one
+//! signature (hex case, base64 variants, added candidates) claims the same thing.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -70,8 +71,9 @@ impl SigningKey {
         Self { scheme, secret, tolerance }
     }
 
-    /// Checks the request; returns the signature that passed (for replay detection).
-    pub fn verify(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<String, SignatureError> {
+    /// Checks the request; returns the MAC of the signed content that a candidate matched
+    /// (for replay detection).
+    pub fn verify(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<[u8; 32], SignatureError> {
         let header = |name: &'static str| -> Result<&str, SignatureError> {
             headers
                 .get(name)
@@ -91,7 +93,7 @@ impl SigningKey {
                 for entry in candidates.take(MAX_CANDIDATES) {
                     let Ok(sig) = BASE64.decode(&entry[3..]) else { continue };
                     if matches(&expected, &sig) {
-                        return Ok(entry.to_owned());
+                        return Ok(expected);
                     }
                 }
                 Err(SignatureError::Mismatch)
@@ -113,7 +115,7 @@ impl SigningKey {
                 let expected = self.mac(&[ts.as_bytes(), b".", body]);
                 for sig in candidates.into_iter().take(MAX_CANDIDATES) {
                     if decode_hex(sig).is_some_and(|bytes| matches(&expected, &bytes)) {
-                        return Ok(format!("{ts}:{sig}"));
+                        return Ok(expected);
                     }
                 }
                 Err(SignatureError::Mismatch)
@@ -122,10 +124,11 @@ impl SigningKey {
                 let value = header("x-hub-signature-256")?;
                 let hex = value.strip_prefix("sha256=").ok_or(SignatureError::Malformed("x-hub-signature-256"))?;
                 let bytes = decode_hex(hex).ok_or(SignatureError::Malformed("x-hub-signature-256"))?;
-                if !matches(&self.mac(&[body]), &bytes) {
+                let expected = self.mac(&[body]);
+                if !matches(&expected, &bytes) {
                     return Err(SignatureError::Mismatch);
                 }
-                Ok(hex.to_owned())
+                Ok(expected)
             }
         }
     }
@@ -159,7 +162,8 @@ fn matches(expected: &[u8; 32], candidate: &[u8]) -> bool {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
+    // Digits only (`from_str_radix` would also take a sign).
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
