@@ -563,6 +563,9 @@ BEGIN
     FROM (SELECT webhook_id, seq FROM messages WHERE expires_at <= now() ORDER BY expires_at LIMIT p_limit) c;
     SELECT coalesce(array_agg(id), '{}') INTO free
     FROM (SELECT id FROM webhooks WHERE id = ANY (webhook_ids) ORDER BY id FOR NO KEY UPDATE SKIP LOCKED) w;
+    -- A deleted webhook's rows need no webhook lock (nothing can lock them any more).
+    free := free || ARRAY(SELECT DISTINCT d.id FROM unnest(webhook_ids) AS d(id)
+                          WHERE NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.id));
     WITH doomed AS (
         SELECT m.ctid AS row_id
         FROM unnest(webhook_ids, seqs) AS c(webhook_id, seq)

@@ -124,3 +124,31 @@ async fn an_ingest_batch_never_waits_on_rows_another_transaction_holds_for_anoth
     let (_, seq) = app.ingest_ok(&blocked, "{}").await;
     assert_eq!(seq, 1);
 }
+
+/// Expired messages of a deleted webhook, waiting for the sweeper, do not stall the TTL
+/// purger: it purges them and goes on to live webhooks' expired messages.
+#[tokio::test]
+async fn a_deleted_webhooks_expired_backlog_does_not_stall_the_ttl_purger() {
+    let app = spawn_app().await;
+    let doomed = app.create_webhook(json!({})).await;
+    let live = app.create_webhook(json!({})).await;
+    backlog(&app, &doomed, 50).await;
+    app.ingest_ok(&live, "{}").await;
+    // The deleted webhook's rows expired first, so they head the purger's batches.
+    app.sql(&format!(
+        "UPDATE messages SET expires_at = now() - interval '2 hours' WHERE webhook_id = '{}'",
+        uuid_of(&doomed)
+    ))
+    .await;
+    app.sql(&format!(
+        "UPDATE messages SET expires_at = now() - interval '1 hour' WHERE webhook_id = '{}'",
+        uuid_of(&live)
+    ))
+    .await;
+    app.delete_webhook(&doomed).await.expect(StatusCode::NO_CONTENT);
+
+    let purged = hookline::jobs::TtlPurger::new(app.pool.clone()).with_batch(10).run_once().await.unwrap();
+    assert_eq!(purged, 51);
+    assert_eq!(app.stored(&live).await, 0, "the live webhook's expired message is purged too");
+    assert_eq!(app.stored(&doomed).await, 0);
+}
