@@ -12,14 +12,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::time::Instant;
 
 use super::messages::{self, NewMessage, Stored};
-use super::{Context, StoreError, StoreResult};
+use super::{Context, Refusal, StoreError, StoreResult};
 use crate::domain::WebhookId;
 use crate::telemetry::Throttle;
+
+/// Parts of a blocked batch written at once.
+const SPLIT_RETRIES: usize = 4;
 
 /// Failed batches logged a minute (the rest counted).
 static BATCH_FAILURES: Throttle = Throttle::new(10);
@@ -130,9 +134,9 @@ impl Batch {
 
 /// Writes the batch in one transaction and answers each request. When that fails because a
 /// row lock held by another transaction (a long operation on one webhook) outlasted the
-/// lock timeout, each webhook's part is retried alone, all at once, so only the blocked
-/// webhook's requests fail (503, retry later) and nobody waits longer than the timeout
-/// twice. Any other failure retries the items one by one, so a bad item fails only itself.
+/// lock timeout (a second per lock wait), each webhook's part is retried alone, a few at a
+/// time, so only the blocked webhook's requests fail (503, retry later). Any other failure
+/// retries the items one by one, so a bad item fails only itself.
 async fn write(pool: &PgPool, batch: Vec<Pending>) {
     let (items, replies) = batch.into_iter().map(|p| ((p.webhook, p.message), p.reply)).unzip();
     let batch = Batch { items, replies };
@@ -143,7 +147,10 @@ async fn write(pool: &PgPool, batch: Vec<Pending>) {
             if parts.len() == 1 {
                 parts.into_iter().for_each(Batch::busy);
             } else {
-                futures_util::future::join_all(parts.into_iter().map(|part| write_part(pool, part))).await;
+                // A few at a time: a batch spans up to max_batch webhooks, the pool is shared.
+                futures_util::stream::iter(parts)
+                    .for_each_concurrent(SPLIT_RETRIES, |part| write_part(pool, part))
+                    .await;
             }
         }
         Err(e) if batch.items.len() > 1 => {
@@ -172,16 +179,22 @@ async fn write_part(pool: &PgPool, part: Batch) {
 
 /// Each item in its own statement. A batch whose COMMIT failed may have committed after
 /// all (the connection broke after the server did it): an item whose id is then already
-/// stored in its webhook is that very message, and is answered as stored.
+/// stored in its webhook (its insert refused as a duplicate id, or its signature claim as a
+/// replay of itself) is that very message, and is answered as stored.
 async fn one_by_one(pool: &PgPool, batch: Batch) {
     for (item, reply) in batch.items.into_iter().zip(batch.replies) {
-        let result = match messages::insert_many(pool, std::slice::from_ref(&item)).await {
-            Err(e) if e.violates("messages_id_key") => match messages::stored(pool, &item.0, &item.1.id).await {
-                Ok(Some(stored)) => Ok(stored),
-                Ok(None) => Err(e),
-                Err(lookup) => Err(lookup),
-            },
-            result => result.and_then(|mut s| s.pop().unwrap_or(Err(StoreError::NotFound("webhook")))),
+        let result = messages::insert_many(pool, std::slice::from_ref(&item))
+            .await
+            .and_then(|mut s| s.pop().unwrap_or(Err(StoreError::NotFound("webhook"))));
+        let result = match result {
+            Err(e) if e.violates("messages_id_key") || matches!(e, StoreError::Refused(Refusal::Replayed)) => {
+                match messages::stored(pool, &item.0, &item.1.id).await {
+                    Ok(Some(stored)) => Ok(stored),
+                    Ok(None) => Err(e),
+                    Err(lookup) => Err(lookup),
+                }
+            }
+            result => result,
         };
         let _ = reply.send(result);
     }

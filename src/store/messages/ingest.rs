@@ -144,7 +144,8 @@ async fn claim_keys<'a>(
 }
 
 /// Records the seqs of the messages whose key claims won, then reads every claimed key's
-/// original message.
+/// original message. A won claim whose message was not stored (its webhook was deleted
+/// between the claim and the insert) is taken back, so the key answers nothing.
 async fn record_key_seqs(
     tx: &mut PgConnection,
     won: &HashSet<Uuid>,
@@ -154,8 +155,19 @@ async fn record_key_seqs(
     if claimed.is_empty() {
         return Ok(Originals::new());
     }
-    let won_ids: Vec<Uuid> = won.iter().copied().collect();
-    let won_seqs: Vec<i64> = won_ids.iter().map(|id| seqs.get(id).copied().unwrap_or(0)).collect();
+    let (won_ids, lost): (Vec<Uuid>, Vec<Uuid>) = won.iter().copied().partition(|id| seqs.contains_key(id));
+    if !lost.is_empty() {
+        let webhooks: Vec<Uuid> = claimed.iter().map(|(w, _)| *w).collect();
+        sqlx::query!(
+            "DELETE FROM idempotency_keys WHERE webhook_id = ANY ($1) AND message_id = ANY ($2)",
+            &webhooks,
+            &lost
+        )
+        .execute(&mut *tx)
+        .await
+        .context("taking back idempotency keys of messages not stored")?;
+    }
+    let won_seqs: Vec<i64> = won_ids.iter().map(|id| seqs[id]).collect();
     sqlx::query!(
         "UPDATE idempotency_keys k SET seq = w.seq
          FROM unnest($1::uuid[], $2::int8[]) AS w(message_id, seq), messages m
