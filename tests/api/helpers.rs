@@ -83,19 +83,20 @@ async fn server() -> &'static Server {
         .await
 }
 
-/// Test databases are named `test_<unix seconds>_<uuid>`; a run drops those over two hours
+/// Test databases are named `hookline_test_<unix seconds>_<uuid>`; a run drops those over two hours
 /// old (its own and other runs' leftovers: a test that panicked, a killed run), so a shared
 /// server does not fill up. (Each database is dropped when its test ends, too: `DropOnExit`.)
 async fn drop_stale_databases(conn: &mut PgConnection) {
-    let names: Vec<String> = sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname ~ '^test_[0-9]+_'")
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap_or_default();
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname ~ '^hookline_test_[0-9]+_[0-9a-f]{32}$'")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap_or_default();
     let now = unix_seconds();
     for name in names {
-        let created: u64 = name.split('_').nth(1).and_then(|s| s.parse().ok()).unwrap_or(now);
+        let created: u64 = name.split('_').nth(2).and_then(|s| s.parse().ok()).unwrap_or(now);
         if now.saturating_sub(created) > 2 * 3600 {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut *conn).await;
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut *conn).await;
         }
     }
 }
@@ -193,7 +194,7 @@ impl Drop for DropOnExit {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             runtime.block_on(async {
                 let mut conn = PgConnection::connect(&admin_url).await.ok()?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await.ok()
+                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut conn).await.ok()
             })
         })
         .join();
@@ -236,7 +237,7 @@ async fn create_database(template: Option<&str>) -> String {
 /// A new database: its URL and name.
 async fn create_named_database(template: Option<&str>) -> (String, String) {
     let server = server().await;
-    let db = format!("test_{}_{}", unix_seconds(), uuid::Uuid::new_v4().simple());
+    let db = format!("hookline_test_{}_{}", unix_seconds(), uuid::Uuid::new_v4().simple());
     let mut conn = PgConnection::connect(&with_db(&server.url_pattern, "postgres")).await.unwrap();
     let statement = match template {
         Some(t) => format!("CREATE DATABASE {db} TEMPLATE {t}"),

@@ -11,7 +11,8 @@
 //! - every commit exactly once: at most one 200 per message;
 //! - nothing acknowledged is lost: after the run every acknowledged message is committed.
 //!
-//! The seed is printed; `HOOKLINE_MODEL_SEED=<n>` replays a run's choices.
+//! The seed is printed; `HOOKLINE_MODEL_SEED=<n>` replays a run's random choices (not its
+//! interleaving, which the scheduler decides).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

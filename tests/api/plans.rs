@@ -49,6 +49,7 @@ async fn a_concurrent_burst_gets_no_more_than_the_quota_through() {
     on_plan(&app, Plan::Free).await;
     let wh = app.create_webhook(json!({})).await;
 
+    let started = std::time::Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..40 {
         let (client, url) = (app.client.clone(), app.url(&format!("/ingest/{wh}")));
@@ -60,8 +61,10 @@ async fn a_concurrent_burst_gets_no_more_than_the_quota_through() {
             accepted += 1;
         }
     }
-    // The burst takes well under the 100 ms one more token needs on free.
-    assert!((10..=11).contains(&accepted), "{accepted} accepted");
+    // Free: a burst of 10, then one more every 100 ms. However long the burst took on a
+    // busy machine, no more got through than the tokens that time could refill.
+    let refilled = started.elapsed().as_millis() as i64 / 100 + 1;
+    assert!((10..=10 + refilled).contains(&accepted), "{accepted} accepted in {:?}", started.elapsed());
     assert_eq!(stored(&app, &wh).await, accepted);
 }
 

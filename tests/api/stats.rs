@@ -196,8 +196,12 @@ async fn messages_past_their_ttl_are_not_counted_as_queued() {
     let wh = app.create_webhook(json!({})).await;
     let (expired, _) = app.ingest_ok(&wh, "{}").await;
     app.ingest_ok(&wh, "{}").await;
-    let expire =
-        format!("UPDATE messages SET expires_at = now() - interval '1 second' WHERE id = '{}'", uuid_of(&expired));
+    // Expired, and received an hour ago: were it counted, it would be the oldest.
+    let expire = format!(
+        "UPDATE messages SET expires_at = now() - interval '1 second', received_at = now() - interval '1 hour'
+         WHERE id = '{}'",
+        uuid_of(&expired)
+    );
     app.sql(&expire).await;
     let s = stats(&app, &wh).await;
     assert_eq!(counts(&s), c(1, 0, 0, 0, 0), "{s}");
