@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -58,13 +58,17 @@ pub struct Limited {
 
 /// Limiters are created on first use and replaced when the quota they enforce changes
 /// (a plan change or an operator override).
+///
+/// Bounded: past its capacity the limiters least worth keeping (quick_cache's S3-FIFO, which
+/// keeps the ones in use) make room, never all at once, so a flood of new keys cannot reset
+/// a busy sender's budget.
 struct Limiters<K> {
-    map: Mutex<HashMap<K, (Quota, DefaultDirectRateLimiter)>>,
+    map: quick_cache::sync::Cache<K, Arc<(Quota, DefaultDirectRateLimiter)>>,
 }
 
-impl<K: Eq + Hash> Limiters<K> {
+impl<K: Eq + Hash + Clone> Limiters<K> {
     fn new() -> Self {
-        Self { map: Mutex::new(HashMap::new()) }
+        Self { map: quick_cache::sync::Cache::new(LIMITERS_CAPACITY) }
     }
 
     /// `limit` is what the 429 reports: the burst the quota allows.
@@ -74,14 +78,13 @@ impl<K: Eq + Hash> Limiters<K> {
 
     /// Counts `n` at once (a batch): all admitted or none.
     fn check_n(&self, key: K, quota: Quota, n: NonZeroU32) -> Result<(), Limited> {
-        let mut map = self.map.lock().expect("rate limiter map poisoned");
-        if map.len() >= LIMITERS_CAPACITY {
-            // Idle limiters are full again, so dropping them loses nothing but busy ones' state.
-            map.clear();
-        }
-        let entry = map.entry(key).or_insert_with(|| (quota, DefaultDirectRateLimiter::direct(quota)));
+        let limiter = || Arc::new((quota, DefaultDirectRateLimiter::direct(quota)));
+        let found = self.map.get_or_insert_with(&key, || Ok::<_, std::convert::Infallible>(limiter()));
+        let mut entry = found.unwrap_or_else(|never| match never {});
         if entry.0 != quota {
-            *entry = (quota, DefaultDirectRateLimiter::direct(quota));
+            // The plan or an override changed: a fresh budget at the new rate.
+            entry = limiter();
+            self.map.insert(key, entry.clone());
         }
         let per_second = quota.burst_size().get();
         match entry.1.check_n(n) {
@@ -183,9 +186,9 @@ impl RateLimits {
     }
 }
 
-/// What one key may make a second: the configured per-key rate, raised to the plan's whole
-/// dequeue and commit budget (a worker's single key must be able to use all of it); none on
-/// the unlimited plan.
+/// What one key may make a second: the configured per-key rate, raised to the plan's
+/// dequeue plus commit rate (one webhook's whole consumer budget, which a worker's single
+/// key must be able to use); none on the unlimited plan.
 fn key_rate(per_key: Option<NonZeroU32>, limits: &Limits) -> Option<NonZeroU32> {
     if limits.plan == crate::domain::Plan::Unlimited {
         return None;
@@ -226,6 +229,21 @@ mod tests {
     use super::*;
 
     use crate::domain::Plan;
+
+    #[test]
+    fn a_flood_of_new_keys_does_not_reset_a_busy_ones_budget() {
+        let limiters = Limiters::new();
+        let quota = Quota::per_minute(NonZeroU32::new(5).unwrap());
+        while limiters.check("busy".to_owned(), quota).is_ok() {}
+        // More new keys than the map holds, each seen once (an attacker's random emails).
+        for i in 0..LIMITERS_CAPACITY + LIMITERS_CAPACITY / 4 {
+            let _ = limiters.check(format!("flood-{i}"), quota);
+            if i % 1000 == 0 {
+                assert!(limiters.check("busy".to_owned(), quota).is_err(), "reset after {i} new keys");
+            }
+        }
+        assert!(limiters.check("busy".to_owned(), quota).is_err());
+    }
 
     #[test]
     fn a_keys_rate_covers_its_plans_whole_consumer_budget() {

@@ -3,9 +3,7 @@
 //! overrides), and each webhook's ingestion settings (owner, limits, signing secret). A
 //! change takes effect within the cache's time to live.
 
-use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -63,32 +61,30 @@ impl SettingsCache {
 }
 
 /// A map whose entries count for `ttl` after they were put, bounded in size.
+/// Bounded by its capacity: past it, the entries least worth keeping (quick_cache's
+/// S3-FIFO) make room, never the whole map at once, so a flood of unknown ids cannot empty
+/// the cache of the ids in use.
 struct Expiring<K, V> {
     ttl: Duration,
-    map: Mutex<HashMap<K, (V, Instant)>>,
+    map: quick_cache::sync::Cache<K, (V, Instant)>,
 }
 
 const EXPIRING_CAPACITY: usize = 100_000;
 
 impl<K: Eq + Hash, V: Clone> Expiring<K, V> {
     fn new(ttl: Duration) -> Self {
-        Self { ttl, map: Mutex::new(HashMap::new()) }
+        Self { ttl, map: quick_cache::sync::Cache::new(EXPIRING_CAPACITY) }
     }
 
     fn fresh(&self, key: &K) -> Option<V> {
-        let map = self.map.lock().expect("cache poisoned");
-        map.get(key).filter(|(_, at)| at.elapsed() < self.ttl).map(|(v, _)| v.clone())
+        self.map.get(key).filter(|(_, at)| at.elapsed() < self.ttl).map(|(v, _)| v)
     }
 
     fn put(&self, key: K, value: V) {
-        let mut map = self.map.lock().expect("cache poisoned");
-        if map.len() >= EXPIRING_CAPACITY {
-            map.clear();
-        }
-        map.insert(key, (value, Instant::now()));
+        self.map.insert(key, (value, Instant::now()));
     }
 
     fn remove(&self, key: &K) {
-        self.map.lock().expect("cache poisoned").remove(key);
+        self.map.remove(key);
     }
 }
