@@ -48,15 +48,17 @@ pub struct Login {
 /// then the nearest address in `X-Forwarded-For` that is not one of the trusted proxies
 /// (entries further left were written by whoever sent the request, and can be anything).
 fn client_address(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
-    let peer = req.peer_addr()?.ip();
-    if !trusted.contains(&peer) {
+    // IPv4 seen through an IPv6 socket (`::ffff:a.b.c.d`) is the same address.
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|t| t.to_canonical() == ip.to_canonical());
+    let peer = req.peer_addr()?.ip().to_canonical();
+    if !is_trusted(&peer) {
         return Some(peer);
     }
     let forwarded = req.headers().get_all("x-forwarded-for").filter_map(|v| v.to_str().ok());
     let hops: Vec<&str> = forwarded.flat_map(|v| v.split(',')).map(str::trim).collect();
     for hop in hops.iter().rev() {
-        match hop.parse::<IpAddr>() {
-            Ok(ip) if trusted.contains(&ip) => continue,
+        match hop.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
+            Ok(ip) if is_trusted(&ip) => continue,
             Ok(ip) => return Some(ip),
             // Not an address: nothing further left can be believed either.
             Err(_) => break,

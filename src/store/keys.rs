@@ -28,12 +28,13 @@ pub struct NewKey<'a> {
     pub webhooks: Option<&'a [WebhookId]>,
 }
 
-/// Refuses a new key past `max` live keys of the project. The project row lock makes the
-/// count hold under concurrency (until the transaction ends).
+/// Refuses a new key past `max` live keys of the project. The project row is locked first,
+/// in its own statement, so the count (a later statement, a later snapshot) sees every key a
+/// concurrent creator committed before it let go.
 pub async fn check_quota(tx: &mut PgConnection, project: ProjectId, max: u32, plan: Plan) -> StoreResult<()> {
+    super::projects::lock(&mut *tx, project).await?;
     let live = sqlx::query_scalar!(
-        r#"SELECT count(*) AS "n!" FROM api_keys
-           WHERE project_id = (SELECT id FROM projects WHERE id = $1 FOR UPDATE) AND revoked_at IS NULL"#,
+        r#"SELECT count(*) AS "n!" FROM api_keys WHERE project_id = $1 AND revoked_at IS NULL"#,
         project.0
     )
     .fetch_one(&mut *tx)

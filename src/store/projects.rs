@@ -160,3 +160,13 @@ pub async fn set_limits(
     }
     Ok(())
 }
+
+/// Locks the project's row until the transaction ends: what creating counted things (a
+/// webhook, an API key) waits on, so two creators never both pass the plan's count.
+pub async fn lock(tx: &mut sqlx::PgConnection, project: ProjectId) -> StoreResult<()> {
+    sqlx::query!("SELECT 1 AS locked FROM projects WHERE id = $1 FOR NO KEY UPDATE", project.0)
+        .fetch_optional(tx)
+        .await
+        .context("locking a project")?;
+    Ok(())
+}

@@ -83,7 +83,8 @@ pub struct WebhookQuota {
 }
 
 /// Creates the webhook and its sequence counter together, unless the project already has
-/// its quota of webhooks. The project row lock makes the count hold under concurrency.
+/// its quota of webhooks. The project row is locked first, in its own statement, so the
+/// count (a later snapshot) sees every webhook a concurrent creator committed.
 pub async fn create(
     tx: &mut PgConnection,
     project: ProjectId,
@@ -91,14 +92,11 @@ pub async fn create(
     quota: Option<WebhookQuota>,
 ) -> StoreResult<Webhook> {
     if let Some(quota) = quota {
-        let count = sqlx::query_scalar!(
-            r#"SELECT count(*) AS "n!" FROM webhooks
-               WHERE project_id = (SELECT id FROM projects WHERE id = $1 FOR UPDATE)"#,
-            project.0
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .context("counting a project's webhooks")?;
+        super::projects::lock(&mut *tx, project).await?;
+        let count = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM webhooks WHERE project_id = $1"#, project.0)
+            .fetch_one(&mut *tx)
+            .await
+            .context("counting a project's webhooks")?;
         if count >= i64::from(quota.max) {
             return Err(Refusal::PlanLimit { what: "webhooks", max: quota.max, plan: quota.plan }.into());
         }

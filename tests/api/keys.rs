@@ -84,9 +84,15 @@ async fn keys_are_listed_without_secrets_and_bad_grants_are_refused() {
         let r = app.api(Method::POST, "/api/keys", Some(bad.clone())).await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {}", r.body);
     }
-    let other = spawn_app().await.create_webhook(json!({})).await;
+    // Another project's webhook in the same database: the grant check must refuse it.
+    let (_, theirs) =
+        hookline::auth::create_key(&app.pool, "other", hookline::domain::Plan::Unlimited, false).await.unwrap();
+    let r = app.api_as(theirs.expose(), Method::POST, "/api/webhooks", Some(json!({"name": "theirs"}))).await;
+    r.expect(StatusCode::CREATED);
+    let other = r.str("id");
     let r = app.api(Method::POST, "/api/keys", Some(json!({"webhookIds": [other]}))).await;
-    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "another project's webhook");
+    let message = r.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert!(message.contains("not a webhook of this project"), "another project's webhook: {message}");
 }
 
 #[tokio::test]
