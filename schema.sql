@@ -910,7 +910,8 @@ CREATE TABLE public.webhook_counts (
     dead bigint DEFAULT 0 NOT NULL,
     committed bigint DEFAULT 0 NOT NULL,
     ingested bigint DEFAULT 0 NOT NULL,
-    delivered bigint DEFAULT 0 NOT NULL
+    delivered bigint DEFAULT 0 NOT NULL,
+    folded boolean DEFAULT false NOT NULL
 );
 
 CREATE TABLE public.webhook_sequences (
@@ -978,6 +979,8 @@ CREATE INDEX messages_ready_idx ON public.messages USING btree (webhook_id, prio
 CREATE INDEX seen_signatures_expires_idx ON public.seen_signatures USING btree (expires_at);
 
 CREATE INDEX sessions_expires_idx ON public.sessions USING btree (expires_at);
+
+CREATE INDEX webhook_counts_fold_idx ON public.webhook_counts USING btree (folded, at) WHERE (at > '-infinity'::timestamp with time zone);
 
 CREATE INDEX webhook_counts_webhook_idx ON public.webhook_counts USING btree (webhook_id, at);
 

@@ -1,29 +1,30 @@
-//! Keeps the stats counters small: merges each webhook's count rows older than two minutes
-//! into minute buckets (the last hour) and one base row (everything before).
+//! Keeps the stats counters small: merges the count rows older than two minutes of each
+//! webhook with something to fold into minute buckets (the last hour) and one base row
+//! (everything before), a bounded number of webhooks per transaction.
 
+use futures_util::FutureExt as _;
 use sqlx::PgPool;
 
-use crate::store::{self, StoreResult};
+use super::Batched;
+use crate::store::{stats, StoreResult};
 
 #[derive(Clone)]
-pub struct CountFolder {
-    pool: PgPool,
-}
+pub struct CountFolder(Batched);
 
 impl CountFolder {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self(Batched { pool, lock_key: super::FOLDER_LOCK, size: 1000 })
     }
 
-    /// Folds once; returns how many rows were merged (0 if another replica is folding).
+    /// Candidate rows looked at per transaction.
+    pub fn with_batch(self, size: i32) -> Self {
+        Self(Batched { size, ..self.0 })
+    }
+
+    /// Folds every webhook that has something to fold; returns how many candidate rows it
+    /// found (0 if another replica is folding).
     #[tracing::instrument(skip_all, name = "count_folder")]
     pub async fn run_once(&self) -> StoreResult<u64> {
-        let mut tx = store::begin(&self.pool).await?;
-        if !store::maintenance::try_job_lock(&mut tx, super::FOLDER_LOCK).await? {
-            return Ok(0);
-        }
-        let folded = store::stats::fold_counts(&mut *tx).await?;
-        store::commit(tx).await?;
-        Ok(folded)
+        self.0.run(|tx, size| stats::fold_counts(tx, size).boxed()).await
     }
 }

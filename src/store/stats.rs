@@ -70,21 +70,31 @@ pub async fn get(db: impl PgExecutor<'_>, project: ProjectId, webhook: &WebhookI
     row.ok_or(StoreError::NotFound("webhook"))
 }
 
-/// Merges count rows older than two minutes: into minute buckets for the last hour, and
-/// into one base row per webhook before that. Sums are unchanged, so running it twice, or
-/// concurrently with writers, is harmless. Returns how many rows it folded.
-pub async fn fold_counts(db: impl PgExecutor<'_>) -> StoreResult<u64> {
-    let folded = sqlx::query_scalar!(
-        r#"WITH old AS (
+/// Folds the count rows of up to about `limit` webhooks that have something to fold (rows
+/// newer than their last fold, or minute buckets past the hour): each one's rows older than
+/// two minutes become minute buckets for the last hour and one base row before that. Sums
+/// are unchanged, so running it twice, or concurrently with writers, is harmless. Idle
+/// webhooks cost nothing. Returns how many candidate rows it found (`limit` or more:
+/// there may be more to fold).
+pub async fn fold_counts(db: impl PgExecutor<'_>, limit: i32) -> StoreResult<u64> {
+    let found = sqlx::query_scalar!(
+        r#"WITH candidates AS (
+             (SELECT webhook_id FROM webhook_counts
+              WHERE NOT folded AND at > '-infinity' AND at < now() - interval '2 minutes'
+              ORDER BY folded, at LIMIT $1)
+             UNION ALL
+             (SELECT webhook_id FROM webhook_counts
+              WHERE folded AND at > '-infinity' AND at < now() - interval '1 hour'
+              ORDER BY folded, at LIMIT $1)
+         ), old AS (
              DELETE FROM webhook_counts
-             WHERE at < now() - interval '2 minutes'
-               AND (at <> date_trunc('minute', at) OR at < now() - interval '1 hour')
+             WHERE webhook_id IN (SELECT webhook_id FROM candidates) AND at < now() - interval '2 minutes'
              RETURNING *
          ), merged AS (
-             INSERT INTO webhook_counts (webhook_id, at, live, dead, committed, ingested, delivered)
+             INSERT INTO webhook_counts (webhook_id, at, live, dead, committed, ingested, delivered, folded)
              SELECT webhook_id, bucket, sum(live), sum(dead), sum(committed),
                     CASE WHEN bucket = '-infinity' THEN 0 ELSE sum(ingested) END,
-                    CASE WHEN bucket = '-infinity' THEN 0 ELSE sum(delivered) END
+                    CASE WHEN bucket = '-infinity' THEN 0 ELSE sum(delivered) END, true
              FROM (SELECT *, CASE WHEN at < now() - interval '1 hour' THEN '-infinity'::timestamptz
                                   ELSE date_trunc('minute', at) END AS bucket
                    FROM old) o
@@ -92,10 +102,11 @@ pub async fn fold_counts(db: impl PgExecutor<'_>) -> StoreResult<u64> {
              GROUP BY webhook_id, bucket
              RETURNING 1
          )
-         SELECT count(*) AS "n!" FROM old"#
+         SELECT count(*) AS "n!" FROM candidates"#,
+        i64::from(limit)
     )
     .fetch_one(db)
     .await
     .context("folding counters")?;
-    Ok(folded as u64)
+    Ok(found as u64)
 }

@@ -49,6 +49,11 @@ fn windows(s: &Value) -> Windows {
     )
 }
 
+/// What folding must leave unchanged (the oldest age moves on by itself).
+fn totals(s: &Value) -> (Counts, Windows) {
+    (counts(s), windows(s))
+}
+
 fn c(queued: i64, locked: i64, delayed: i64, dead: i64, committed: i64) -> Counts {
     Counts { queued, locked, delayed, dead, committed }
 }
@@ -208,4 +213,82 @@ async fn messages_past_their_ttl_are_not_counted_as_queued() {
     assert!(oldest(&s) < 60.0, "{s}");
     // The one that is still alive is what a dequeue hands out.
     assert_ne!(app.dequeue_ok(&wh).await.id, expired);
+}
+
+/// The count folder merges a webhook's count rows older than two minutes into minute
+/// buckets (the last hour) and one base row (before): every total and window reads the
+/// same afterwards, and a webhook with nothing old enough is left alone.
+#[tokio::test]
+async fn folding_count_rows_keeps_every_total_and_window() {
+    let app = spawn_app().await;
+    let folder = hookline::jobs::CountFolder::new(app.pool.clone()).with_batch(1);
+    let (a, b, recent) =
+        (app.create_webhook(json!({})).await, app.create_webhook(json!({})).await, app.create_webhook(json!({})).await);
+    for wh in [&a, &b, &recent] {
+        app.ingest_many(wh, 6).await;
+        for _ in 0..2 {
+            let head = app.dequeue_ok(wh).await;
+            app.commit_ok(wh, &head).await;
+        }
+    }
+    // a's and b's first two ingests 3 hours ago, the next two 30 minutes ago (one minute).
+    for wh in [&a, &b] {
+        for (offset, ago) in [(0, "3 hours"), (2, "30 minutes")] {
+            let aged = app
+                .sql(&format!(
+                    "UPDATE webhook_counts SET at = now() - interval '{ago}' WHERE ctid IN (
+                       SELECT ctid FROM webhook_counts WHERE webhook_id = '{}' AND ingested > 0
+                       ORDER BY at OFFSET {offset} LIMIT 2)",
+                    uuid_of(wh),
+                ))
+                .await;
+            assert_eq!(aged.rows_affected(), 2);
+        }
+    }
+    let rows_of = |wh: &str| {
+        let (pool, id) = (app.pool.clone(), uuid_of(wh));
+        async move {
+            sqlx::query_as::<_, (bool, bool, i64)>(&format!(
+                "SELECT folded, at = '-infinity', ingested FROM webhook_counts WHERE webhook_id = '{id}'
+                 ORDER BY at, ingested"
+            ))
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let mut before = Vec::new();
+    for wh in [&a, &b, &recent] {
+        before.push(totals(&stats(&app, wh).await));
+    }
+    assert_eq!(before[0], (c(4, 0, 0, 0, 2), (2, 4, 2, 2)));
+    let recent_rows = rows_of(&recent).await;
+
+    // One candidate row per batch: the folder goes on until none is left (a, b, then none).
+    assert_eq!(folder.run_once().await.unwrap(), 2);
+    for (wh, before) in [&a, &b, &recent].into_iter().zip(&before) {
+        assert_eq!(&totals(&stats(&app, wh).await), before);
+    }
+    // a's four old rows became a base row (no windows kept) and one bucket of 2 ingests.
+    let folded: Vec<_> = rows_of(&a).await.into_iter().filter(|(folded, _, _)| *folded).collect();
+    assert_eq!(folded, [(true, true, 0), (true, false, 2)]);
+    assert_eq!(rows_of(&recent).await, recent_rows, "nothing of it is two minutes old");
+
+    // Nothing new: nothing to do, no base row rewritten.
+    assert_eq!(folder.run_once().await.unwrap(), 0);
+    // a's bucket ages past the hour: folded into the base, totals unchanged.
+    let aged = app
+        .sql(&format!(
+            "UPDATE webhook_counts SET at = now() - interval '61 minutes'
+             WHERE webhook_id = '{}' AND folded AND at > '-infinity'",
+            uuid_of(&a)
+        ))
+        .await;
+    assert_eq!(aged.rows_affected(), 1);
+    let aged = totals(&stats(&app, &a).await);
+    assert_eq!(aged, (c(4, 0, 0, 0, 2), (2, 2, 2, 2)));
+    assert_eq!(folder.run_once().await.unwrap(), 1);
+    assert_eq!(totals(&stats(&app, &a).await), aged);
+    let folded: Vec<_> = rows_of(&a).await.into_iter().filter(|(folded, _, _)| *folded).collect();
+    assert_eq!(folded, [(true, true, 0)], "only the base row is left of the old rows");
 }
