@@ -551,6 +551,12 @@ END
 $$;
 
 CREATE FUNCTION public.hookline_purge_expired(p_limit integer) RETURNS integer
+    LANGUAGE sql
+    AS $$
+    SELECT purged FROM hookline_purge_expired_skipping(p_limit, '{}')
+$$;
+
+CREATE FUNCTION public.hookline_purge_expired_skipping(p_limit integer, p_skip uuid[], OUT purged integer, OUT candidates integer, OUT busy uuid[]) RETURNS record
     LANGUAGE plpgsql
     AS $$
 DECLARE
@@ -560,12 +566,16 @@ DECLARE
     hook record;
 BEGIN
     SELECT coalesce(array_agg(webhook_id), '{}'), coalesce(array_agg(seq), '{}') INTO webhook_ids, seqs
-    FROM (SELECT webhook_id, seq FROM messages WHERE expires_at <= now() ORDER BY expires_at LIMIT p_limit) c;
+    FROM (SELECT webhook_id, seq FROM messages
+          WHERE expires_at <= now() AND webhook_id <> ALL (p_skip)
+          ORDER BY expires_at LIMIT p_limit) c;
+    candidates := cardinality(seqs);
     SELECT coalesce(array_agg(id), '{}') INTO free
     FROM (SELECT id FROM webhooks WHERE id = ANY (webhook_ids) ORDER BY id FOR NO KEY UPDATE SKIP LOCKED) w;
     -- A deleted webhook's rows need no webhook lock (nothing can lock them any more).
     free := free || ARRAY(SELECT DISTINCT d.id FROM unnest(webhook_ids) AS d(id)
                           WHERE NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.id));
+    busy := ARRAY(SELECT DISTINCT d.id FROM unnest(webhook_ids) AS d(id) WHERE d.id <> ALL (free));
     WITH doomed AS (
         SELECT m.ctid AS row_id
         FROM unnest(webhook_ids, seqs) AS c(webhook_id, seq)
@@ -585,7 +595,7 @@ BEGIN
     LOOP
         PERFORM hookline_release_purged_lock(hook.webhook_id, hook.seqs);
     END LOOP;
-    RETURN cardinality(seqs);
+    purged := cardinality(seqs);
 END
 $$;
 

@@ -107,10 +107,7 @@ impl Batched {
     {
         let mut total = 0;
         loop {
-            let mut tx = store::begin(&self.pool).await?;
-            if !store::maintenance::try_job_lock(&mut tx, self.lock_key).await? {
-                return Ok(total);
-            }
+            let Some(mut tx) = self.begin().await? else { return Ok(total) };
             let n = step(&mut tx, self.size).await?;
             store::commit(tx).await?;
             total += n;
@@ -118,5 +115,12 @@ impl Batched {
                 return Ok(total);
             }
         }
+    }
+
+    /// A transaction holding the job's lock; None when another replica holds it.
+    async fn begin(&self) -> StoreResult<Option<sqlx::Transaction<'static, sqlx::Postgres>>> {
+        let mut tx = store::begin(&self.pool).await?;
+        let taken = store::maintenance::try_job_lock(&mut tx, self.lock_key).await?;
+        Ok(taken.then_some(tx))
     }
 }

@@ -6,7 +6,7 @@ use futures_util::FutureExt as _;
 use sqlx::PgPool;
 
 use super::Batched;
-use crate::store::{accounts, messages, StoreResult};
+use crate::store::{self, accounts, messages, StoreResult};
 
 #[derive(Clone)]
 pub struct TtlPurger(Batched);
@@ -25,10 +25,26 @@ impl TtlPurger {
     /// claims past their window and expired dashboard sessions; returns how many messages.
     #[tracing::instrument(skip_all, name = "ttl_purger")]
     pub async fn run_once(&self) -> StoreResult<u64> {
-        let purged = self.0.run(|tx, size| messages::purge_expired(tx, size).boxed()).await?;
+        let purged = self.purge_messages().await?;
         self.0.run(|tx, size| messages::purge_idempotency_keys(tx, size).boxed()).await?;
         self.0.run(|tx, size| messages::purge_seen_signatures(tx, size).boxed()).await?;
         self.0.run(|tx, size| accounts::purge_expired_sessions(tx, size).boxed()).await?;
         Ok(purged)
+    }
+
+    /// Batch after batch, looking past the webhooks found busy (their row held by another
+    /// transaction) so they cannot fill every batch; the next run takes them.
+    async fn purge_messages(&self) -> StoreResult<u64> {
+        let (mut purged, mut busy) = (0, Vec::new());
+        loop {
+            let Some(mut tx) = self.0.begin().await? else { return Ok(purged) };
+            let batch = messages::purge_expired(&mut *tx, self.0.size, &busy).await?;
+            store::commit(tx).await?;
+            purged += batch.purged;
+            busy.extend(batch.busy);
+            if batch.candidates < self.0.size as u64 {
+                return Ok(purged);
+            }
+        }
     }
 }

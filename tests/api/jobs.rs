@@ -6,6 +6,7 @@ use std::time::Duration;
 use hookline::jobs::{LockReaper, TtlPurger};
 use reqwest::StatusCode;
 use serde_json::json;
+use sqlx::Connection as _;
 
 use crate::helpers::{spawn_app, uuid_of, TestApp};
 
@@ -169,6 +170,40 @@ async fn the_ttl_purger_counts_exactly_across_batches() {
     let left: Vec<i64> = remaining(&app).await.into_iter().map(|(_, s)| s).collect();
     assert_eq!(left, vec![6, 8, 12]);
     assert_eq!(TtlPurger::new(app.pool.clone()).run_once().await.unwrap(), 0);
+}
+
+/// A webhook whose row another transaction holds is skipped; when its expired messages are
+/// the oldest they used to fill every batch, and the purger stopped before the others'.
+#[tokio::test]
+async fn a_busy_webhook_does_not_stall_the_ttl_purge_of_the_others() {
+    let app = spawn_app().await;
+    let (busy, other) = (app.create_webhook(json!({})).await, app.create_webhook(json!({})).await);
+    app.ingest_many(&busy, 3).await;
+    app.ingest_many(&other, 3).await;
+    expire(&app, &other, &[1, 2, 3]).await;
+    // busy's expired first: the oldest candidates.
+    let done = app
+        .sql(&format!(
+            "UPDATE messages SET expires_at = now() - interval '1 hour' WHERE webhook_id = '{}'",
+            uuid_of(&busy)
+        ))
+        .await;
+    assert_eq!(done.rows_affected(), 3);
+
+    let mut holder = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    let hold = format!("SELECT 1 FROM webhooks WHERE id = '{}' FOR NO KEY UPDATE", uuid_of(&busy));
+    sqlx::query(&hold).execute(&mut holder).await.unwrap();
+    let purger = TtlPurger::new(app.pool.clone()).with_batch(2);
+    assert_eq!(purger.run_once().await.unwrap(), 3, "all of the other webhook's");
+    let ub = uuid_of(&busy);
+    let left: BTreeSet<_> = (1..=3).map(|seq| (ub.clone(), seq)).collect();
+    assert_eq!(remaining(&app).await, left);
+
+    // Once it is free, the next run takes them.
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    assert_eq!(purger.run_once().await.unwrap(), 3);
+    assert!(remaining(&app).await.is_empty());
 }
 
 #[tokio::test]

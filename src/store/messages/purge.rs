@@ -28,13 +28,34 @@ pub async fn purge(db: &mut PgConnection, project: ProjectId, webhook: &WebhookI
     Ok(purged)
 }
 
-/// Up to `limit` messages past their TTL, in any state; returns how many.
-pub async fn purge_expired(db: impl PgExecutor<'_>, limit: i32) -> StoreResult<u64> {
-    let purged = sqlx::query_scalar!(r#"SELECT hookline_purge_expired($1) AS "n!""#, limit)
-        .fetch_one(db)
-        .await
-        .context("purging expired messages")?;
-    Ok(purged as u64)
+/// One batch of the TTL purge.
+#[derive(Debug, Default)]
+pub struct ExpiredBatch {
+    pub purged: u64,
+    /// Candidates looked at: fewer than the limit means there are no more.
+    pub candidates: u64,
+    /// Webhooks whose row another transaction held: their messages wait for the next run.
+    pub busy: Vec<WebhookId>,
+}
+
+/// Up to `limit` messages past their TTL, in any state, of webhooks not in `skip` (busy
+/// earlier in this run: looking at them again would fill every batch with them).
+pub async fn purge_expired(db: impl PgExecutor<'_>, limit: i32, skip: &[WebhookId]) -> StoreResult<ExpiredBatch> {
+    let skip: Vec<uuid::Uuid> = skip.iter().map(|w| *w.as_uuid()).collect();
+    let row = sqlx::query!(
+        r#"SELECT purged AS "purged!", candidates AS "candidates!", busy AS "busy!"
+           FROM hookline_purge_expired_skipping($1, $2)"#,
+        limit,
+        &skip
+    )
+    .fetch_one(db)
+    .await
+    .context("purging expired messages")?;
+    Ok(ExpiredBatch {
+        purged: row.purged as u64,
+        candidates: row.candidates as u64,
+        busy: row.busy.into_iter().map(WebhookId::from_uuid).collect(),
+    })
 }
 
 /// Up to `limit` idempotency keys past their 24 hours; returns how many.
