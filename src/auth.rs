@@ -4,9 +4,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota};
 
 use blake2::{Blake2s256, Digest};
 use rand::distributions::{Alphanumeric, DistString};
@@ -72,6 +75,7 @@ impl Principal {
 pub enum AuthError {
     #[error("missing or invalid API key")]
     InvalidKey,
+    /// The argon2 queue is full, or this key's prefix has used its argon2 budget.
     #[error("too many API keys are being verified at once")]
     Busy,
     #[error(transparent)]
@@ -84,13 +88,20 @@ pub enum AuthError {
 /// BLAKE2s digest; after `ttl`, or once notifications may have been missed, a cheap lookup
 /// confirms it is still live instead of paying argon2 again. Argon2 (19 MiB and tens of
 /// milliseconds each) runs at most `ARGON2_PERMITS` at a time with at most `ARGON2_QUEUE`
-/// waiting (then 503), and once per key even when many requests bring it at once.
+/// waiting (then 503), once per key even when many requests bring it at once, and at
+/// `ARGON2_PER_PREFIX` for one prefix, so wrong secrets sent with a real key's (public)
+/// prefix spend that key's budget, not everyone's queue.
+///
+/// The caches are bounded (quick_cache's S3-FIFO: past capacity the entries least worth
+/// keeping make room, never all at once).
 pub struct KeyVerifier {
     pool: PgPool,
     ttl: Duration,
-    cache: Mutex<HashMap<[u8; 32], Verified>>,
+    cache: quick_cache::sync::Cache<[u8; 32], Verified>,
     /// Prefixes looked up and not found, and when.
-    unknown: Mutex<HashMap<String, Instant>>,
+    unknown: quick_cache::sync::Cache<String, Instant>,
+    /// Argon2 runs per known prefix.
+    per_prefix: quick_cache::sync::Cache<String, Arc<DefaultDirectRateLimiter>>,
     /// Bumped when revocations may have been missed: older entries are re-checked by lookup.
     generation: AtomicU64,
     argon2: Semaphore,
@@ -109,14 +120,19 @@ struct Verified {
 const ARGON2_PERMITS: usize = 2;
 /// Verifications that may wait for a permit; past them a request is told to retry (503).
 const ARGON2_QUEUE: usize = 32;
+/// Argon2 runs one prefix may cost: a burst of 5, then 2 a second. A real key pays one per
+/// replica; after that it is cached.
+const ARGON2_PER_PREFIX: Quota =
+    Quota::per_second(NonZeroU32::new(2).unwrap()).allow_burst(NonZeroU32::new(5).unwrap());
 
 impl KeyVerifier {
     pub fn new(pool: PgPool, ttl: Duration) -> Self {
         Self {
             pool,
             ttl,
-            cache: Mutex::new(HashMap::new()),
-            unknown: Mutex::new(HashMap::new()),
+            cache: quick_cache::sync::Cache::new(CACHE_CAPACITY),
+            unknown: quick_cache::sync::Cache::new(CACHE_CAPACITY),
+            per_prefix: quick_cache::sync::Cache::new(CACHE_CAPACITY),
             generation: AtomicU64::new(0),
             argon2: Semaphore::new(ARGON2_PERMITS),
             waiting: AtomicUsize::new(0),
@@ -169,6 +185,9 @@ impl KeyVerifier {
             return Err(AuthError::InvalidKey);
         };
         let (presented, hash) = (presented.to_owned(), stored.hash.clone());
+        if self.prefix_budget(prefix).check().is_err() {
+            return Err(AuthError::Busy);
+        }
         let permit = {
             // Counted while waiting, and uncounted however the wait ends (a request dropped
             // mid-wait too), so the queue's bound never leaks.
@@ -196,8 +215,7 @@ impl KeyVerifier {
 
     /// The cached principal; past `ttl`, only after the database confirms the key is live.
     async fn remembered(&self, digest: &[u8; 32]) -> Result<Option<Principal>, AuthError> {
-        let entry = self.cache.lock().expect("key cache poisoned").get(digest).cloned();
-        let Some(entry) = entry else { return Ok(None) };
+        let Some(entry) = self.cache.get(digest) else { return Ok(None) };
         let current = entry.generation == self.generation.load(Ordering::Acquire);
         if current && entry.checked_at.elapsed() < self.ttl {
             return Ok(Some(entry.principal));
@@ -207,7 +225,7 @@ impl KeyVerifier {
             self.remember(*digest, entry.principal.clone(), generation);
             Ok(Some(entry.principal))
         } else {
-            self.cache.lock().expect("key cache poisoned").remove(digest);
+            self.cache.remove(digest);
             Err(AuthError::InvalidKey)
         }
     }
@@ -225,7 +243,7 @@ impl KeyVerifier {
 
     /// Forgets a revoked key at once.
     pub fn forget_key(&self, key: ApiKeyId) {
-        self.cache.lock().expect("key cache poisoned").retain(|_, v| v.principal.key != key);
+        self.cache.retain(|_, v| v.principal.key != key);
     }
 
     /// Revocations may have been missed: every cached key is re-checked by a lookup on its
@@ -235,36 +253,23 @@ impl KeyVerifier {
     }
 
     fn known_unknown(&self, prefix: &str) -> bool {
-        let unknown = self.unknown.lock().expect("unknown-prefix cache poisoned");
-        unknown.get(prefix).is_some_and(|at| at.elapsed() < self.ttl)
+        self.unknown.get(prefix).is_some_and(|at| at.elapsed() < self.ttl)
     }
 
     fn remember_unknown(&self, prefix: &str) {
-        let mut unknown = self.unknown.lock().expect("unknown-prefix cache poisoned");
-        if unknown.len() >= CACHE_CAPACITY {
-            // Drop the expired ones, then (still full) the oldest half: never all at once.
-            unknown.retain(|_, at| at.elapsed() < self.ttl);
-            if unknown.len() >= CACHE_CAPACITY {
-                let mut ages: Vec<Instant> = unknown.values().copied().collect();
-                ages.sort_unstable();
-                let cutoff = ages[ages.len() / 2];
-                unknown.retain(|_, at| *at > cutoff);
-            }
-        }
-        unknown.insert(prefix.to_owned(), Instant::now());
+        self.unknown.insert(prefix.to_owned(), Instant::now());
+    }
+
+    fn prefix_budget(&self, prefix: &str) -> Arc<DefaultDirectRateLimiter> {
+        let made = self.per_prefix.get_or_insert_with(prefix, || {
+            Ok::<_, std::convert::Infallible>(Arc::new(DefaultDirectRateLimiter::direct(ARGON2_PER_PREFIX)))
+        });
+        made.unwrap_or_else(|never| match never {})
     }
 
     /// Caches a key checked against the database as of `generation`.
     fn remember(&self, digest: [u8; 32], principal: Principal, generation: u64) {
-        let mut cache = self.cache.lock().expect("key cache poisoned");
-        if cache.len() >= CACHE_CAPACITY && !cache.contains_key(&digest) {
-            // Drop the stalest half; they re-verify by a lookup, or argon2 if evicted.
-            let mut ages: Vec<Instant> = cache.values().map(|v| v.checked_at).collect();
-            ages.sort_unstable();
-            let cutoff = ages[ages.len() / 2];
-            cache.retain(|_, v| v.checked_at > cutoff);
-        }
-        cache.insert(digest, Verified { principal, checked_at: Instant::now(), generation });
+        self.cache.insert(digest, Verified { principal, checked_at: Instant::now(), generation });
     }
 }
 

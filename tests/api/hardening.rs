@@ -162,14 +162,63 @@ async fn junk_api_keys_never_reach_argon2() {
     assert_eq!(app.verifier.argon2_runs(), after_first, "a cached key does not pay argon2 again");
 }
 
-/// A flood of well-formed keys with a real prefix and wrong secrets (each must pay argon2)
+/// Wrong secrets sent with a real key's prefix (public: listed, logged) each cost argon2,
+/// but only a few per prefix: past the burst they are refused with 503 before argon2, and
+/// the key itself, once cached, and other keys go on working.
+#[tokio::test]
+async fn argon2_runs_per_key_prefix_are_capped() {
+    let app = spawn_app().await;
+    app.api(Method::GET, "/api/webhooks", None).await.expect(StatusCode::OK);
+    let before = app.verifier.argon2_runs();
+    let prefix = app.key.split('_').nth(1).unwrap().to_owned();
+    let started = std::time::Instant::now();
+    let mut requests = tokio::task::JoinSet::new();
+    for n in 0..30 {
+        let (app, wrong) = (app.clone_handle(), format!("hl_{prefix}_{:0>32}", n));
+        requests.spawn(async move { app.api_as(&wrong, Method::GET, "/api/webhooks", None).await });
+    }
+    let (mut refused, mut throttled) = (0, 0);
+    while let Some(r) = requests.join_next().await {
+        let r = r.unwrap();
+        match r.status {
+            StatusCode::UNAUTHORIZED => refused += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(r.error_code(), "overloaded");
+                assert!(r.headers.contains_key("retry-after"));
+                throttled += 1;
+            }
+            other => panic!("a wrong key got {other}: {}", r.body),
+        }
+    }
+    // A burst of 5, then 2 a second: what the flood's own duration could refill, no more.
+    let allowed = 5 + (2.0 * started.elapsed().as_secs_f64()).ceil() as u64;
+    let runs = app.verifier.argon2_runs() - before;
+    assert_eq!(runs, refused, "each refused wrong secret ran argon2 once");
+    assert!(runs <= allowed, "{runs} argon2 runs for one prefix, at most {allowed} allowed");
+    assert_eq!(refused + throttled, 30);
+
+    // The real key, cached, is not affected; another key pays its own argon2 once.
+    app.api(Method::GET, "/api/webhooks", None).await.expect(StatusCode::OK);
+    let (_, other) =
+        hookline::auth::create_key(&app.pool, "another", hookline::domain::Plan::Free, false).await.unwrap();
+    app.api_as(other.expose(), Method::GET, "/api/webhooks", None).await.expect(StatusCode::OK);
+    assert_eq!(app.verifier.argon2_runs() - before, runs + 1);
+}
+
+/// A flood of well-formed keys with real prefixes and wrong secrets (each must pay argon2)
 /// finds a bounded queue: refused with 503 and Retry-After past it, never a 500.
 #[tokio::test]
 async fn the_argon2_queue_is_bounded() {
     let app = spawn_app().await;
-    let prefix = app.key.split('_').nth(1).unwrap().to_owned();
+    // 40 real prefixes, 3 wrong secrets each: within every prefix's own budget.
+    let mut prefixes = Vec::new();
+    for n in 0..40 {
+        let (_, key) =
+            hookline::auth::create_key(&app.pool, &format!("p{n}"), hookline::domain::Plan::Free, false).await.unwrap();
+        prefixes.push(hookline::auth::prefix_of(&key).to_owned());
+    }
     let mut requests = tokio::task::JoinSet::new();
-    for n in 0..120 {
+    for (n, prefix) in prefixes.iter().cycle().take(120).enumerate() {
         let (app, wrong) = (app.clone_handle(), format!("hl_{prefix}_{:0>32}", n));
         requests.spawn(async move { app.api_as(&wrong, Method::GET, "/api/webhooks", None).await });
     }
