@@ -27,6 +27,7 @@ use crate::store::wakeups::Wakeups;
 pub struct Application {
     port: u16,
     verifier: Arc<KeyVerifier>,
+    wakeups: Arc<Wakeups>,
     server: Server,
     pool: PgPool,
     scheduler: Option<JobScheduler>,
@@ -78,7 +79,7 @@ impl Application {
         .run();
         let scheduler = if config.run_jobs { Some(crate::jobs::start(pool.clone()).await?) } else { None };
         tracing::info!(%address, "hookline listening");
-        Ok(Self { port: address.port(), verifier, server, pool, scheduler })
+        Ok(Self { port: address.port(), verifier, wakeups, server, pool, scheduler })
     }
 
     pub fn port(&self) -> u16 {
@@ -92,6 +93,11 @@ impl Application {
     /// The API-key verifier, whose counters tests and operators read.
     pub fn key_verifier(&self) -> Arc<KeyVerifier> {
         self.verifier.clone()
+    }
+
+    /// The long-poll waiters, which tests read to know a request is waiting.
+    pub fn wakeups(&self) -> Arc<Wakeups> {
+        self.wakeups.clone()
     }
 
     /// Serves until SIGINT/SIGTERM: stops accepting, drains in-flight requests, then stops

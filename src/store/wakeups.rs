@@ -33,6 +33,12 @@ impl Wakeups {
         notify
     }
 
+    /// How many requests wait on `webhook` now (each holds its notifier). Once one is
+    /// counted, a wake-up for it is not lost.
+    pub fn waiting(&self, webhook: &WebhookId) -> usize {
+        self.waiters.lock().expect("wakeups poisoned").get(webhook).map_or(0, Weak::strong_count)
+    }
+
     fn wake(&self, webhook: &WebhookId) {
         let notify = self.waiters.lock().expect("wakeups poisoned").get(webhook).and_then(Weak::upgrade);
         if let Some(notify) = notify {

@@ -34,12 +34,13 @@ async fn a_delayed_message_is_held_back_until_its_time_in_both_modes() {
     let app = spawn_app().await;
     let fifo = app.create_webhook(json!({})).await;
     let standard = app.create_webhook(json!({"mode": "standard"})).await;
-    let published = Instant::now();
     let mut ids = Vec::new();
     for wh in [&fifo, &standard] {
         let (id, _) = app.publish_ok(wh, json!({"payload": {"late": true}, "delaySeconds": 1})).await;
         ids.push(id);
     }
+    // Timed from after the publishes: each is due within a second of its own answer.
+    let published = Instant::now();
     for wh in [&fifo, &standard] {
         app.dequeue_none(wh).await;
         let r = app.dequeue_with(wh, "maxMessages=10").await;
@@ -138,7 +139,6 @@ async fn a_message_past_its_ttl_is_never_delivered_and_the_purge_deletes_it() {
     let app = spawn_app().await;
     let fifo = app.create_webhook(json!({})).await;
     let standard = app.create_webhook(json!({"mode": "standard"})).await;
-    let published = Instant::now();
     let mut messages = Vec::new();
     for wh in [&fifo, &standard] {
         let (short, _) = app.publish_ok(wh, json!({"payload": "short-lived", "ttlSeconds": 1})).await;
@@ -150,6 +150,8 @@ async fn a_message_past_its_ttl_is_never_delivered_and_the_purge_deletes_it() {
         assert!((week - 1000..=week + 1000).contains(&kept_life), "the default TTL lives {kept_life} ms");
         messages.push((wh.clone(), short, kept));
     }
+    // Timed from after the publishes: each expires within a second of its own answer.
+    let published = Instant::now();
 
     tokio::time::sleep((published + Duration::from_millis(1300)).saturating_duration_since(Instant::now())).await;
 

@@ -176,6 +176,8 @@ pub struct TestApp {
     pub encryption_key: String,
     /// The broker's API-key verifier (its argon2 count).
     pub verifier: std::sync::Arc<hookline::auth::KeyVerifier>,
+    /// The broker's long-poll waiters.
+    pub wakeups: std::sync::Arc<hookline::store::wakeups::Wakeups>,
     /// The test's own database, dropped when the last handle goes (None: another's).
     database: Option<std::sync::Arc<DropOnExit>>,
 }
@@ -214,6 +216,7 @@ impl TestApp {
             key: self.key.clone(),
             encryption_key: self.encryption_key.clone(),
             verifier: self.verifier.clone(),
+            wakeups: self.wakeups.clone(),
             database: self.database.clone(),
         }
     }
@@ -290,6 +293,7 @@ pub async fn spawn_app_on(db_url: &str, tweak: impl FnOnce(&mut Config)) -> Test
     let port = app.port();
     let pool = app.pool().clone();
     let verifier = app.key_verifier();
+    let wakeups = app.wakeups();
     tokio::spawn(app.run_until_stopped());
     let (_, key) = hookline::auth::create_key(&pool, "test", hookline::domain::Plan::Unlimited, false).await.unwrap();
     let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
@@ -302,6 +306,7 @@ pub async fn spawn_app_on(db_url: &str, tweak: impl FnOnce(&mut Config)) -> Test
         key: key.expose().to_owned(),
         encryption_key,
         verifier,
+        wakeups,
         database: None,
     }
 }
@@ -415,6 +420,17 @@ impl TestApp {
     }
 
     /// Runs SQL against this test's database (for tampering and inspection).
+    /// Returns once `n` long-poll requests wait on `webhook` (so a wake-up sent now reaches
+    /// them); panics after 10 s.
+    pub async fn until_waiting(&self, webhook: &str, n: usize) {
+        let id: hookline::domain::WebhookId = webhook.parse().expect("a webhook id");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.wakeups.waiting(&id) < n {
+            assert!(std::time::Instant::now() < deadline, "{n} long-polls never waited on {webhook}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     pub async fn sql(&self, statement: &str) -> sqlx::postgres::PgQueryResult {
         sqlx::query(statement).execute(&self.pool).await.unwrap()
     }

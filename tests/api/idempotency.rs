@@ -244,12 +244,25 @@ async fn a_key_repeated_inside_a_batch_answers_the_first_items_message() {
 }
 
 #[tokio::test]
-async fn a_key_is_free_again_after_24_hours() {
+async fn a_key_holds_for_24_hours_and_is_free_again_after() {
     let app = spawn_app().await;
     let wh = app.create_webhook(json!({})).await;
     let first = app.publish(&wh, json!({"payload": 1, "idempotencyKey": "daily"})).await;
     first.expect(StatusCode::CREATED);
     app.publish(&wh, json!({"payload": 2, "idempotencyKey": "daily"})).await.expect(StatusCode::OK);
+
+    // First seen 23 hours ago: still inside the window, and the TTL purger keeps it.
+    let aged = app
+        .sql(&format!(
+            "UPDATE idempotency_keys SET created_at = now() - interval '23 hours' WHERE webhook_id = '{}'",
+            uuid_of(&wh)
+        ))
+        .await;
+    assert_eq!(aged.rows_affected(), 1);
+    hookline::jobs::TtlPurger::new(app.pool.clone()).run_once().await.unwrap();
+    let late = app.publish(&wh, json!({"payload": 2, "idempotencyKey": "daily"})).await;
+    late.expect(StatusCode::OK);
+    assert_eq!((late.body["duplicate"].clone(), late.str("id")), (json!(true), first.str("id")));
 
     // The key was first seen 25 hours ago (the broker keeps keys in idempotency_keys).
     let aged = app

@@ -38,6 +38,7 @@ async fn extend_needs_the_lock_and_a_valid_duration() {
     assert_eq!(r.status, StatusCode::CONFLICT, "not locked yet: {}", r.body);
 
     let token = app.dequeue(&wh).await.str("lockToken");
+    let expiry = app.message(&wh, &id).await.str("lockExpiresAt");
     let stale = "lt_00000000000000000000000000000000";
     assert_eq!(
         app.api(Method::POST, &path, Some(json!({"seconds": 30, "lockToken": stale}))).await.status,
@@ -48,6 +49,8 @@ async fn extend_needs_the_lock_and_a_valid_duration() {
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{seconds}: {}", r.body);
     }
     assert_eq!(app.api(Method::POST, &path, None).await.status, StatusCode::BAD_REQUEST);
+    // None of the refused extends moved the expiry.
+    assert_eq!(app.message(&wh, &id).await.str("lockExpiresAt"), expiry);
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Long-poll dequeue: a waiting consumer is woken by an ingest (on this broker or another
-//! one on the same database) or by a released lock; with nothing to deliver it answers 204
-//! when its wait runs out.
+//! one on the same database), by a commit, or by a lock that expired; with nothing to
+//! deliver it answers 204 when its wait runs out. Tests wake a consumer only once the
+//! broker counts it as waiting (`until_waiting`), never after a guessed sleep.
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ async fn woken_by_ingest_through(consumer: &TestApp, producer: &TestApp) {
         let (app, wh) = (consumer.clone_handle(), wh.clone());
         tokio::spawn(async move { long_poll(&app, &wh, 10).await })
     };
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    consumer.until_waiting(&wh, 1).await;
     let (id, _) = producer.ingest_ok(&wh, "{}").await;
     let committed = Instant::now();
 
@@ -71,10 +72,41 @@ async fn a_commit_wakes_the_consumer_waiting_behind_the_head() {
         let (app, wh) = (app.clone_handle(), wh.clone());
         tokio::spawn(async move { long_poll(&app, &wh, 10).await })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.until_waiting(&wh, 1).await;
     assert_eq!(app.commit(&wh, &first, Some(&token)).await.status, StatusCode::OK);
 
     let (r, _) = waiting.await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.str("id"), second);
+}
+
+/// A head whose lock expires is deliverable again: the lock reaper releases it and the
+/// consumer waiting behind it gets it, with the failed attempt counted.
+#[tokio::test]
+async fn a_lock_expiring_wakes_the_consumer_waiting_behind_it() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({"lockTimeoutSeconds": 1})).await;
+    let (head, _) = app.ingest_ok(&wh, "1").await;
+    app.ingest_ok(&wh, "2").await;
+    let first = app.dequeue(&wh).await;
+    assert_eq!(first.str("id"), head);
+    let waiting = {
+        let (app, wh) = (app.clone_handle(), wh.clone());
+        tokio::spawn(async move { long_poll(&app, &wh, 15).await })
+    };
+    app.until_waiting(&wh, 1).await;
+    // Past the expiry, the reaper (run here as its schedule would) releases the lock.
+    let expired = app
+        .sql(&format!(
+            "UPDATE webhooks SET lock_expires_at = now() - interval '1 second' WHERE id = '{}'",
+            crate::helpers::uuid_of(&wh)
+        ))
+        .await;
+    assert_eq!(expired.rows_affected(), 1);
+    assert_eq!(hookline::jobs::LockReaper::new(app.pool.clone()).run_once().await.unwrap(), 1);
+
+    let (r, _) = waiting.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.str("id"), head, "the same head, at its position");
+    assert_eq!(r.i64("retryCount"), 1);
 }

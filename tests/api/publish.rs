@@ -252,7 +252,7 @@ async fn a_waiting_consumer_is_woken_by_a_publish() {
         let (app, wh) = (app.clone_handle(), wh.clone());
         tokio::spawn(async move { app.dequeue_with(&wh, "wait=10").await })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.until_waiting(&wh, 1).await;
     let r = app.publish_batch(&wh, vec![json!({"payload": 1}), json!({"payload": 2})]).await;
     r.expect(StatusCode::CREATED);
     let first = r.body["messages"][0]["id"].as_str().unwrap().to_owned();
