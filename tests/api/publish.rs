@@ -4,7 +4,6 @@
 //! of none or too many) refuses the whole batch, naming the item, with nothing stored.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
