@@ -7,7 +7,44 @@ use hookline::domain::{LimitOverrides, Plan};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{spawn_app, spawn_app_with, Reply, TestApp};
+
+/// Sends requests one after another until one is refused with 429 (at most 500), and checks
+/// how many passed against a `per_second` quota: at least its burst, at most the burst
+/// plus what the time taken could refill, however slow the machine. Returns the refusal
+/// and how many passed.
+async fn until_refused<F, Fut>(per_second: u64, mut send: F) -> (Reply, u64)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Reply>,
+{
+    let started = std::time::Instant::now();
+    let mut passed = 0;
+    loop {
+        let r = send().await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            let most = per_second + (started.elapsed().as_secs_f64() * per_second as f64).ceil() as u64;
+            assert!((per_second..=most).contains(&passed), "{passed} passed, quota {per_second}, most {most}");
+            return (r, passed);
+        }
+        assert!(r.status.is_success() || r.status.is_client_error(), "{}: {}", r.status, r.body);
+        passed += 1;
+        assert!(passed < 500, "never refused");
+    }
+}
+
+/// Sends the requests at once; returns how many passed (were not 429) and the most that
+/// may pass against a `per_second` quota: the burst plus what the time taken could refill.
+async fn burst<Fut: std::future::Future<Output = Reply>>(
+    per_second: u64,
+    requests: impl IntoIterator<Item = Fut>,
+) -> (u64, u64) {
+    let started = std::time::Instant::now();
+    let replies = futures_util::future::join_all(requests).await;
+    let most = per_second + (started.elapsed().as_secs_f64() * per_second as f64).ceil() as u64;
+    let passed = replies.iter().filter(|r| r.status != StatusCode::TOO_MANY_REQUESTS).count() as u64;
+    (passed, most)
+}
 
 /// Moves the test project to `plan`.
 async fn on_plan(app: &TestApp, plan: Plan) {
@@ -24,23 +61,65 @@ async fn stored(app: &TestApp, webhook: &str) -> i64 {
 }
 
 #[tokio::test]
-async fn the_eleventh_ingestion_in_a_second_on_free_is_429_with_headers_and_not_stored() {
+async fn ingestion_past_the_free_quota_is_429_with_headers_and_not_stored() {
     let app = spawn_app().await;
     on_plan(&app, Plan::Free).await;
     let wh = app.create_webhook(json!({})).await;
 
-    for _ in 0..10 {
-        app.ingest_ok(&wh, "{}").await;
-    }
-    let r = app.ingest(&wh, "{}").await;
-
-    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    let (r, passed) = until_refused(10, || app.ingest(&wh, "{}")).await;
     assert_eq!(r.error_code(), "rate_limited");
     assert_eq!(r.headers["ratelimit-limit"], "10");
     assert_eq!(r.headers["ratelimit-remaining"], "0");
     assert_eq!(r.headers["retry-after"], "1");
     assert_eq!(r.headers["ratelimit-reset"], "1");
-    assert_eq!(stored(&app, &wh).await, 10);
+    assert_eq!(stored(&app, &wh).await, passed as i64);
+}
+
+/// Publishing through the API spends the same per-webhook budget as ingestion.
+#[tokio::test]
+async fn publish_and_ingest_share_the_ingestion_quota() {
+    let app = spawn_app().await;
+    on_plan(&app, Plan::Free).await;
+    let wh = app.create_webhook(json!({})).await;
+    let requests = (0..20).map(|i| {
+        let app = app.clone_handle();
+        let wh = wh.clone();
+        async move {
+            if i % 2 == 0 {
+                app.ingest(&wh, "{}").await
+            } else {
+                app.publish(&wh, json!({"payload": i})).await
+            }
+        }
+    });
+    let (passed, most) = burst(10, requests).await;
+    assert!((10..=most).contains(&passed), "{passed} of 20 ingests and publishes passed, at most {most}");
+    assert_eq!(stored(&app, &wh).await, passed as i64);
+}
+
+/// Commit and error spend one per-webhook budget (free: 10 a second), refused or not.
+#[tokio::test]
+async fn commit_and_error_share_the_ack_quota() {
+    let app = spawn_app().await;
+    on_plan(&app, Plan::Free).await;
+    let wh = app.create_webhook(json!({})).await;
+    let (id, _) = app.ingest_ok(&wh, "{}").await;
+    let requests = (0..24).map(|i| {
+        let (app, wh, id) = (app.clone_handle(), wh.clone(), id.clone());
+        async move {
+            if i % 2 == 0 {
+                app.commit(&wh, &id, None).await
+            } else {
+                app.error(&wh, &id, None).await
+            }
+        }
+    });
+    let (passed, most) = burst(10, requests).await;
+    assert!((10..=most).contains(&passed), "{passed} of 24 commits and errors passed, at most {most}");
+    // A second on, the budget is whole again: errors alone find the same limit.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let (r, _) = until_refused(10, || app.error(&wh, &id, None)).await;
+    assert_eq!(r.headers["ratelimit-limit"], "10");
 }
 
 #[tokio::test]
@@ -81,11 +160,7 @@ async fn limits_are_per_webhook_and_per_operation() {
     app.ingest_ok(&b, "{}").await;
 
     // Dequeue on free: 5 per second per webhook; the head is locked, so each answers 204.
-    for _ in 0..5 {
-        assert_ne!(app.dequeue(&a).await.status, StatusCode::TOO_MANY_REQUESTS);
-    }
-    let r = app.dequeue(&a).await;
-    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    let (r, _) = until_refused(5, || app.dequeue(&a)).await;
     assert_eq!(r.headers["ratelimit-limit"], "5");
     assert_eq!(app.dequeue(&b).await.status, StatusCode::OK);
 }
@@ -97,11 +172,7 @@ async fn each_api_key_has_its_own_limit() {
     on_plan(&app, Plan::Free).await;
     let (_, second) = hookline::auth::create_key(&app.pool, "test", Plan::Free, false).await.unwrap();
 
-    for _ in 0..20 {
-        assert_eq!(app.api(Method::GET, "/api/webhooks", None).await.status, StatusCode::OK);
-    }
-    let r = app.api(Method::GET, "/api/webhooks", None).await;
-    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    let (r, _) = until_refused(20, || app.api(Method::GET, "/api/webhooks", None)).await;
     assert_eq!(r.headers["ratelimit-limit"], "20");
     assert_eq!(app.api_as(second.expose(), Method::GET, "/api/webhooks", None).await.status, StatusCode::OK);
 }
@@ -165,11 +236,7 @@ async fn an_operator_override_replaces_a_plan_limit() {
     let overrides = LimitOverrides { ingest_per_second: NonZeroU32::new(3), ..Default::default() };
     hookline::store::projects::set_limits(&app.pool, "test", Some(Plan::Free), &overrides).await.unwrap();
     let wh = app.create_webhook(json!({})).await;
-    for _ in 0..3 {
-        app.ingest_ok(&wh, "{}").await;
-    }
-    let r = app.ingest(&wh, "{}").await;
-    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    let (r, _) = until_refused(3, || app.ingest(&wh, "{}")).await;
     assert_eq!(r.headers["ratelimit-limit"], "3");
 }
 
