@@ -190,3 +190,36 @@ async fn an_old_key_still_opens_messages_after_rotation() {
     forgetful.commit_ok(&wh, &three).await;
     assert_eq!(rotated.drain(&wh).await, Vec::<i64>::new());
 }
+
+/// A batch dequeue (standard mode) that meets an unreadable message dead-letters it and
+/// hands out the readable ones it locked: nothing is lost, nothing stays locked.
+#[tokio::test]
+async fn an_unreadable_message_inside_a_batch_dequeue_is_dead_lettered_and_the_rest_delivered() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({"mode": "standard"})).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(ingest_marked(&app, &wh, n).await);
+    }
+    let tampered = app
+        .sql(&format!(
+            "UPDATE messages SET ciphertext = set_byte(ciphertext, 0, get_byte(ciphertext, 0) # 1)
+             WHERE webhook_id = '{}' AND seq = 2",
+            uuid_of(&wh)
+        ))
+        .await;
+    assert_eq!(tampered.rows_affected(), 1);
+
+    let r = app.dequeue_with(&wh, "maxMessages=10").await;
+    r.expect(StatusCode::OK);
+    let got: Vec<_> =
+        r.body["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(got, [ids[0].clone(), ids[2].clone()]);
+    let m = app.message(&wh, &ids[1]).await;
+    assert_eq!(m.body["status"], "dead", "{}", m.body);
+    assert!(m.str("lastError").contains("unreadable"), "{}", m.body);
+    assert_eq!(app.dead_letters(&wh, "").await.body["data"][0]["id"], ids[1].as_str());
+    for id in [&ids[0], &ids[2]] {
+        assert_eq!(app.message(&wh, id).await.body["status"], "locked");
+    }
+}

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::Connection as _;
 
-use crate::helpers::{spawn_app, uuid_of, TestApp};
+use crate::helpers::{spawn_app, spawn_app_on, uuid_of, TestApp};
 
 #[tokio::test]
 async fn the_lock_reaper_releases_expired_locks_as_failed_attempts() {
@@ -225,4 +225,38 @@ async fn a_message_expires_after_its_webhooks_ttl() {
     let ttl = app.sql_strings("SELECT (expires_at - received_at)::text FROM messages ORDER BY seq").await;
     // The TTL is fixed when a message arrives.
     assert_eq!(ttl, ["3 days", "30 days"]);
+}
+
+/// Two replicas run the lock reaper at once on one database: the job's advisory lock makes
+/// one of them do each batch, so every expired lock is released once (one attempt counted,
+/// not two); and while another replica holds the lock, a run does nothing.
+#[tokio::test]
+async fn two_replicas_running_a_job_at_once_do_its_work_once() {
+    let first = spawn_app().await;
+    let key = first.encryption_key.clone();
+    let second = spawn_app_on(&first.db_url, |c| c.encryption_key = Some(key.into())).await;
+    let mut hooks = Vec::new();
+    for _ in 0..30 {
+        let wh = first.create_webhook(json!({"maxRetries": 5})).await;
+        let (id, _) = first.ingest_ok(&wh, "{}").await;
+        first.dequeue_ok(&wh).await;
+        hooks.push((wh, id));
+    }
+    let expire = "UPDATE webhooks SET lock_expires_at = now() - interval '1 second' WHERE locked_seq IS NOT NULL";
+    assert_eq!(first.sql(expire).await.rows_affected(), 30);
+
+    // While a replica holds the reaper's lock, the other's run does nothing.
+    let mut holder = sqlx::PgConnection::connect(&first.db_url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(x'686c0001'::int8)").execute(&mut holder).await.unwrap();
+    assert_eq!(LockReaper::new(second.pool.clone()).run_once().await.unwrap(), 0);
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+
+    let reapers = [&first, &second].map(|app| LockReaper::new(app.pool.clone()).with_batch(4));
+    let (a, b) = tokio::join!(reapers[0].run_once(), reapers[1].run_once());
+    assert_eq!(a.unwrap() + b.unwrap(), 30, "each expired lock released by one replica");
+    for (wh, id) in &hooks {
+        let m = first.message(wh, id).await;
+        assert_eq!((m.str("status").as_str(), m.i64("retryCount")), ("queued", 1), "{}", m.body);
+    }
 }

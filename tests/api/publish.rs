@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{base64, priority, random_id, refused, spawn_app};
+use crate::helpers::{base64, priority, random_id, refused, spawn_app, spawn_app_with};
 
 fn good_item(i: usize) -> Value {
     json!({"payload": {"i": i}, "priority": 1})
@@ -271,4 +271,32 @@ async fn a_delay_as_long_as_the_messages_lifetime_is_refused() {
     refused(&app.publish(&wh, json!({"payload": 1, "delaySeconds": 86_400})).await);
     assert_eq!(app.stored(&wh).await, 0);
     app.publish(&wh, json!({"payload": 1, "delaySeconds": 59, "ttlSeconds": 60})).await.expect(StatusCode::CREATED);
+}
+
+/// A batch request's body is capped by the per-message limit times the batch size, and by
+/// 16 MiB whatever that limit: past either, 413 before the body is parsed, nothing stored.
+#[tokio::test]
+async fn a_batch_body_past_its_cap_is_413_and_stores_nothing() {
+    // 1 KiB messages: a batch request may carry (2 KiB + 4 KiB) x 100 = 614,400 bytes.
+    let app = spawn_app_with(|c| c.max_body_bytes = 1024).await;
+    let wh = app.create_webhook(json!({})).await;
+    let path = format!("/api/webhooks/{wh}/messages/batch");
+    let item = json!({"payload": "x".repeat(1000)});
+    let full = json!({"messages": vec![item; 100]}).to_string();
+    assert!(full.len() < 614_400);
+    app.post_raw(&path, "application/json", full.into_bytes()).await.expect(StatusCode::CREATED);
+    let padded = format!("{}{}", " ".repeat(614_401), r#"{"messages":[]}"#);
+    assert!(padded.len() > 614_400);
+    app.post_raw(&path, "application/json", padded.into_bytes())
+        .await
+        .expect_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+
+    // A large per-message limit: the 16 MiB cap still holds.
+    let app = spawn_app_with(|c| c.max_body_bytes = 8 * 1024 * 1024).await;
+    let wh = app.create_webhook(json!({})).await;
+    let huge = format!("{}{}", " ".repeat(16 * 1024 * 1024), r#"{"messages":[{"payload":1}]}"#);
+    app.post_raw(&format!("/api/webhooks/{wh}/messages/batch"), "application/json", huge.into_bytes())
+        .await
+        .expect_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    assert_eq!(app.stored(&wh).await, 0);
 }

@@ -539,3 +539,59 @@ async fn a_batch_commit_of_none_or_over_a_hundred_is_422_and_commits_nothing() {
     let r = commit_batch(&app, &crate::helpers::random_id("wh_"), json!([{"id": d.id}])).await;
     r.expect_error(StatusCode::NOT_FOUND, "not_found");
 }
+
+/// `commit?next=true` in standard mode commits the message and hands out the next one that
+/// is not in flight (another consumer's lock is skipped, not waited for).
+#[tokio::test]
+async fn commit_next_in_standard_mode_hands_out_the_next_message_not_in_flight() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({"mode": "standard"})).await;
+    let ids = app.ingest_many(&wh, 3).await;
+    let held = dequeue_list(&app, &wh, "maxMessages=2").await;
+    assert_eq!(held.iter().map(|d| d.seq).collect::<Vec<_>>(), [1, 2]);
+
+    let r = app.commit_next(&wh, &held[0].id, Some(&held[0].lock_token)).await;
+    r.expect(StatusCode::OK);
+    let next = Delivery::from_reply(&r);
+    assert_eq!((next.id.as_str(), next.seq), (ids[2].as_str(), 3), "seq 2 is another consumer's");
+    assert_eq!(app.message_status(&wh, &ids[0]).await, "committed");
+    assert_eq!(app.message_status(&wh, &ids[1]).await, "locked");
+
+    // Everything left is in flight: committed, nothing to hand out.
+    let r = app.commit_next(&wh, &held[1].id, Some(&held[1].lock_token)).await;
+    r.expect(StatusCode::NO_CONTENT);
+    assert_eq!(app.message_status(&wh, &ids[1]).await, "committed");
+    app.commit_ok(&wh, &next).await;
+    app.dequeue_none(&wh).await;
+}
+
+/// The lock reaper's standard-mode branch: each expired message lock is released as a
+/// failed attempt (queued again, or dead at its last one); live locks are left alone.
+#[tokio::test]
+async fn the_lock_reaper_releases_expired_standard_locks() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({"mode": "standard", "maxRetries": 2})).await;
+    let ids = app.ingest_many(&wh, 3).await;
+    let held = dequeue_list(&app, &wh, "maxMessages=3").await;
+    assert_eq!(held.len(), 3);
+    // seq 1 at its last attempt, seqs 1 and 2 expired, seq 3 still held.
+    let setup = format!(
+        "UPDATE messages SET retry_count = CASE seq WHEN 1 THEN 1 ELSE retry_count END,
+                             lock_expires_at = now() - interval '1 second'
+         WHERE webhook_id = '{}' AND seq IN (1, 2)",
+        crate::helpers::uuid_of(&wh)
+    );
+    assert_eq!(app.sql(&setup).await.rows_affected(), 2);
+    assert_eq!(hookline::jobs::LockReaper::new(app.pool.clone()).run_once().await.unwrap(), 2);
+
+    let m = app.message(&wh, &ids[0]).await;
+    assert_eq!((m.str("status").as_str(), m.i64("retryCount")), ("dead", 2), "{}", m.body);
+    let m = app.message(&wh, &ids[1]).await;
+    assert_eq!((m.str("status").as_str(), m.i64("retryCount")), ("queued", 1), "{}", m.body);
+    assert_eq!(m.str("lastError"), "lock expired");
+    assert_eq!(app.message_status(&wh, &ids[2]).await, "locked");
+    app.commit(&wh, &held[1].id, Some(&held[1].lock_token)).await.expect_error(StatusCode::CONFLICT, "conflict");
+    app.commit_ok(&wh, &held[2]).await;
+    let again = dequeue_list(&app, &wh, "maxMessages=10").await;
+    assert_eq!(again.iter().map(|d| (d.id.as_str(), d.retry_count)).collect::<Vec<_>>(), [(ids[1].as_str(), 1)]);
+}
