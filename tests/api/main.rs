@@ -26,6 +26,7 @@ mod priorities;
 mod publish;
 mod redrive;
 mod session;
+mod shutdown;
 mod signatures;
 mod smoke;
 mod standard_mode;
