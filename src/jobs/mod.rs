@@ -21,7 +21,7 @@ pub use webhook_sweeper::WebhookSweeper;
 use crate::store::{self, StoreResult};
 
 /// Advisory lock keys, one per job (arbitrary constants, "hl" + job number).
-const REAPER_LOCK: i64 = 0x686c_0001;
+pub const REAPER_LOCK: i64 = 0x686c_0001;
 const PURGER_LOCK: i64 = 0x686c_0002;
 const FOLDER_LOCK: i64 = 0x686c_0003;
 const SWEEPER_LOCK: i64 = 0x686c_0004;

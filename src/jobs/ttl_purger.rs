@@ -16,7 +16,7 @@ impl TtlPurger {
         Self(Batched { pool, lock_key: super::PURGER_LOCK, size: 5000 })
     }
 
-    /// Rows deleted per transaction.
+    /// Candidate rows looked at per transaction.
     pub fn with_batch(self, size: i32) -> Self {
         Self(Batched { size, ..self.0 })
     }
@@ -32,16 +32,15 @@ impl TtlPurger {
         Ok(purged)
     }
 
-    /// Batch after batch, looking past the webhooks found busy (their row held by another
-    /// transaction) so they cannot fill every batch; the next run takes them.
+    /// Batch after batch, each from where the last one ended and looking past the webhooks
+    /// found busy, so those cannot fill every batch; the next run takes them.
     async fn purge_messages(&self) -> StoreResult<u64> {
-        let (mut purged, mut busy) = (0, Vec::new());
+        let (mut purged, mut cursor) = (0, messages::PurgeCursor::default());
         loop {
             let Some(mut tx) = self.0.begin().await? else { return Ok(purged) };
-            let batch = messages::purge_expired(&mut *tx, self.0.size, &busy).await?;
+            let batch = messages::purge_expired(&mut *tx, self.0.size, &mut cursor).await?;
             store::commit(tx).await?;
             purged += batch.purged;
-            busy.extend(batch.busy);
             if batch.candidates < self.0.size as u64 {
                 return Ok(purged);
             }

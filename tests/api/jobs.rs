@@ -200,6 +200,21 @@ async fn a_busy_webhook_does_not_stall_the_ttl_purge_of_the_others() {
     let left: BTreeSet<_> = (1..=3).map(|seq| (ub.clone(), seq)).collect();
     assert_eq!(remaining(&app).await, left);
 
+    // Its row free, but its oldest expired message row held (as a standard-mode commit
+    // holds it): the run marks the webhook busy and ends instead of retrying that row.
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    let spread = format!(
+        "UPDATE messages SET expires_at = now() - seq * interval '1 hour' WHERE webhook_id = '{}'",
+        uuid_of(&busy)
+    );
+    assert_eq!(app.sql(&spread).await.rows_affected(), 3);
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    let hold = format!("SELECT 1 FROM messages WHERE webhook_id = '{}' AND seq = 3 FOR UPDATE", uuid_of(&busy));
+    sqlx::query(&hold).execute(&mut holder).await.unwrap();
+    let one_by_one = TtlPurger::new(app.pool.clone()).with_batch(1);
+    let run = tokio::time::timeout(Duration::from_secs(30), one_by_one.run_once()).await;
+    assert_eq!(run.expect("the run ends").unwrap(), 0);
+
     // Once it is free, the next run takes them.
     sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
     assert_eq!(purger.run_once().await.unwrap(), 3);
@@ -227,9 +242,9 @@ async fn a_message_expires_after_its_webhooks_ttl() {
     assert_eq!(ttl, ["3 days", "30 days"]);
 }
 
-/// Two replicas run the lock reaper at once on one database: the job's advisory lock makes
-/// one of them do each batch, so every expired lock is released once (one attempt counted,
-/// not two); and while another replica holds the lock, a run does nothing.
+/// Two replicas on one database: while one holds a job's advisory lock, the other's run does
+/// nothing; run at once, every expired lock is released once (one attempt counted, not
+/// two), by the advisory lock and the row locks of the reaper's SQL together.
 #[tokio::test]
 async fn two_replicas_running_a_job_at_once_do_its_work_once() {
     let first = spawn_app().await;
@@ -248,7 +263,11 @@ async fn two_replicas_running_a_job_at_once_do_its_work_once() {
     // While a replica holds the reaper's lock, the other's run does nothing.
     let mut holder = sqlx::PgConnection::connect(&first.db_url).await.unwrap();
     sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(x'686c0001'::int8)").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(hookline::jobs::REAPER_LOCK)
+        .execute(&mut holder)
+        .await
+        .unwrap();
     assert_eq!(LockReaper::new(second.pool.clone()).run_once().await.unwrap(), 0);
     sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
 

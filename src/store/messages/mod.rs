@@ -19,7 +19,7 @@ use crate::domain::{
 pub use dequeue::{dequeue, next_due};
 pub use find::{find, MessageInfo};
 pub use ingest::{insert_many, seen_signature, stored};
-pub use purge::{purge, purge_expired, purge_idempotency_keys, purge_seen_signatures, ExpiredBatch};
+pub use purge::{purge, purge_expired, purge_idempotency_keys, purge_seen_signatures, ExpiredBatch, PurgeCursor};
 pub use transitions::{bury, commit, commit_many, commit_next, error, extend, release, ErrorOutcome};
 
 /// A message ready to insert: its id chosen and its payload sealed by the caller.

@@ -1,6 +1,7 @@
 //! Deleting live messages on request, and expired messages and idempotency keys for the
 //! TTL purger; each call is one bounded batch or a loop of them.
 
+use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 
 use crate::domain::{ProjectId, WebhookId};
@@ -28,34 +29,40 @@ pub async fn purge(db: &mut PgConnection, project: ProjectId, webhook: &WebhookI
     Ok(purged)
 }
 
-/// One batch of the TTL purge.
+/// Where a run of the TTL purge has got to: everything expired before `from` is purged or
+/// belongs to a `busy` webhook (its row, or a message row, held by another transaction:
+/// looked past for the rest of the run, so it cannot fill every batch).
 #[derive(Debug, Default)]
+pub struct PurgeCursor {
+    pub from: Option<DateTime<Utc>>,
+    pub busy: Vec<WebhookId>,
+}
+
+/// One batch of the TTL purge.
+#[derive(Debug)]
 pub struct ExpiredBatch {
     pub purged: u64,
     /// Candidates looked at: fewer than the limit means there are no more.
     pub candidates: u64,
-    /// Webhooks whose row another transaction held: their messages wait for the next run.
-    pub busy: Vec<WebhookId>,
 }
 
-/// Up to `limit` messages past their TTL, in any state, of webhooks not in `skip` (busy
-/// earlier in this run: looking at them again would fill every batch with them).
-pub async fn purge_expired(db: impl PgExecutor<'_>, limit: i32, skip: &[WebhookId]) -> StoreResult<ExpiredBatch> {
-    let skip: Vec<uuid::Uuid> = skip.iter().map(|w| *w.as_uuid()).collect();
+/// Up to `limit` messages past their TTL, in any state, from where `cursor` points;
+/// moves the cursor on.
+pub async fn purge_expired(db: impl PgExecutor<'_>, limit: i32, cursor: &mut PurgeCursor) -> StoreResult<ExpiredBatch> {
+    let skip: Vec<uuid::Uuid> = cursor.busy.iter().map(|w| *w.as_uuid()).collect();
     let row = sqlx::query!(
-        r#"SELECT purged AS "purged!", candidates AS "candidates!", busy AS "busy!"
-           FROM hookline_purge_expired_skipping($1, $2)"#,
+        r#"SELECT purged AS "purged!", candidates AS "candidates!", busy AS "busy!", reached
+           FROM hookline_purge_expired_skipping($1, $2, $3)"#,
         limit,
-        &skip
+        &skip,
+        cursor.from
     )
     .fetch_one(db)
     .await
     .context("purging expired messages")?;
-    Ok(ExpiredBatch {
-        purged: row.purged as u64,
-        candidates: row.candidates as u64,
-        busy: row.busy.into_iter().map(WebhookId::from_uuid).collect(),
-    })
+    cursor.from = row.reached;
+    cursor.busy.extend(row.busy.into_iter().map(WebhookId::from_uuid));
+    Ok(ExpiredBatch { purged: row.purged as u64, candidates: row.candidates as u64 })
 }
 
 /// Up to `limit` idempotency keys past their 24 hours; returns how many.
