@@ -70,25 +70,28 @@ pub async fn get(db: impl PgExecutor<'_>, project: ProjectId, webhook: &WebhookI
     row.ok_or(StoreError::NotFound("webhook"))
 }
 
-/// Folds the count rows of up to about `limit` webhooks that have something to fold (rows
-/// newer than their last fold, or minute buckets past the hour): each one's rows older than
-/// two minutes become minute buckets for the last hour and one base row before that. Sums
-/// are unchanged, so running it twice, or concurrently with writers, is harmless. Idle
-/// webhooks cost nothing. Returns how many candidate rows it found (`limit` or more:
-/// there may be more to fold).
+/// Folds up to `limit` candidate rows of each kind (rows newer than their webhook's last
+/// fold and older than two minutes, and minute buckets past the hour), oldest first, with
+/// the folded rows (at most an hour of minute buckets and the base) of their webhooks:
+/// into minute buckets for the last hour and one base row before that. Sums are unchanged,
+/// so running it twice, or concurrently with writers, is harmless; idle webhooks cost
+/// nothing. Returns how many candidate rows it found (`limit` or more: there may be more).
 pub async fn fold_counts(db: impl PgExecutor<'_>, limit: i32) -> StoreResult<u64> {
     let found = sqlx::query_scalar!(
         r#"WITH candidates AS (
-             (SELECT webhook_id FROM webhook_counts
+             (SELECT ctid AS row_id, webhook_id FROM webhook_counts
               WHERE NOT folded AND at > '-infinity' AND at < now() - interval '2 minutes'
               ORDER BY folded, at LIMIT $1)
              UNION ALL
-             (SELECT webhook_id FROM webhook_counts
+             (SELECT ctid, webhook_id FROM webhook_counts
               WHERE folded AND at > '-infinity' AND at < now() - interval '1 hour'
               ORDER BY folded, at LIMIT $1)
          ), old AS (
+             -- A base row written by the previous release reads as not folded: taken too.
              DELETE FROM webhook_counts
-             WHERE webhook_id IN (SELECT webhook_id FROM candidates) AND at < now() - interval '2 minutes'
+             WHERE ctid = ANY (ARRAY(SELECT row_id FROM candidates))
+                OR (webhook_id IN (SELECT webhook_id FROM candidates) AND (folded OR at = '-infinity')
+                    AND at < now() - interval '2 minutes')
              RETURNING *
          ), merged AS (
              INSERT INTO webhook_counts (webhook_id, at, live, dead, committed, ingested, delivered, folded)

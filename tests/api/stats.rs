@@ -257,6 +257,16 @@ async fn folding_count_rows_keeps_every_total_and_window() {
             .unwrap()
         }
     };
+    // Rows as the previous release's folder left them (never marked folded): a base row and
+    // a minute bucket.
+    let legacy = app
+        .sql(&format!(
+            "INSERT INTO webhook_counts (webhook_id, at, committed, delivered) VALUES
+               ('{b}', '-infinity', 5, 0), ('{b}', date_trunc('minute', now() - interval '10 minutes'), 0, 1)",
+            b = uuid_of(&b)
+        ))
+        .await;
+    assert_eq!(legacy.rows_affected(), 2);
     let mut before = Vec::new();
     for wh in [&a, &b, &recent] {
         before.push(totals(&stats(&app, wh).await));
@@ -264,8 +274,9 @@ async fn folding_count_rows_keeps_every_total_and_window() {
     assert_eq!(before[0], (c(4, 0, 0, 0, 2), (2, 4, 2, 2)));
     let recent_rows = rows_of(&recent).await;
 
-    // One candidate row per batch: the folder goes on until none is left (a, b, then none).
-    assert_eq!(folder.run_once().await.unwrap(), 2);
+    // One candidate row per batch: the folder goes on until none is left (a's four old
+    // rows, b's four and its legacy bucket; a base row is never a candidate itself).
+    assert_eq!(folder.run_once().await.unwrap(), 9);
     for (wh, before) in [&a, &b, &recent].into_iter().zip(&before) {
         assert_eq!(&totals(&stats(&app, wh).await), before);
     }
@@ -273,9 +284,23 @@ async fn folding_count_rows_keeps_every_total_and_window() {
     let folded: Vec<_> = rows_of(&a).await.into_iter().filter(|(folded, _, _)| *folded).collect();
     assert_eq!(folded, [(true, true, 0), (true, false, 2)]);
     assert_eq!(rows_of(&recent).await, recent_rows, "nothing of it is two minutes old");
+    let bases = |wh: &str| {
+        let (pool, id) = (app.pool.clone(), uuid_of(wh));
+        async move {
+            sqlx::query_scalar::<_, String>(&format!(
+                "SELECT xmin::text FROM webhook_counts WHERE webhook_id = '{id}' AND at = '-infinity'"
+            ))
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(bases(&b).await.len(), 1, "the previous release's base row was merged into the new one");
 
     // Nothing new: nothing to do, no base row rewritten.
+    let written = bases(&a).await;
     assert_eq!(folder.run_once().await.unwrap(), 0);
+    assert_eq!(bases(&a).await, written);
     // a's bucket ages past the hour: folded into the base, totals unchanged.
     let aged = app
         .sql(&format!(
