@@ -76,7 +76,7 @@ pub enum AuthError {
     #[error("missing or invalid API key")]
     InvalidKey,
     /// The argon2 queue is full, or this key's prefix has used its argon2 budget.
-    #[error("too many API keys are being verified at once")]
+    #[error("too many API key verifications at once")]
     Busy,
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -100,7 +100,7 @@ pub struct KeyVerifier {
     cache: quick_cache::sync::Cache<[u8; 32], Verified>,
     /// Prefixes looked up and not found, and when.
     unknown: quick_cache::sync::Cache<String, Instant>,
-    /// Argon2 runs per known prefix.
+    /// Verifications (lookup and argon2) per prefix.
     per_prefix: quick_cache::sync::Cache<String, Arc<DefaultDirectRateLimiter>>,
     /// Bumped when revocations may have been missed: older entries are re-checked by lookup.
     generation: AtomicU64,
@@ -180,14 +180,15 @@ impl KeyVerifier {
         let generation = self.generation.load(Ordering::Acquire);
         // Prefixes are public (listed, shown in logs): telling an unknown one apart costs
         // nothing secret, and spares argon2 for keys that could be real.
+        // Spent before the lookup too, so throttled guesses cost no query either.
+        if self.prefix_budget(prefix).check().is_err() {
+            return Err(AuthError::Busy);
+        }
         let Some(stored) = store::keys::find_live(&self.pool, prefix).await? else {
             self.remember_unknown(prefix);
             return Err(AuthError::InvalidKey);
         };
         let (presented, hash) = (presented.to_owned(), stored.hash.clone());
-        if self.prefix_budget(prefix).check().is_err() {
-            return Err(AuthError::Busy);
-        }
         let permit = {
             // Counted while waiting, and uncounted however the wait ends (a request dropped
             // mid-wait too), so the queue's bound never leaks.

@@ -55,7 +55,7 @@ pub enum ApiError {
          position; retry (another replica may have the key), or add the key to HOOKLINE_ENCRYPTION_OLD_KEYS"
     )]
     KeyUnavailable { message: MessageId, key_id: i32 },
-    #[error("too many API keys are being verified at once; retry in a moment")]
+    #[error("too many API key verifications at once (all, or with this key's prefix); retry in a moment")]
     Overloaded,
     #[error("this webhook's rows are locked by another operation; nothing was stored, retry in a moment")]
     Busy,

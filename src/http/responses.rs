@@ -15,7 +15,10 @@ pub enum KeyErrors {
     Forbidden(ErrorBody),
     #[response(status = 429, description = "Rate limited: see Retry-After and RateLimit-*")]
     RateLimited(ErrorBody),
-    #[response(status = 503, description = "overloaded: too many API keys being verified at once; see Retry-After")]
+    #[response(
+        status = 503,
+        description = "overloaded: too many API key verifications at once (all, or with this key's prefix); see Retry-After"
+    )]
     Overloaded(ErrorBody),
 }
 
@@ -33,7 +36,7 @@ pub enum WebhookErrors {
     RateLimited(ErrorBody),
     #[response(
         status = 503,
-        description = "overloaded: too many API keys being verified at once. busy (publishing): another operation holds the webhook's rows past the lock timeout, nothing was stored. See Retry-After"
+        description = "overloaded: too many API key verifications at once (all, or with this key's prefix). busy (publishing): another operation holds the webhook's rows past the lock timeout, nothing was stored. See Retry-After"
     )]
     Overloaded(ErrorBody),
 }
