@@ -3,6 +3,7 @@
 //! that webhook, in memory. No polling: a waiter sleeps until a wake-up or its deadline.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::Notify;
@@ -16,42 +17,68 @@ pub const CHANNEL: &str = "hookline_queue";
 #[derive(Default)]
 pub struct Wakeups {
     /// Weak: an entry lives while some request waits on it.
-    waiters: Mutex<HashMap<WebhookId, Weak<Notify>>>,
+    waiters: Mutex<HashMap<WebhookId, Weak<Waiters>>>,
+}
+
+/// The requests waiting on one webhook.
+#[derive(Default)]
+pub struct Waiters {
+    pub notify: Notify,
+    /// How many of them are asleep now (past their check of the queue).
+    asleep: AtomicUsize,
+}
+
+impl Waiters {
+    /// Counts the caller as asleep until the guard is dropped.
+    pub fn asleep(&self) -> Asleep<'_> {
+        self.asleep.fetch_add(1, Ordering::AcqRel);
+        Asleep(&self.asleep)
+    }
+}
+
+/// One request asleep on a webhook's wake-ups; uncounted when dropped.
+pub struct Asleep<'a>(&'a AtomicUsize);
+
+impl Drop for Asleep<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Wakeups {
     /// The notifier for `webhook`. Create the `notified()` future and `enable()` it before
     /// checking the queue, so a wake-up between the check and the wait is not lost.
-    pub fn subscribe(&self, webhook: WebhookId) -> Arc<Notify> {
+    pub fn subscribe(&self, webhook: WebhookId) -> Arc<Waiters> {
         let mut waiters = self.waiters.lock().expect("wakeups poisoned");
-        if let Some(notify) = waiters.get(&webhook).and_then(Weak::upgrade) {
-            return notify;
+        if let Some(existing) = waiters.get(&webhook).and_then(Weak::upgrade) {
+            return existing;
         }
         waiters.retain(|_, w| w.strong_count() > 0);
-        let notify = Arc::new(Notify::new());
-        waiters.insert(webhook, Arc::downgrade(&notify));
-        notify
+        let fresh = Arc::new(Waiters::default());
+        waiters.insert(webhook, Arc::downgrade(&fresh));
+        fresh
     }
 
-    /// How many requests wait on `webhook` now (each holds its notifier). Once one is
-    /// counted, a wake-up for it is not lost.
-    pub fn waiting(&self, webhook: &WebhookId) -> usize {
-        self.waiters.lock().expect("wakeups poisoned").get(webhook).map_or(0, Weak::strong_count)
+    /// How many requests are asleep on `webhook` now: each found nothing to deliver and
+    /// waits for a wake-up (tests wake them only then).
+    pub fn asleep(&self, webhook: &WebhookId) -> usize {
+        let waiters = self.waiters.lock().expect("wakeups poisoned").get(webhook).and_then(Weak::upgrade);
+        waiters.map_or(0, |w| w.asleep.load(Ordering::Acquire))
     }
 
     fn wake(&self, webhook: &WebhookId) {
-        let notify = self.waiters.lock().expect("wakeups poisoned").get(webhook).and_then(Weak::upgrade);
-        if let Some(notify) = notify {
-            notify.notify_waiters();
+        let waiters = self.waiters.lock().expect("wakeups poisoned").get(webhook).and_then(Weak::upgrade);
+        if let Some(waiters) = waiters {
+            waiters.notify.notify_waiters();
         }
     }
 
     /// Everyone re-checks: used when notifications may have been missed.
     fn wake_all(&self) {
-        let all: Vec<Arc<Notify>> =
+        let all: Vec<Arc<Waiters>> =
             self.waiters.lock().expect("wakeups poisoned").values().filter_map(Weak::upgrade).collect();
-        for notify in all {
-            notify.notify_waiters();
+        for waiters in all {
+            waiters.notify.notify_waiters();
         }
     }
 }

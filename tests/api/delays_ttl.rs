@@ -36,7 +36,8 @@ async fn a_delayed_message_is_held_back_until_its_time_in_both_modes() {
     let standard = app.create_webhook(json!({"mode": "standard"})).await;
     let mut ids = Vec::new();
     for wh in [&fifo, &standard] {
-        let (id, _) = app.publish_ok(wh, json!({"payload": {"late": true}, "delaySeconds": 1})).await;
+        // Two seconds: the checks below that it is held back have that long to run.
+        let (id, _) = app.publish_ok(wh, json!({"payload": {"late": true}, "delaySeconds": 2})).await;
         ids.push(id);
     }
     // Timed from after the publishes: each is due within a second of its own answer.
@@ -47,7 +48,7 @@ async fn a_delayed_message_is_held_back_until_its_time_in_both_modes() {
         assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     }
 
-    tokio::time::sleep((published + Duration::from_millis(1300)).saturating_duration_since(Instant::now())).await;
+    tokio::time::sleep((published + Duration::from_millis(2300)).saturating_duration_since(Instant::now())).await;
 
     for (wh, id) in [&fifo, &standard].into_iter().zip(&ids) {
         let d = app.dequeue_ok(wh).await;

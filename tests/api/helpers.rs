@@ -419,18 +419,18 @@ impl TestApp {
         self.api(reqwest::Method::DELETE, &format!("/api/webhooks/{webhook}/errors/{message}"), None).await
     }
 
-    /// Runs SQL against this test's database (for tampering and inspection).
-    /// Returns once `n` long-poll requests wait on `webhook` (so a wake-up sent now reaches
-    /// them); panics after 10 s.
+    /// Returns once `n` long-poll requests are asleep on `webhook` (they checked the queue,
+    /// found nothing and wait for a wake-up); panics after 10 s.
     pub async fn until_waiting(&self, webhook: &str, n: usize) {
         let id: hookline::domain::WebhookId = webhook.parse().expect("a webhook id");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while self.wakeups.waiting(&id) < n {
+        while self.wakeups.asleep(&id) < n {
             assert!(std::time::Instant::now() < deadline, "{n} long-polls never waited on {webhook}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
+    /// Runs SQL against this test's database (for tampering and inspection).
     pub async fn sql(&self, statement: &str) -> sqlx::postgres::PgQueryResult {
         sqlx::query(statement).execute(&self.pool).await.unwrap()
     }

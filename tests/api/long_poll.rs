@@ -80,12 +80,14 @@ async fn a_commit_wakes_the_consumer_waiting_behind_the_head() {
     assert_eq!(r.str("id"), second);
 }
 
-/// A head whose lock expires is deliverable again: the lock reaper releases it and the
-/// consumer waiting behind it gets it, with the failed attempt counted.
+/// A head whose lock expires is deliverable again: the lock reaper releases it, wakes the
+/// consumer waiting behind it, and it gets the head, with the failed attempt counted.
 #[tokio::test]
 async fn a_lock_expiring_wakes_the_consumer_waiting_behind_it() {
     let app = spawn_app().await;
-    let wh = app.create_webhook(json!({"lockTimeoutSeconds": 1})).await;
+    // A minute's lock, expired by hand: the waiter's own timer would not fire for a
+    // minute, so only the reaper's wake-up can answer it within its 15 s wait.
+    let wh = app.create_webhook(json!({"lockTimeoutSeconds": 60})).await;
     let (head, _) = app.ingest_ok(&wh, "1").await;
     app.ingest_ok(&wh, "2").await;
     let first = app.dequeue(&wh).await;
@@ -105,8 +107,10 @@ async fn a_lock_expiring_wakes_the_consumer_waiting_behind_it() {
     assert_eq!(expired.rows_affected(), 1);
     assert_eq!(hookline::jobs::LockReaper::new(app.pool.clone()).run_once().await.unwrap(), 1);
 
-    let (r, _) = waiting.await.unwrap();
+    let released = Instant::now();
+    let (r, answered) = waiting.await.unwrap();
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(answered - released < Duration::from_secs(10), "answered {:?} after the release", answered - released);
     assert_eq!(r.str("id"), head, "the same head, at its position");
     assert_eq!(r.i64("retryCount"), 1);
 }

@@ -154,9 +154,8 @@ async fn limits_are_per_webhook_and_per_operation() {
     let (a, b) = (app.create_webhook(json!({})).await, app.create_webhook(json!({})).await);
     // A concurrent burst, so the limit is checked within far less than the 100 ms a new
     // token takes however slow the disk is.
-    let burst = futures_util::future::join_all((0..20).map(|_| app.ingest(&a, "{}"))).await;
-    let refused = burst.iter().filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS).count();
-    assert!((9..=10).contains(&refused), "{refused} of 20 refused");
+    let (passed, most) = burst(10, (0..20).map(|_| app.ingest(&a, "{}"))).await;
+    assert!((10..=most).contains(&passed), "{passed} of 20 passed, at most {most}");
     app.ingest_ok(&b, "{}").await;
 
     // Dequeue on free: 5 per second per webhook; the head is locked, so each answers 204.

@@ -10,7 +10,19 @@ use serde_json::json;
 
 use crate::helpers::spawn_app;
 
-/// Writes `request` and reads one HTTP/1.1 response's status line.
+/// The broker process, killed if the test fails before it exits by itself.
+struct Broker(std::process::Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 response's status line.
 fn status_line(stream: &mut TcpStream) -> String {
     let mut answer = Vec::new();
     let mut byte = [0u8; 1];
@@ -26,17 +38,20 @@ async fn sigterm_finishes_the_request_in_flight_then_exits() {
     let app = spawn_app().await;
     let wh = app.create_webhook(json!({})).await;
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut broker = Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .arg("serve")
-        .env("DATABASE_URL", &app.db_url)
-        .env("HOOKLINE_ENCRYPTION_KEY", &app.encryption_key)
-        .env("HOOKLINE_BIND", format!("127.0.0.1:{port}"))
-        .env("HOOKLINE_RUN_JOBS", "false")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (wh_path, pid) = (format!("/ingest/{wh}"), broker.id().to_string());
+    // A port free a moment ago: another process taking it in between fails the test, loudly.
+    let mut broker = Broker(
+        Command::new(env!("CARGO_BIN_EXE_hookline"))
+            .arg("serve")
+            .env("DATABASE_URL", &app.db_url)
+            .env("HOOKLINE_ENCRYPTION_KEY", &app.encryption_key)
+            .env("HOOKLINE_BIND", format!("127.0.0.1:{port}"))
+            .env("HOOKLINE_RUN_JOBS", "false")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (wh_path, pid) = (format!("/ingest/{wh}"), broker.0.id().to_string());
     let outcome = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut stream = loop {
@@ -79,13 +94,10 @@ async fn sigterm_finishes_the_request_in_flight_then_exits() {
     let exit = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(status) = broker.try_wait().unwrap() {
+            if let Some(status) = broker.0.try_wait().unwrap() {
                 return status;
             }
-            if Instant::now() > deadline {
-                let _ = broker.kill();
-                panic!("the broker did not exit 30 s after SIGTERM");
-            }
+            assert!(Instant::now() < deadline, "the broker did not exit 30 s after SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
         }
     })

@@ -78,7 +78,7 @@ impl DequeueQuery {
               (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
               (status = 429, body = ErrorBody, description = "Rate limited: see Retry-After and RateLimit-*"),
               (status = 500, body = ErrorBody, description = "payload_unreadable: the message was dead-lettered"),
-              (status = 503, body = ErrorBody, description = "key_unavailable: the head is sealed with a key this broker lacks; it stays queued at its position. overloaded: too many API keys being verified at once. See Retry-After")))]
+              (status = 503, body = ErrorBody, description = "key_unavailable: the head is sealed with a key this broker lacks; it stays queued at its position. overloaded: too many API key verifications at once (all, or with this key's prefix). See Retry-After")))]
 #[tracing::instrument(skip_all, fields(webhook_id = %req.webhook))]
 pub async fn dequeue(
     req: WebhookRequest<Dequeue>,
@@ -103,7 +103,7 @@ pub async fn dequeue(
     let wakeup = state.wakeups.subscribe(webhook);
     loop {
         // Armed before the check: a wake-up that lands between the check and the wait counts.
-        let woken = wakeup.notified();
+        let woken = wakeup.notify.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
         let locked = store::dequeue(&state.pool, req.project(), &webhook, max.unwrap_or_default(), visibility).await?;
@@ -125,7 +125,10 @@ pub async fn dequeue(
             tokio::time::Instant::now() + from_now
         });
         let until = due.map_or(deadline, |due| due.min(deadline));
-        if tokio::time::timeout_at(until, woken).await.is_err() && until == deadline {
+        let asleep = wakeup.asleep();
+        let slept = tokio::time::timeout_at(until, woken).await;
+        drop(asleep);
+        if slept.is_err() && until == deadline {
             return Ok(HttpResponse::NoContent().finish());
         }
     }
