@@ -553,10 +553,10 @@ $$;
 CREATE FUNCTION public.hookline_purge_expired(p_limit integer) RETURNS integer
     LANGUAGE sql
     AS $$
-    SELECT purged FROM hookline_purge_expired_skipping(p_limit, '{}', NULL)
+    SELECT purged FROM hookline_purge_expired_skipping(p_limit, '{}', NULL, NULL)
 $$;
 
-CREATE FUNCTION public.hookline_purge_expired_skipping(p_limit integer, p_skip uuid[], p_from timestamp with time zone, OUT purged integer, OUT candidates integer, OUT busy uuid[], OUT reached timestamp with time zone) RETURNS record
+CREATE FUNCTION public.hookline_purge_expired_skipping(p_limit integer, p_skip uuid[], p_from timestamp with time zone, p_only uuid, OUT purged integer, OUT candidates integer, OUT busy uuid[], OUT reached timestamp with time zone) RETURNS record
     LANGUAGE plpgsql
     AS $$
 DECLARE
@@ -571,12 +571,21 @@ BEGIN
     SELECT coalesce(array_agg(webhook_id), '{}'), coalesce(array_agg(seq), '{}'), max(expires_at)
     INTO cand_webhooks, cand_seqs, reached
     FROM (SELECT webhook_id, seq, expires_at FROM messages
-          WHERE expires_at <= now() AND expires_at >= coalesce(p_from, '-infinity') AND webhook_id <> ALL (p_skip)
+          WHERE expires_at <= now() AND expires_at >= coalesce(p_from, '-infinity')
+            AND (webhook_id = p_only OR (p_only IS NULL AND webhook_id <> ALL (p_skip)))
           ORDER BY expires_at LIMIT p_limit) c;
     candidates := cardinality(cand_seqs);
     reached := coalesce(reached, p_from);
-    SELECT coalesce(array_agg(id), '{}') INTO free
-    FROM (SELECT id FROM webhooks WHERE id = ANY (cand_webhooks) ORDER BY id FOR NO KEY UPDATE SKIP LOCKED) w;
+    IF p_only IS NULL THEN
+        SELECT coalesce(array_agg(id), '{}') INTO free
+        FROM (SELECT id FROM webhooks WHERE id = ANY (cand_webhooks) ORDER BY id FOR NO KEY UPDATE SKIP LOCKED) w;
+    ELSE
+        -- One webhook found busy earlier: wait a moment for its row (a webhook its consumers
+        -- lock many times a second is rarely free the instant a batch passes).
+        PERFORM set_config('lock_timeout', '1s', true);
+        SELECT coalesce(array_agg(id), '{}') INTO free
+        FROM (SELECT id FROM webhooks WHERE id = p_only AND id = ANY (cand_webhooks) FOR NO KEY UPDATE) w;
+    END IF;
     -- A deleted webhook's rows need no webhook lock (nothing can lock them any more).
     free := free || ARRAY(SELECT DISTINCT d.id FROM unnest(cand_webhooks) AS d(id)
                           WHERE NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.id));

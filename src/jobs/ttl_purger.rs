@@ -6,10 +6,13 @@ use futures_util::FutureExt as _;
 use sqlx::PgPool;
 
 use super::Batched;
-use crate::store::{self, accounts, messages, StoreResult};
+use crate::store::{self, accounts, messages, StoreError, StoreResult};
 
 #[derive(Clone)]
 pub struct TtlPurger(Batched);
+
+/// Busy webhooks taken once more at the end of a run.
+const BUSY_RETRIED: usize = 100;
 
 impl TtlPurger {
     pub fn new(pool: PgPool) -> Self {
@@ -33,17 +36,40 @@ impl TtlPurger {
     }
 
     /// Batch after batch, each from where the last one ended and looking past the webhooks
-    /// found busy, so those cannot fill every batch; the next run takes them.
+    /// found busy, so those cannot fill every batch; then each busy one alone, waiting a
+    /// moment for its row.
     async fn purge_messages(&self) -> StoreResult<u64> {
+        let size = self.0.size;
         let (mut purged, mut cursor) = (0, messages::PurgeCursor::default());
         loop {
             let Some(mut tx) = self.0.begin().await? else { return Ok(purged) };
-            let batch = messages::purge_expired(&mut *tx, self.0.size, &mut cursor).await?;
+            let batch = messages::purge_expired(&mut *tx, size, &mut cursor).await?;
             store::commit(tx).await?;
             purged += batch.purged;
-            if batch.candidates < self.0.size as u64 {
-                return Ok(purged);
+            if batch.candidates < size as u64 {
+                break;
             }
         }
+        // At most a second's wait each, for a bounded number of them; the rest wait for
+        // the next run.
+        for webhook in cursor.busy.into_iter().take(BUSY_RETRIED) {
+            let mut alone = messages::PurgeCursor { only: Some(webhook), ..Default::default() };
+            loop {
+                let Some(mut tx) = self.0.begin().await? else { return Ok(purged) };
+                let batch = match messages::purge_expired(&mut *tx, size, &mut alone).await {
+                    Ok(batch) => batch,
+                    // Still held: the next run takes it (the transaction rolls back).
+                    Err(StoreError::Busy) => break,
+                    Err(e) => return Err(e),
+                };
+                store::commit(tx).await?;
+                purged += batch.purged;
+                // Nothing purged: its message rows are held; the next run takes them.
+                if batch.candidates < size as u64 || batch.purged == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(purged)
     }
 }

@@ -221,6 +221,42 @@ async fn a_busy_webhook_does_not_stall_the_ttl_purge_of_the_others() {
     assert!(remaining(&app).await.is_empty());
 }
 
+/// A webhook held at the instant its batch passed is taken once more at the end of the run,
+/// waiting a moment for its row: one whose consumers lock it many times a second is purged.
+#[tokio::test]
+async fn a_webhook_busy_during_the_run_is_purged_once_its_row_is_free() {
+    let app = spawn_app().await;
+    let hot = app.create_webhook(json!({})).await;
+    app.ingest_many(&hot, 3).await;
+    expire(&app, &hot, &[1, 2, 3]).await;
+    let mut holder = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    let hold = format!("SELECT 1 FROM webhooks WHERE id = '{}' FOR NO KEY UPDATE", uuid_of(&hot));
+    sqlx::query(&hold).execute(&mut holder).await.unwrap();
+
+    let purger = TtlPurger::new(app.pool.clone());
+    let run = tokio::spawn(async move { purger.run_once().await });
+    // The main pass skips it; the final pass waits for its row: release it then.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND query LIKE '%hookline_purge_expired_skipping%'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the purger never waited for the webhook's row");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    assert_eq!(run.await.unwrap().unwrap(), 3);
+    assert!(remaining(&app).await.is_empty());
+}
+
 #[tokio::test]
 async fn an_expired_message_is_not_delivered_even_before_the_purge() {
     let app = spawn_app().await;

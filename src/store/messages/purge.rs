@@ -31,11 +31,14 @@ pub async fn purge(db: &mut PgConnection, project: ProjectId, webhook: &WebhookI
 
 /// Where a run of the TTL purge has got to: everything expired before `from` is purged or
 /// belongs to a `busy` webhook (its row, or a message row, held by another transaction:
-/// looked past for the rest of the run, so it cannot fill every batch).
+/// looked past for the rest of the run, so it cannot fill every batch). With `only`, the
+/// batches take that webhook's messages alone, waiting up to a second for its row (then
+/// `StoreError::Busy`).
 #[derive(Debug, Default)]
 pub struct PurgeCursor {
     pub from: Option<DateTime<Utc>>,
     pub busy: Vec<WebhookId>,
+    pub only: Option<WebhookId>,
 }
 
 /// One batch of the TTL purge.
@@ -52,10 +55,11 @@ pub async fn purge_expired(db: impl PgExecutor<'_>, limit: i32, cursor: &mut Pur
     let skip: Vec<uuid::Uuid> = cursor.busy.iter().map(|w| *w.as_uuid()).collect();
     let row = sqlx::query!(
         r#"SELECT purged AS "purged!", candidates AS "candidates!", busy AS "busy!", reached
-           FROM hookline_purge_expired_skipping($1, $2, $3)"#,
+           FROM hookline_purge_expired_skipping($1, $2, $3, $4)"#,
         limit,
         &skip,
-        cursor.from
+        cursor.from,
+        cursor.only.as_ref().map(WebhookId::as_uuid)
     )
     .fetch_one(db)
     .await
