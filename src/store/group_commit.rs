@@ -1,22 +1,18 @@
 //! Group commit for ingestion: concurrent ingests (of one webhook or many) are written in
 //! one transaction per batch, and each request is answered after its batch commits.
 //!
-//! Flushers take turns at one queue: a flusher takes everything waiting (up to
-//! `max_batch`), optionally lingers `max_wait` for more, and writes it. Requests that arrive
-//! while a batch is being written form the next batch, so batches grow with load and a lone
-//! request is written at once. A batch never waits long on another transaction's row lock
+//! Batches form as `batching` describes: they grow with load, and a lone request is written
+//! at once. A batch never waits long on another transaction's row lock
 //! (`hookline_ingest` has a lock timeout): the blocked webhook's items fail alone. If a batch
 //! fails otherwise, its items are retried one by one, so a bad item fails only its own
 //! request.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use futures_util::StreamExt as _;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot, Mutex};
-use tokio::time::Instant;
+use tokio::sync::oneshot;
 
+pub use super::batching::GroupCommitConfig;
+use super::batching::{Pending, Queue};
 use super::messages::{self, NewMessage, Stored};
 use super::{Context, Refusal, StoreError, StoreResult};
 use crate::domain::WebhookId;
@@ -28,78 +24,29 @@ const SPLIT_RETRIES: usize = 4;
 /// Failed batches logged a minute (the rest counted).
 static BATCH_FAILURES: Throttle = Throttle::new(10);
 
-#[derive(Debug, Clone, Copy)]
-pub struct GroupCommitConfig {
-    /// Most messages written in one transaction.
-    pub max_batch: usize,
-    /// How long a flusher waits for more messages once it has one (zero: take what is there).
-    pub max_wait: Duration,
-    /// Batches written at the same time.
-    pub flushers: usize,
-}
-
-impl Default for GroupCommitConfig {
-    fn default() -> Self {
-        Self { max_batch: 256, max_wait: Duration::ZERO, flushers: 4 }
-    }
-}
-
-struct Pending {
-    webhook: WebhookId,
-    message: NewMessage,
-    reply: oneshot::Sender<StoreResult<Stored>>,
-}
-
 /// The ingestion writer. Cloning shares it; it stops once every clone is dropped and the
 /// queue is drained.
 #[derive(Clone)]
 pub struct GroupCommitter {
-    queue: mpsc::Sender<Pending>,
+    queue: Queue<(WebhookId, NewMessage), Stored>,
 }
 
 impl GroupCommitter {
     pub fn start(pool: PgPool, config: GroupCommitConfig) -> Self {
-        let (queue, receiver) = mpsc::channel(config.max_batch * config.flushers.max(1) * 4);
-        let receiver = Arc::new(Mutex::new(receiver));
-        for _ in 0..config.flushers.max(1) {
-            tokio::spawn(flusher(pool.clone(), receiver.clone(), config));
-        }
+        let queue = Queue::start(config, move |batch| {
+            let pool = pool.clone();
+            async move { write(&pool, batch).await }
+        });
         Self { queue }
     }
 
     /// Writes the message durably and returns where it stands, once its batch has committed.
     pub async fn submit(&self, webhook: WebhookId, message: NewMessage) -> StoreResult<Stored> {
-        let (reply, answer) = oneshot::channel();
-        let stopped = || Err(sqlx::Error::PoolClosed).context_for("ingesting: the writer stopped", &webhook);
-        if self.queue.send(Pending { webhook, message, reply }).await.is_err() {
-            return stopped();
-        }
-        answer.await.unwrap_or_else(|_| stopped())
-    }
-}
-
-async fn flusher(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Pending>>>, config: GroupCommitConfig) {
-    while let Some(batch) = next_batch(&receiver, config).await {
-        write(&pool, batch).await;
-    }
-}
-
-async fn next_batch(receiver: &Mutex<mpsc::Receiver<Pending>>, config: GroupCommitConfig) -> Option<Vec<Pending>> {
-    let mut rx = receiver.lock().await;
-    let first = rx.recv().await?;
-    let mut batch = vec![first];
-    let deadline = Instant::now() + config.max_wait;
-    while batch.len() < config.max_batch {
-        match rx.try_recv() {
-            Ok(p) => batch.push(p),
-            Err(_) if config.max_wait.is_zero() => break,
-            Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(p)) => batch.push(p),
-                _ => break,
-            },
+        match self.queue.submit((webhook, message)).await {
+            Some(outcome) => outcome,
+            None => Err(sqlx::Error::PoolClosed).context_for("ingesting: the writer stopped", &webhook),
         }
     }
-    Some(batch)
 }
 
 /// One batch's messages and, in the same order, the requests waiting for them.
@@ -137,8 +84,8 @@ impl Batch {
 /// lock timeout (a second per lock wait), each webhook's part is retried alone, a few at a
 /// time, so only the blocked webhook's requests fail (503, retry later). Any other failure
 /// retries the items one by one, so a bad item fails only itself.
-async fn write(pool: &PgPool, batch: Vec<Pending>) {
-    let (items, replies) = batch.into_iter().map(|p| ((p.webhook, p.message), p.reply)).unzip();
+async fn write(pool: &PgPool, batch: Vec<Pending<(WebhookId, NewMessage), Stored>>) {
+    let (items, replies) = batch.into_iter().map(|p| (p.item, p.reply)).unzip();
     let batch = Batch { items, replies };
     match messages::insert_many(pool, &batch.items).await {
         Ok(stored) => answer(batch, stored),
