@@ -26,6 +26,7 @@ use crate::auth::KeyVerifier;
 use crate::crypto::KeyRing;
 use crate::limits::{LoginLimits, RateLimits};
 use crate::settings_cache::SettingsCache;
+use crate::store::ack_commit::AckCommitter;
 use crate::store::group_commit::GroupCommitter;
 use crate::store::wakeups::Wakeups;
 use error::ApiError;
@@ -38,6 +39,8 @@ pub struct ApiState {
     pub verifier: Arc<KeyVerifier>,
     /// Writes ingested messages in batches (group commit).
     pub ingest: GroupCommitter,
+    /// Writes consumers' commits in batches (group commit).
+    pub acks: AckCommitter,
     pub limits: RateLimits,
     pub settings: SettingsCache,
     pub logins: LoginLimits,

@@ -6,6 +6,7 @@
 //! [`Refusal`], never as error text.
 
 pub mod accounts;
+pub mod ack_commit;
 pub mod batching;
 pub mod cluster;
 pub mod dead_letters;

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod ack_commit;
 mod auth;
 mod bad_input;
 mod commit_next;

@@ -14,7 +14,7 @@ use crate::http::extract::{LockClaim, LockedRequest, Read, WebhookRequest};
 use crate::http::responses::{BodyErrors, WebhookErrors};
 use crate::http::ApiState;
 use crate::limits::Operation;
-use crate::store::messages as store;
+use crate::store::messages::{self as store, QueuedCommit};
 use crate::store::StoreError;
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -124,11 +124,12 @@ pub async fn commit(
     query: web::Query<CommitQuery>,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    if query.next != Some(true) {
-        store::commit(&state.pool, &req.target()).await?;
+    let next = query.next == Some(true);
+    let outcome = state.acks.commit(QueuedCommit::new(&req.target(), next)).await?;
+    if !next {
         return Ok(HttpResponse::Ok().json(Committed { id: req.id(), status: MessageState::Committed }));
     }
-    match store::commit_next(&state.pool, &req.target()).await? {
+    match outcome {
         None => Ok(HttpResponse::NoContent().finish()),
         // The commit stands: an unreadable next message is dead-lettered (see `deliver`),
         // not reported as a failed commit.

@@ -15,7 +15,7 @@ use crate::store::{Context, Refusal, StoreError, StoreResult};
 /// Why the baseline's lock check refused a transition (`lock_refusal`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
 #[sqlx(type_name = "lock_refusal", rename_all = "snake_case")]
-enum LockRefusal {
+pub(super) enum LockRefusal {
     NoMessage,
     NotLocked,
     LockMismatch,
@@ -23,7 +23,7 @@ enum LockRefusal {
 }
 
 /// A refusal and the message's stored state as the store's answer.
-fn refused(refusal: Option<LockRefusal>, state: Option<MessageState>) -> StoreResult<()> {
+pub(super) fn refused(refusal: Option<LockRefusal>, state: Option<MessageState>) -> StoreResult<()> {
     match refusal {
         None => Ok(()),
         Some(LockRefusal::NoMessage) => Err(StoreError::NotFound("message")),
@@ -34,24 +34,24 @@ fn refused(refusal: Option<LockRefusal>, state: Option<MessageState>) -> StoreRe
 }
 
 /// One row of `hookline_commit`: the refusal, or the commit and the next message if any.
-struct CommitRow {
-    refusal: Option<LockRefusal>,
-    state: Option<MessageState>,
-    id: Option<Uuid>,
-    seq: Option<i64>,
-    retry_count: Option<i32>,
-    max_retries: Option<i32>,
-    lock_token: Option<Uuid>,
-    lock_expires_at: Option<DateTime<Utc>>,
-    received_at: Option<DateTime<Utc>>,
-    key_id: Option<i32>,
-    nonce: Option<Vec<u8>>,
-    ciphertext: Option<Vec<u8>>,
-    priority: Option<i16>,
+pub(super) struct CommitRow {
+    pub(super) refusal: Option<LockRefusal>,
+    pub(super) state: Option<MessageState>,
+    pub(super) id: Option<Uuid>,
+    pub(super) seq: Option<i64>,
+    pub(super) retry_count: Option<i32>,
+    pub(super) max_retries: Option<i32>,
+    pub(super) lock_token: Option<Uuid>,
+    pub(super) lock_expires_at: Option<DateTime<Utc>>,
+    pub(super) received_at: Option<DateTime<Utc>>,
+    pub(super) key_id: Option<i32>,
+    pub(super) nonce: Option<Vec<u8>>,
+    pub(super) ciphertext: Option<Vec<u8>>,
+    pub(super) priority: Option<i16>,
 }
 
 impl CommitRow {
-    fn next(self) -> Option<LockedMessage> {
+    pub(super) fn next(self) -> Option<LockedMessage> {
         Some(
             LockedRow {
                 id: self.id?,

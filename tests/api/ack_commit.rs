@@ -1,0 +1,182 @@
+//! Group commit for consumers: concurrent commits (plain and commit-and-next), across
+//! webhooks and consumers, run in one transaction per batch with exactly a lone commit's
+//! outcome each: order per webhook, each message committed once, a refusal or a failing
+//! item fails only itself, and a webhook locked elsewhere holds up only its own commits.
+
+use std::time::Duration;
+
+use hookline::domain::{LockToken, MessageId, ProjectId, WebhookId};
+use hookline::store::ack_commit::AckCommitter;
+use hookline::store::batching::GroupCommitConfig;
+use hookline::store::messages::QueuedCommit;
+use hookline::store::{Refusal, StoreError};
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::Connection as _;
+use tokio::task::JoinSet;
+
+use crate::helpers::{join_within, spawn_app, Delivery, TestApp};
+
+/// One writer that lingers, so everything submitted together lands in one batch.
+fn lingering(app: &TestApp) -> AckCommitter {
+    AckCommitter::start(
+        app.pool.clone(),
+        GroupCommitConfig { max_batch: 64, max_wait: Duration::from_millis(300), flushers: 1 },
+    )
+}
+
+async fn project_of(app: &TestApp, webhook: &WebhookId) -> ProjectId {
+    ProjectId(
+        sqlx::query_scalar("SELECT project_id FROM webhooks WHERE id = $1")
+            .bind(webhook.as_uuid())
+            .fetch_one(&app.pool)
+            .await
+            .unwrap(),
+    )
+}
+
+async fn queued(app: &TestApp, wh: &str, d: &Delivery, next: bool) -> QueuedCommit {
+    let webhook: WebhookId = wh.parse().unwrap();
+    QueuedCommit {
+        project: project_of(app, &webhook).await,
+        webhook,
+        message: d.id.parse().unwrap(),
+        token: Some(d.lock_token.parse().unwrap()),
+        next,
+    }
+}
+
+/// Twenty webhooks drained at once by commit-and-next, with stale commits thrown in: each
+/// webhook's messages come out in seq order, each committed once, and every stale commit is
+/// refused without failing its batch.
+#[tokio::test]
+async fn concurrent_commit_next_across_webhooks_keeps_order_and_commits_each_once() {
+    let app = spawn_app().await;
+    let mut hooks = Vec::new();
+    for _ in 0..20 {
+        let wh = app.create_webhook(json!({})).await;
+        app.ingest_many(&wh, 10).await;
+        hooks.push(wh);
+    }
+    let mut consumers = JoinSet::new();
+    for wh in &hooks {
+        let (app, wh) = (app.clone_handle(), wh.clone());
+        consumers.spawn(async move {
+            let mut seen = Vec::new();
+            let mut current = app.dequeue_ok(&wh).await;
+            loop {
+                seen.push(current.seq);
+                // A stale token for the same message: refused, changes nothing.
+                let stale = app.commit(&wh, &current.id, Some("lt_00000000000000000000000000000000")).await;
+                assert_eq!(stale.status, StatusCode::CONFLICT, "{}", stale.body);
+                let r = app.commit_next(&wh, &current.id, Some(&current.lock_token)).await;
+                match r.status {
+                    StatusCode::OK => current = Delivery::from_reply(&r),
+                    StatusCode::NO_CONTENT => return (wh, seen),
+                    other => panic!("commit-and-next answered {other}: {}", r.body),
+                }
+            }
+        });
+    }
+    for (wh, seen) in join_within(consumers, Duration::from_secs(120)).await {
+        assert_eq!(seen, (1..=10).collect::<Vec<_>>(), "{wh}");
+        let committed = app
+            .sql_i64(&format!(
+                "SELECT count(*) FROM messages WHERE webhook_id = '{}' AND state = 'committed'",
+                crate::helpers::uuid_of(&wh)
+            ))
+            .await;
+        assert_eq!(committed, 10);
+    }
+}
+
+/// One batch with a good commit-and-next, a wrong token and a webhook that does not exist:
+/// the batch fails as a whole (the unknown webhook), its commits are retried apart, and
+/// each gets the answer it would have had alone.
+#[tokio::test]
+async fn a_failing_commit_fails_alone_and_its_neighbours_get_their_own_answers() {
+    let app = spawn_app().await;
+    let (a, b) = (app.create_webhook(json!({})).await, app.create_webhook(json!({})).await);
+    app.ingest_many(&a, 2).await;
+    app.ingest_many(&b, 2).await;
+    let (head_a, head_b) = (app.dequeue_ok(&a).await, app.dequeue_ok(&b).await);
+    let committer = lingering(&app);
+    let good = queued(&app, &a, &head_a, true).await;
+    let mut wrong = queued(&app, &b, &head_b, false).await;
+    wrong.token = Some(LockToken::new_random());
+    let mut unknown = queued(&app, &a, &head_a, false).await;
+    unknown.webhook = WebhookId::new_random();
+    unknown.message = MessageId::new_random();
+
+    let (good, wrong, unknown) =
+        tokio::join!(committer.commit(good), committer.commit(wrong), committer.commit(unknown));
+    let next = good.expect("the good commit").expect("a next message");
+    assert_eq!(next.seq.0, 2);
+    assert!(matches!(wrong, Err(StoreError::Refused(Refusal::LockMismatch))), "{:?}", wrong.as_ref().err());
+    assert!(matches!(unknown, Err(StoreError::NotFound(_))), "{:?}", unknown.as_ref().err());
+    assert_eq!(app.message_status(&a, &head_a.id).await, "committed");
+    assert_eq!(app.message_status(&b, &head_b.id).await, "locked");
+}
+
+/// A webhook whose row another transaction holds past the batch's one-second lock wait
+/// holds up only its own commit: the other webhook's commit in the same batch is answered,
+/// and the held one completes once the row is free.
+#[tokio::test]
+async fn a_webhook_locked_elsewhere_holds_up_only_its_own_commits() {
+    let app = spawn_app().await;
+    let (held, free) = (app.create_webhook(json!({})).await, app.create_webhook(json!({})).await);
+    app.ingest_many(&held, 1).await;
+    app.ingest_many(&free, 1).await;
+    let (head_held, head_free) = (app.dequeue_ok(&held).await, app.dequeue_ok(&free).await);
+    let mut holder = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    let hold = format!("SELECT 1 FROM webhooks WHERE id = '{}' FOR NO KEY UPDATE", crate::helpers::uuid_of(&held));
+    sqlx::query(&hold).execute(&mut holder).await.unwrap();
+
+    let committer = lingering(&app);
+    let (to_held, to_free) =
+        (queued(&app, &held, &head_held, false).await, queued(&app, &free, &head_free, false).await);
+    let waiting = {
+        let committer = committer.clone();
+        tokio::spawn(async move { committer.commit(to_held).await })
+    };
+    let answered = tokio::time::timeout(Duration::from_secs(20), committer.commit(to_free)).await;
+    assert!(answered.expect("the free webhook's commit is answered").is_ok());
+    assert_eq!(app.message_status(&free, &head_free.id).await, "committed");
+    assert!(!waiting.is_finished(), "the held webhook's commit waits for its row");
+
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(20), waiting).await.expect("answered").unwrap();
+    assert!(outcome.is_ok(), "{:?}", outcome.as_ref().err());
+    assert_eq!(app.message_status(&held, &head_held.id).await, "committed");
+}
+
+/// Commits submitted together are written by one transaction (one commit record and one
+/// flush for all): their rows carry the same transaction id.
+#[tokio::test]
+async fn commits_submitted_together_share_one_transaction() {
+    let app = spawn_app().await;
+    let mut heads = Vec::new();
+    for _ in 0..3 {
+        let wh = app.create_webhook(json!({})).await;
+        app.ingest_many(&wh, 2).await;
+        let head = app.dequeue_ok(&wh).await;
+        heads.push((wh, head));
+    }
+    let committer = lingering(&app);
+    let mut commits = Vec::new();
+    for (wh, head) in &heads {
+        commits.push(committer.commit(queued(&app, wh, head, true).await));
+    }
+    for outcome in futures_util::future::join_all(commits).await {
+        assert_eq!(outcome.expect("committed").expect("the next one").seq.0, 2);
+    }
+    let ids: Vec<uuid::Uuid> =
+        heads.iter().map(|(_, h)| h.id.parse::<MessageId>().unwrap()).map(|m| *m.as_uuid()).collect();
+    let writers: Vec<String> = sqlx::query_scalar("SELECT DISTINCT xmin::text FROM messages WHERE id = ANY ($1)")
+        .bind(&ids)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(writers.len(), 1, "three commits, {} transactions", writers.len());
+}
