@@ -1,30 +1,34 @@
 //! Group commit for consumers: concurrent commits and commit-and-next calls, of one webhook
 //! or many, by any consumers, run in one transaction per batch (see `batching`), each
 //! answered after its batch commits with its own outcome (a 409 for one never fails its
-//! neighbours). A lone commit runs as it always did, in its own statement.
+//! neighbours). A lone commit runs as it always did, in its own statement. Nothing a
+//! flusher hands on waits on it: a row held elsewhere holds up only its own commits.
 //!
-//! When a batch fails before its COMMIT (a lock held elsewhere past a second, a webhook
-//! deleted meanwhile, any error), nothing of it was written: its commits are retried apart,
-//! each webhook's in arrival order, a few webhooks at a time, so each request gets the
-//! answer it would have had alone. When the COMMIT itself fails, its outcome is unknown:
-//! every request is told so (500), as a lone commit whose answer was lost would be, and
-//! retrying finds the message committed (409, state committed) or still locked.
+//! When a batch fails before its COMMIT (a lock held elsewhere past a second, any error),
+//! nothing of it was written: its commits are retried apart, each webhook's in arrival
+//! order, a bounded number at once. When the COMMIT itself fails, its outcome is unknown: every
+//! request is told so (500), as a lone commit whose answer was lost would be, and retrying
+//! finds the message committed (409, state committed) or still locked.
+
+use std::sync::Arc;
 
 use futures_util::StreamExt as _;
 use sqlx::PgPool;
+use tokio::sync::{oneshot, Semaphore};
 
-use super::batching::{GroupCommitConfig, Pending, Queue};
+use super::batching::{split_by, GroupCommitConfig, Pending, Queue, SPLIT_RETRIES};
 use super::messages::{self, LockedMessage, QueuedCommit};
 use super::{Context, StoreResult};
 use crate::telemetry::Throttle;
 
-/// Webhooks whose commits are retried at once after a failed batch.
-const SPLIT_RETRIES: usize = 4;
-
 /// Failed batches logged a minute (the rest counted).
 static BATCH_FAILURES: Throttle = Throttle::new(10);
 
+/// Commits retried apart at once, across all failed batches.
+const RETRIES_AT_ONCE: usize = 4 * SPLIT_RETRIES;
+
 type Outcome = Option<LockedMessage>;
+type Reply = oneshot::Sender<StoreResult<Outcome>>;
 
 /// The consumers' commit writer. Cloning shares it.
 #[derive(Clone)]
@@ -34,9 +38,10 @@ pub struct AckCommitter {
 
 impl AckCommitter {
     pub fn start(pool: PgPool, config: GroupCommitConfig) -> Self {
+        let retries = Arc::new(Semaphore::new(RETRIES_AT_ONCE));
         let queue = Queue::start(config, move |batch| {
-            let pool = pool.clone();
-            async move { write(&pool, batch).await }
+            let (pool, retries) = (pool.clone(), retries.clone());
+            async move { write(pool, retries, batch).await }
         });
         Self { queue }
     }
@@ -52,47 +57,58 @@ impl AckCommitter {
     }
 }
 
-async fn write(pool: &PgPool, batch: Vec<Pending<QueuedCommit, Outcome>>) {
+#[tracing::instrument(skip_all, fields(size = batch.len()))]
+async fn write(pool: PgPool, retries: Arc<Semaphore>, batch: Vec<Pending<QueuedCommit, Outcome>>) {
     if batch.len() == 1 {
-        return alone(pool, batch).await;
+        // Off the flusher too: a lone commit waiting on a row held elsewhere must not keep
+        // the flusher from the next batch.
+        tokio::spawn(async move { alone(&pool, batch).await });
+        return;
     }
-    let (commits, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.item, p.reply)).unzip();
+    let (commits, replies): (Vec<QueuedCommit>, Vec<Reply>) = batch.into_iter().map(|p| (p.item, p.reply)).unzip();
     let written = async {
-        let mut tx = super::begin(pool).await?;
+        let mut tx = super::begin(&pool).await?;
         let outcomes = messages::commit_set(&mut tx, &commits).await?;
         Ok::<_, super::StoreError>((tx, outcomes))
     }
     .await;
     match written {
         Ok((tx, outcomes)) => match super::commit(tx).await {
-            Ok(()) => {
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(outcome);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = ?e, size = replies.len(), "the COMMIT of a batch of commits failed; its outcome is unknown");
-                for reply in replies {
-                    let unknown =
-                        Err(sqlx::Error::Protocol("the batch's COMMIT failed; its outcome is unknown".into()));
-                    let _ = reply.send(unknown.context("committing a batch of messages"));
-                }
-            }
+            Ok(()) => answer(replies, outcomes),
+            Err(e) => unknown(replies, e),
         },
         Err(e) => {
             if let Some(suppressed) = BATCH_FAILURES.permit() {
                 tracing::warn!(error = ?e, size = commits.len(), suppressed, "a batch of commits failed; retrying them apart");
             }
-            let batch = commits.into_iter().zip(replies).map(|(item, reply)| Pending { item, reply });
-            let mut parts: Vec<Vec<Pending<QueuedCommit, Outcome>>> = Vec::new();
-            for pending in batch {
-                match parts.iter_mut().find(|p| p[0].item.webhook == pending.item.webhook) {
-                    Some(part) => part.push(pending),
-                    None => parts.push(vec![pending]),
-                }
-            }
-            futures_util::stream::iter(parts).for_each_concurrent(SPLIT_RETRIES, |part| alone(pool, part)).await;
+            let pending = commits.into_iter().zip(replies).map(|(item, reply)| Pending { item, reply });
+            let parts = split_by(pending, |p| p.item.webhook);
+            tokio::spawn(async move {
+                futures_util::stream::iter(parts)
+                    .for_each_concurrent(None, |part| async {
+                        let _permit = retries.acquire().await.expect("the semaphore is never closed");
+                        alone(&pool, part).await;
+                    })
+                    .await;
+            });
         }
+    }
+}
+
+fn answer(replies: Vec<Reply>, outcomes: Vec<StoreResult<Outcome>>) {
+    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+        let _ = reply.send(outcome);
+    }
+}
+
+/// The COMMIT failed: the batch may or may not have been written.
+fn unknown(replies: Vec<Reply>, error: super::StoreError) {
+    if let Some(suppressed) = BATCH_FAILURES.permit() {
+        tracing::error!(error = ?error, size = replies.len(), suppressed, "the COMMIT of a batch of commits failed; its outcome is unknown");
+    }
+    for reply in replies {
+        let lost = Err(sqlx::Error::Protocol("the batch's COMMIT failed; its outcome is unknown".into()));
+        let _ = reply.send(lost.context("committing a batch of messages"));
     }
 }
 

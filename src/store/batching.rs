@@ -13,6 +13,9 @@ use tokio::time::Instant;
 
 use super::StoreResult;
 
+/// Parts of a failed batch retried at once (the pool is shared with every other request).
+pub const SPLIT_RETRIES: usize = 4;
+
 #[derive(Debug, Clone, Copy)]
 pub struct GroupCommitConfig {
     /// Most requests written in one transaction.
@@ -94,4 +97,16 @@ async fn next_batch<T, R>(
         }
     }
     Some(batch)
+}
+
+/// Splits a batch into parts by `key` (a webhook), each part in arrival order.
+pub fn split_by<T, K: PartialEq>(items: impl IntoIterator<Item = T>, key: impl Fn(&T) -> K) -> Vec<Vec<T>> {
+    let mut parts: Vec<Vec<T>> = Vec::new();
+    for item in items {
+        match parts.iter_mut().find(|p| key(&p[0]) == key(&item)) {
+            Some(part) => part.push(item),
+            None => parts.push(vec![item]),
+        }
+    }
+    parts
 }

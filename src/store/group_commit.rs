@@ -12,14 +12,11 @@ use sqlx::PgPool;
 use tokio::sync::oneshot;
 
 pub use super::batching::GroupCommitConfig;
-use super::batching::{Pending, Queue};
+use super::batching::{split_by, Pending, Queue, SPLIT_RETRIES};
 use super::messages::{self, NewMessage, Stored};
 use super::{Context, Refusal, StoreError, StoreResult};
 use crate::domain::WebhookId;
 use crate::telemetry::Throttle;
-
-/// Parts of a blocked batch written at once.
-const SPLIT_RETRIES: usize = 4;
 
 /// Failed batches logged a minute (the rest counted).
 static BATCH_FAILURES: Throttle = Throttle::new(10);
@@ -65,17 +62,14 @@ impl Batch {
 
     /// The batch split by webhook, each part in arrival order.
     fn per_webhook(self) -> Vec<Batch> {
-        let mut parts: Vec<Batch> = Vec::new();
-        for (item, reply) in self.items.into_iter().zip(self.replies) {
-            match parts.iter_mut().find(|p| p.items[0].0 == item.0) {
-                Some(part) => {
-                    part.items.push(item);
-                    part.replies.push(reply);
-                }
-                None => parts.push(Batch { items: vec![item], replies: vec![reply] }),
-            }
-        }
-        parts
+        let pairs = self.items.into_iter().zip(self.replies);
+        split_by(pairs, |(item, _)| item.0)
+            .into_iter()
+            .map(|part| {
+                let (items, replies) = part.into_iter().unzip();
+                Batch { items, replies }
+            })
+            .collect()
     }
 }
 
