@@ -145,9 +145,11 @@ async fn run(args: &Args, exe: &std::path::Path, broker: &Broker) -> anyhow::Res
         rec.measure("fifo-one-next", load::fifo(&target, one.clone(), 1, secs, true)).await;
     }
     if wanted("fifo-many") {
-        top_up(&target, many.clone(), 12_000 * secs).await;
-        rec.measure("fifo-many", load::fifo(&target, many.clone(), 64, secs, false)).await;
-        rec.measure("fifo-many-next", load::fifo(&target, many.clone(), 64, secs, true)).await;
+        // As peers-bench's RabbitMQ run: 100 ordered queues, a consumer each.
+        let hundred = Arc::new(load::create_webhooks(&target, 100, 300).await?);
+        top_up(&target, hundred.clone(), 12_000 * secs).await;
+        rec.measure("fifo-many", load::fifo(&target, hundred.clone(), 100, secs, false)).await;
+        rec.measure("fifo-many-next", load::fifo(&target, hundred.clone(), 100, secs, true)).await;
     }
     if wanted("standard") {
         let hook =
