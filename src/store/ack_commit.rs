@@ -1,7 +1,7 @@
-//! Group commit for consumers: concurrent commits and commit-and-next calls, of one webhook
-//! or many, by any consumers, run in one transaction per batch (see `batching`), each
-//! answered after its batch commits with its own outcome (a 409 for one never fails its
-//! neighbours). A lone commit runs as it always did, in its own statement. Nothing a
+//! Group commit for consumers: concurrent commits, commit-and-next calls and errors, of one
+//! webhook or many, by any consumers, run in one transaction per batch (see `batching`),
+//! each answered after its batch commits with its own outcome (a 409 for one never fails
+//! its neighbours). A lone one runs as it always did, in its own statement. Nothing a
 //! flusher hands on waits on it: a row held elsewhere holds up only its own commits.
 //!
 //! When a batch fails before its COMMIT (a lock held elsewhere past a second, any error),
@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use tokio::sync::{oneshot, Semaphore};
 
 use super::batching::{split_by, GroupCommitConfig, Pending, Queue, SPLIT_RETRIES};
-use super::messages::{self, LockedMessage, QueuedCommit};
+use super::messages::{self, AckOutcome, ErrorOutcome, LockedMessage, QueuedAck};
 use super::{Context, StoreResult};
 use crate::telemetry::Throttle;
 
@@ -27,13 +27,13 @@ static BATCH_FAILURES: Throttle = Throttle::new(10);
 /// Commits retried apart at once, across all failed batches.
 const RETRIES_AT_ONCE: usize = 4 * SPLIT_RETRIES;
 
-type Outcome = Option<LockedMessage>;
+type Outcome = AckOutcome;
 type Reply = oneshot::Sender<StoreResult<Outcome>>;
 
 /// The consumers' commit writer. Cloning shares it.
 #[derive(Clone)]
 pub struct AckCommitter {
-    queue: Queue<QueuedCommit, Outcome>,
+    queue: Queue<QueuedAck, Outcome>,
 }
 
 impl AckCommitter {
@@ -48,27 +48,49 @@ impl AckCommitter {
 
     /// Commits the message (and with `next`, locks the next one), once its batch has
     /// committed. Ok(None): committed, nothing next (or not asked).
-    pub async fn commit(&self, commit: QueuedCommit) -> StoreResult<Outcome> {
-        let webhook = commit.webhook;
-        match self.queue.submit(commit).await {
+    pub async fn commit(&self, commit: QueuedAck) -> StoreResult<Option<LockedMessage>> {
+        match self.submit(commit).await? {
+            AckOutcome::Committed(next) => Ok(next),
+            AckOutcome::Errored(_) => Err(mismatched()),
+        }
+    }
+
+    /// Records a failed attempt, once its batch has committed.
+    pub async fn error(&self, error: QueuedAck) -> StoreResult<ErrorOutcome> {
+        match self.submit(error).await? {
+            AckOutcome::Errored(outcome) => Ok(outcome),
+            AckOutcome::Committed(_) => Err(mismatched()),
+        }
+    }
+
+    async fn submit(&self, ack: QueuedAck) -> StoreResult<Outcome> {
+        let webhook = ack.webhook;
+        match self.queue.submit(ack).await {
             Some(outcome) => outcome,
-            None => Err(sqlx::Error::PoolClosed).context_for("committing: the writer stopped", &webhook),
+            None => Err(sqlx::Error::PoolClosed).context_for("acknowledging: the writer stopped", &webhook),
         }
     }
 }
 
+/// An answer of the other kind than asked: a bug, reported as a database failure rather
+/// than handed out.
+fn mismatched() -> super::StoreError {
+    let source = sqlx::Error::Protocol("an acknowledgement answered as another kind".into());
+    super::StoreError::Database(super::DbError { operation: "acknowledging a message", webhook: None, source })
+}
+
 #[tracing::instrument(skip_all, fields(size = batch.len()))]
-async fn write(pool: PgPool, retries: Arc<Semaphore>, batch: Vec<Pending<QueuedCommit, Outcome>>) {
+async fn write(pool: PgPool, retries: Arc<Semaphore>, batch: Vec<Pending<QueuedAck, Outcome>>) {
     if batch.len() == 1 {
         // Off the flusher too: a lone commit waiting on a row held elsewhere must not keep
         // the flusher from the next batch.
         tokio::spawn(async move { alone(&pool, batch).await });
         return;
     }
-    let (commits, replies): (Vec<QueuedCommit>, Vec<Reply>) = batch.into_iter().map(|p| (p.item, p.reply)).unzip();
+    let (acks, replies): (Vec<QueuedAck>, Vec<Reply>) = batch.into_iter().map(|p| (p.item, p.reply)).unzip();
     let written = async {
         let mut tx = super::begin(&pool).await?;
-        let outcomes = messages::commit_set(&mut tx, &commits).await?;
+        let outcomes = messages::ack_set(&mut tx, &acks).await?;
         Ok::<_, super::StoreError>((tx, outcomes))
     }
     .await;
@@ -79,9 +101,9 @@ async fn write(pool: PgPool, retries: Arc<Semaphore>, batch: Vec<Pending<QueuedC
         },
         Err(e) => {
             if let Some(suppressed) = BATCH_FAILURES.permit() {
-                tracing::warn!(error = ?e, size = commits.len(), suppressed, "a batch of commits failed; retrying them apart");
+                tracing::warn!(error = ?e, size = acks.len(), suppressed, "a batch of acknowledgements failed; retrying them apart");
             }
-            let pending = commits.into_iter().zip(replies).map(|(item, reply)| Pending { item, reply });
+            let pending = acks.into_iter().zip(replies).map(|(item, reply)| Pending { item, reply });
             let parts = split_by(pending, |p| p.item.webhook);
             tokio::spawn(async move {
                 futures_util::stream::iter(parts)
@@ -104,22 +126,17 @@ fn answer(replies: Vec<Reply>, outcomes: Vec<StoreResult<Outcome>>) {
 /// The COMMIT failed: the batch may or may not have been written.
 fn unknown(replies: Vec<Reply>, error: super::StoreError) {
     if let Some(suppressed) = BATCH_FAILURES.permit() {
-        tracing::error!(error = ?error, size = replies.len(), suppressed, "the COMMIT of a batch of commits failed; its outcome is unknown");
+        tracing::error!(error = ?error, size = replies.len(), suppressed, "the COMMIT of a batch of acknowledgements failed; its outcome is unknown");
     }
     for reply in replies {
         let lost = Err(sqlx::Error::Protocol("the batch's COMMIT failed; its outcome is unknown".into()));
-        let _ = reply.send(lost.context("committing a batch of messages"));
+        let _ = reply.send(lost.context("acknowledging a batch of messages"));
     }
 }
 
-/// Each commit in its own statement, in order: the path of a lone commit.
-async fn alone(pool: &PgPool, part: Vec<Pending<QueuedCommit, Outcome>>) {
+/// Each in its own statement, in order: the path of a lone call.
+async fn alone(pool: &PgPool, part: Vec<Pending<QueuedAck, Outcome>>) {
     for Pending { item, reply } in part {
-        let outcome = if item.next {
-            messages::commit_next(pool, &item.target()).await
-        } else {
-            messages::commit(pool, &item.target()).await.map(|()| None)
-        };
-        let _ = reply.send(outcome);
+        let _ = reply.send(item.run_alone(pool).await);
     }
 }

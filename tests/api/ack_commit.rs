@@ -8,7 +8,7 @@ use std::time::Duration;
 use hookline::domain::{LockToken, MessageId, ProjectId, WebhookId};
 use hookline::store::ack_commit::AckCommitter;
 use hookline::store::batching::GroupCommitConfig;
-use hookline::store::messages::QueuedCommit;
+use hookline::store::messages::{AckAction, QueuedAck};
 use hookline::store::{Refusal, StoreError};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -35,14 +35,14 @@ async fn project_of(app: &TestApp, webhook: &WebhookId) -> ProjectId {
     )
 }
 
-async fn queued(app: &TestApp, wh: &str, d: &Delivery, next: bool) -> QueuedCommit {
+async fn queued(app: &TestApp, wh: &str, d: &Delivery, next: bool) -> QueuedAck {
     let webhook: WebhookId = wh.parse().unwrap();
-    QueuedCommit {
+    QueuedAck {
         project: project_of(app, &webhook).await,
         webhook,
         message: d.id.parse().unwrap(),
         token: Some(d.lock_token.parse().unwrap()),
-        next,
+        action: AckAction::Commit { next },
     }
 }
 
@@ -259,4 +259,42 @@ async fn commits_submitted_together_share_one_transaction() {
         .await
         .unwrap();
     assert_eq!(writers.len(), 1, "three commits, {} transactions", writers.len());
+}
+
+/// Errors join the batch: a requeued error, a commit and an error without requeue, in one
+/// transaction, each answered as alone.
+#[tokio::test]
+async fn errors_and_commits_share_a_batch() {
+    let app = spawn_app().await;
+    let mut heads = Vec::new();
+    for _ in 0..3 {
+        let wh = app.create_webhook(json!({"maxRetries": 3})).await;
+        app.ingest_many(&wh, 2).await;
+        let head = app.dequeue_ok(&wh).await;
+        heads.push((wh, head));
+    }
+    let committer = lingering(&app);
+    let error = |ack: QueuedAck, requeue: bool| QueuedAck {
+        action: AckAction::Error { reason: Some("downstream said no".into()), requeue },
+        ..ack
+    };
+    let retried = error(queued(&app, &heads[0].0, &heads[0].1, false).await, true);
+    let committed = queued(&app, &heads[1].0, &heads[1].1, false).await;
+    let buried = error(queued(&app, &heads[2].0, &heads[2].1, false).await, false);
+    let (retried, committed, buried) =
+        tokio::join!(committer.error(retried), committer.commit(committed), committer.error(buried));
+    let retried = retried.expect("errored");
+    assert_eq!((retried.state, retried.retry_count), (hookline::domain::MessageState::Queued, 1));
+    assert!(committed.expect("committed").is_none());
+    assert_eq!(buried.expect("errored").state, hookline::domain::MessageState::Dead);
+    let m = app.message(&heads[0].0, &heads[0].1.id).await;
+    assert_eq!((m.str("status").as_str(), m.str("lastError").as_str()), ("queued", "downstream said no"));
+    assert_eq!(app.message_status(&heads[2].0, &heads[2].1.id).await, "dead");
+    let ids: Vec<uuid::Uuid> = heads.iter().map(|(_, h)| *h.id.parse::<MessageId>().unwrap().as_uuid()).collect();
+    let writers: Vec<String> = sqlx::query_scalar("SELECT DISTINCT xmin::text FROM messages WHERE id = ANY ($1)")
+        .bind(&ids)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(writers.len(), 1, "three acknowledgements, {} transactions", writers.len());
 }

@@ -14,7 +14,7 @@ use crate::http::extract::{LockClaim, LockedRequest, Read, WebhookRequest};
 use crate::http::responses::{BodyErrors, WebhookErrors};
 use crate::http::ApiState;
 use crate::limits::Operation;
-use crate::store::messages::{self as store, QueuedCommit};
+use crate::store::messages::{self as store, AckAction, QueuedAck};
 use crate::store::StoreError;
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -125,7 +125,7 @@ pub async fn commit(
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let next = query.next == Some(true);
-    let outcome = state.acks.commit(QueuedCommit::new(&req.target(), next)).await?;
+    let outcome = state.acks.commit(QueuedAck::new(&req.target(), AckAction::Commit { next })).await?;
     if !next {
         return Ok(HttpResponse::Ok().json(Committed { id: req.id(), status: MessageState::Committed }));
     }
@@ -156,7 +156,7 @@ pub async fn error(req: LockedRequest<ErrorRequest>, state: web::Data<ApiState>)
     let reason = req.body.reason.as_deref().map(|r| storable("reason", r)).transpose()?;
     let reason: Option<String> = reason.map(|r| r.chars().take(MAX_REASON_CHARS).collect());
     let requeue = req.body.requeue.unwrap_or(true);
-    let outcome = store::error(&state.pool, &req.target(), reason.as_deref(), requeue).await?;
+    let outcome = state.acks.error(QueuedAck::new(&req.target(), AckAction::Error { reason, requeue })).await?;
     Ok(HttpResponse::Ok().json(Errored {
         id: req.id(),
         status: outcome.state,

@@ -203,11 +203,21 @@ pub async fn error(
     .fetch_one(db)
     .await
     .context_for("erroring a message", target.webhook)?;
-    refused(row.refusal, row.state)?;
+    error_outcome(row.refusal, row.state, row.retry_count, row.max_retries)
+}
+
+/// One row of `hookline_error` as the store's answer.
+pub(super) fn error_outcome(
+    refusal: Option<LockRefusal>,
+    state: Option<MessageState>,
+    retry_count: Option<i32>,
+    max_retries: i32,
+) -> StoreResult<ErrorOutcome> {
+    refused(refusal, state)?;
     Ok(ErrorOutcome {
-        state: row.state.unwrap_or(MessageState::Queued),
-        retry_count: row.retry_count.unwrap_or_default(),
-        max_retries: row.max_retries,
+        state: state.unwrap_or(MessageState::Queued),
+        retry_count: retry_count.unwrap_or_default(),
+        max_retries,
     })
 }
 
