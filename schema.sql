@@ -261,7 +261,6 @@ CREATE FUNCTION public.hookline_dequeue(p_webhook uuid, p_project bigint, p_max 
 DECLARE
     hook webhooks%ROWTYPE := hookline_delivery_webhook(p_webhook, p_project);
 BEGIN
-    PERFORM set_config('synchronous_commit', 'off', true);
     hook.lock_timeout_seconds := coalesce(p_visibility, hook.lock_timeout_seconds);
     RETURN QUERY SELECT * FROM hookline_lock_next(hook, p_max);
 END

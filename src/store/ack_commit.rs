@@ -1,22 +1,20 @@
 //! Group commit for consumers: concurrent commits, commit-and-next calls and errors, of one
 //! webhook or many, by any consumers, run in one transaction per batch (see `batching`),
 //! each answered after its batch commits with its own outcome (a 409 for one never fails
-//! its neighbours). A lone one runs as it always did, in its own statement. Nothing a
-//! flusher hands on waits on it: a row held elsewhere holds up only its own commits.
+//! its neighbours). A lone one runs as it always did, in its own statement.
 //!
-//! When a batch fails before its COMMIT (a lock held elsewhere past a second, any error),
-//! nothing of it was written: its commits are retried apart, each webhook's in arrival
-//! order, a bounded number at once. When the COMMIT itself fails, its outcome is unknown: every
-//! request is told so (500), as a lone commit whose answer was lost would be, and retrying
-//! finds the message committed (409, state committed) or still locked.
+//! Flushers never wait on a row held elsewhere: a lone call, and the parts of a batch that
+//! failed before its COMMIT (a lock held elsewhere past a second, any error; nothing of it
+//! was written), run in tasks of their own, each webhook's part in arrival order, so a
+//! held row holds up only its own requests, as it did when each request ran alone. When
+//! the COMMIT itself fails, its outcome is unknown: every request is told so (500), as a
+//! lone commit whose answer was lost would be, and retrying finds the message committed
+//! (409, state committed) or still locked.
 
-use std::sync::Arc;
-
-use futures_util::StreamExt as _;
 use sqlx::PgPool;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 
-use super::batching::{split_by, GroupCommitConfig, Pending, Queue, SPLIT_RETRIES};
+use super::batching::{split_by, GroupCommitConfig, Pending, Queue};
 use super::messages::{self, AckOutcome, ErrorOutcome, LockedMessage, QueuedAck};
 use super::{Context, StoreResult};
 use crate::telemetry::Throttle;
@@ -24,13 +22,10 @@ use crate::telemetry::Throttle;
 /// Failed batches logged a minute (the rest counted).
 static BATCH_FAILURES: Throttle = Throttle::new(10);
 
-/// Commits retried apart at once, across all failed batches.
-const RETRIES_AT_ONCE: usize = 4 * SPLIT_RETRIES;
-
 type Outcome = AckOutcome;
 type Reply = oneshot::Sender<StoreResult<Outcome>>;
 
-/// The consumers' commit writer. Cloning shares it.
+/// The consumers' acknowledgement writer. Cloning shares it.
 #[derive(Clone)]
 pub struct AckCommitter {
     queue: Queue<QueuedAck, Outcome>,
@@ -38,10 +33,9 @@ pub struct AckCommitter {
 
 impl AckCommitter {
     pub fn start(pool: PgPool, config: GroupCommitConfig) -> Self {
-        let retries = Arc::new(Semaphore::new(RETRIES_AT_ONCE));
         let queue = Queue::start(config, move |batch| {
-            let (pool, retries) = (pool.clone(), retries.clone());
-            async move { write(pool, retries, batch).await }
+            let pool = pool.clone();
+            async move { write(pool, batch).await }
         });
         Self { queue }
     }
@@ -80,10 +74,8 @@ fn mismatched() -> super::StoreError {
 }
 
 #[tracing::instrument(skip_all, fields(size = batch.len()))]
-async fn write(pool: PgPool, retries: Arc<Semaphore>, batch: Vec<Pending<QueuedAck, Outcome>>) {
+async fn write(pool: PgPool, batch: Vec<Pending<QueuedAck, Outcome>>) {
     if batch.len() == 1 {
-        // Off the flusher too: a lone commit waiting on a row held elsewhere must not keep
-        // the flusher from the next batch.
         tokio::spawn(async move { alone(&pool, batch).await });
         return;
     }
@@ -104,15 +96,10 @@ async fn write(pool: PgPool, retries: Arc<Semaphore>, batch: Vec<Pending<QueuedA
                 tracing::warn!(error = ?e, size = acks.len(), suppressed, "a batch of acknowledgements failed; retrying them apart");
             }
             let pending = acks.into_iter().zip(replies).map(|(item, reply)| Pending { item, reply });
-            let parts = split_by(pending, |p| p.item.webhook);
-            tokio::spawn(async move {
-                futures_util::stream::iter(parts)
-                    .for_each_concurrent(None, |part| async {
-                        let _permit = retries.acquire().await.expect("the semaphore is never closed");
-                        alone(&pool, part).await;
-                    })
-                    .await;
-            });
+            for part in split_by(pending, |p| p.item.webhook) {
+                let pool = pool.clone();
+                tokio::spawn(async move { alone(&pool, part).await });
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
-//! Group commit for consumers: concurrent commits (plain and commit-and-next), across
-//! webhooks and consumers, run in one transaction per batch with exactly a lone commit's
-//! outcome each: order per webhook, each message committed once, a refusal or a failing
-//! item fails only itself, and a webhook locked elsewhere holds up only its own commits.
+//! Group commit for consumers: concurrent commits (plain and commit-and-next) and errors,
+//! across webhooks and consumers, run in one transaction per batch with exactly a lone
+//! call's outcome each: order per webhook, each message committed once, a refusal or a
+//! failing item fails only itself, and a webhook locked elsewhere holds up only its own
+//! requests.
 
 use std::time::Duration;
 

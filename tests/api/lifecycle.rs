@@ -412,36 +412,3 @@ async fn get_message_reports_state_counters_and_last_error_through_the_cycle() {
     assert_eq!(m["maxRetries"], 2);
     assert!(m["committedAt"].is_string() && m["deadAt"].is_null() && m["lockExpiresAt"].is_null(), "{m}");
 }
-
-/// A plain dequeue only takes locks: its transaction commits without waiting for the WAL
-/// flush (a crash can only cause a redelivery). A commit stays durable before its answer.
-#[tokio::test]
-async fn a_dequeue_commits_without_a_flush_and_a_commit_with_one() {
-    let app = spawn_app().await;
-    let wh = app.create_webhook(json!({})).await;
-    app.ingest_ok(&wh, "{}").await;
-    let setting_after = |call: String| {
-        let pool = app.pool.clone();
-        async move {
-            let mut tx = pool.begin().await.unwrap();
-            // Whatever the test server's default (the test cluster runs with it off).
-            sqlx::query("SET LOCAL synchronous_commit = on").execute(&mut *tx).await.unwrap();
-            sqlx::query(&call).execute(&mut *tx).await.unwrap();
-            let setting: String = sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&mut *tx).await.unwrap();
-            tx.rollback().await.unwrap();
-            setting
-        }
-    };
-    let (webhook, project) = (
-        crate::helpers::uuid_of(&wh),
-        app.sql_i64(&format!("SELECT project_id FROM webhooks WHERE id = '{}'", crate::helpers::uuid_of(&wh))).await,
-    );
-    let dequeue = format!("SELECT * FROM hookline_dequeue('{webhook}', {project}, 1, NULL)");
-    assert_eq!(setting_after(dequeue).await, "off");
-    let head = app.dequeue_ok(&wh).await;
-    let commit = format!(
-        "SELECT * FROM hookline_commit('{webhook}', {project}, '{}', NULL, true)",
-        head.id.trim_start_matches("msg_")
-    );
-    assert_eq!(setting_after(commit).await, "on");
-}
