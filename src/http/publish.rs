@@ -50,8 +50,8 @@ pub struct PublishRequest {
     #[serde(default, deserialize_with = "crate::http::whole::opt")]
     pub delay_seconds: Option<i64>,
     /// Expires (never delivered, then purged) after this many seconds: 1 to the webhook's
-    /// ttlDays in seconds.
-    #[schema(minimum = 1)]
+    /// ttlDays in seconds (365 days at most on any plan).
+    #[schema(minimum = 1, maximum = 31536000)]
     #[serde(default, deserialize_with = "crate::http::whole::opt")]
     pub ttl_seconds: Option<i64>,
     /// A repeat on this webhook within 24 hours answers the original message and stores

@@ -73,5 +73,8 @@ mod tests {
         assert_eq!(parse(r#"{"n": 5.5}"#), None);
         assert_eq!(parse(r#"{"n": 1e300}"#), None);
         assert_eq!(parse(r#"{"n": "7"}"#), Some(Some(7)));
+        // Parsed exactly (serde_json's float_roundtrip): the fast parse made this one
+        // 2251799813685247.25, a fraction, and refused a whole number schemathesis sent.
+        assert_eq!(parse(r#"{"n": 2251799813685247.0}"#), Some(Some(2_251_799_813_685_247)));
     }
 }
