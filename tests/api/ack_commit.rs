@@ -36,6 +36,17 @@ async fn project_of(app: &TestApp, webhook: &WebhookId) -> ProjectId {
     )
 }
 
+/// How many transactions last wrote these messages' rows (their distinct xmin).
+async fn writers(app: &TestApp, deliveries: &[&Delivery]) -> usize {
+    let ids: Vec<uuid::Uuid> = deliveries.iter().map(|d| *d.id.parse::<MessageId>().unwrap().as_uuid()).collect();
+    let xmins: Vec<String> = sqlx::query_scalar("SELECT DISTINCT xmin::text FROM messages WHERE id = ANY ($1)")
+        .bind(&ids)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    xmins.len()
+}
+
 async fn queued(app: &TestApp, wh: &str, d: &Delivery, next: bool) -> QueuedAck {
     let webhook: WebhookId = wh.parse().unwrap();
     QueuedAck {
@@ -221,15 +232,8 @@ async fn standard_and_fifo_commits_share_a_batch() {
     for outcome in futures_util::future::join_all(commits).await {
         assert!(outcome.is_ok(), "{:?}", outcome.as_ref().err());
     }
-    let ids: Vec<uuid::Uuid> =
-        held.iter().chain([&head]).map(|d| *d.id.parse::<MessageId>().unwrap().as_uuid()).collect();
-    let writers: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT xmin::text FROM messages WHERE id = ANY ($1) AND state = 'committed'")
-            .bind(&ids)
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(writers.len(), 1, "three commits, {} transactions", writers.len());
+    let transactions = writers(&app, &held.iter().chain([&head]).collect::<Vec<_>>()).await;
+    assert_eq!(transactions, 1, "three commits, {transactions} transactions");
 }
 
 /// Commits submitted together are written by one transaction (one commit record and one
@@ -252,14 +256,8 @@ async fn commits_submitted_together_share_one_transaction() {
     for outcome in futures_util::future::join_all(commits).await {
         assert_eq!(outcome.expect("committed").expect("the next one").seq.0, 2);
     }
-    let ids: Vec<uuid::Uuid> =
-        heads.iter().map(|(_, h)| h.id.parse::<MessageId>().unwrap()).map(|m| *m.as_uuid()).collect();
-    let writers: Vec<String> = sqlx::query_scalar("SELECT DISTINCT xmin::text FROM messages WHERE id = ANY ($1)")
-        .bind(&ids)
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(writers.len(), 1, "three commits, {} transactions", writers.len());
+    let transactions = writers(&app, &heads.iter().map(|(_, h)| h).collect::<Vec<_>>()).await;
+    assert_eq!(transactions, 1, "three commits, {transactions} transactions");
 }
 
 /// Errors join the batch: a requeued error, a commit and an error without requeue, in one
@@ -291,11 +289,6 @@ async fn errors_and_commits_share_a_batch() {
     let m = app.message(&heads[0].0, &heads[0].1.id).await;
     assert_eq!((m.str("status").as_str(), m.str("lastError").as_str()), ("queued", "downstream said no"));
     assert_eq!(app.message_status(&heads[2].0, &heads[2].1.id).await, "dead");
-    let ids: Vec<uuid::Uuid> = heads.iter().map(|(_, h)| *h.id.parse::<MessageId>().unwrap().as_uuid()).collect();
-    let writers: Vec<String> = sqlx::query_scalar("SELECT DISTINCT xmin::text FROM messages WHERE id = ANY ($1)")
-        .bind(&ids)
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(writers.len(), 1, "three acknowledgements, {} transactions", writers.len());
+    let transactions = writers(&app, &heads.iter().map(|(_, h)| h).collect::<Vec<_>>()).await;
+    assert_eq!(transactions, 1, "three acknowledgements, {transactions} transactions");
 }

@@ -9,6 +9,12 @@ use serde_json::json;
 
 use crate::helpers::{spawn_app, spawn_app_with, Reply, TestApp};
 
+/// The most requests a `per_second` quota lets through from `started` until now: its burst
+/// plus what the time taken could refill.
+fn most_passing(per_second: u64, started: std::time::Instant) -> u64 {
+    per_second + (started.elapsed().as_secs_f64() * per_second as f64).ceil() as u64
+}
+
 /// Sends requests one after another until one is refused with 429 (at most 500), and checks
 /// how many passed against a `per_second` quota: at least its burst, at most the burst
 /// plus what the time taken could refill, however slow the machine. Returns the refusal
@@ -23,7 +29,7 @@ where
     loop {
         let r = send().await;
         if r.status == StatusCode::TOO_MANY_REQUESTS {
-            let most = per_second + (started.elapsed().as_secs_f64() * per_second as f64).ceil() as u64;
+            let most = most_passing(per_second, started);
             assert!((per_second..=most).contains(&passed), "{passed} passed, quota {per_second}, most {most}");
             return (r, passed);
         }
@@ -41,7 +47,7 @@ async fn burst<Fut: std::future::Future<Output = Reply>>(
 ) -> (u64, u64) {
     let started = std::time::Instant::now();
     let replies = futures_util::future::join_all(requests).await;
-    let most = per_second + (started.elapsed().as_secs_f64() * per_second as f64).ceil() as u64;
+    let most = most_passing(per_second, started);
     let passed = replies.iter().filter(|r| r.status != StatusCode::TOO_MANY_REQUESTS).count() as u64;
     (passed, most)
 }
