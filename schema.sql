@@ -10,7 +10,8 @@ CREATE TYPE public.lock_refusal AS ENUM (
     'no_message',
     'not_locked',
     'lock_mismatch',
-    'token_required'
+    'token_required',
+    'out_of_order'
 );
 
 CREATE TYPE public.message_state AS ENUM (
@@ -76,17 +77,17 @@ CREATE FUNCTION public.hookline_act_on_dead_letters(p_webhook uuid, p_since time
 $$;
 
 CREATE FUNCTION public.hookline_bury(p_webhook uuid, p_message uuid, p_token uuid, p_reason text) RETURNS void
-    LANGUAGE sql
+    LANGUAGE plpgsql
     AS $$
-    WITH released AS (
-        UPDATE webhooks SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL
-        WHERE id = p_webhook AND lock_token = p_token
-        RETURNING id
-    )
+DECLARE
+    fifo boolean := hookline_shrink_window(p_webhook, p_token,
+                                           (SELECT seq FROM messages WHERE webhook_id = p_webhook AND id = p_message));
+BEGIN
     UPDATE messages m
     SET state = 'dead', dead_at = now(), last_error = p_reason, lock_token = NULL, lock_expires_at = NULL
     WHERE m.webhook_id = p_webhook AND m.id = p_message AND m.state = 'queued'
-      AND (m.lock_token = p_token OR EXISTS (SELECT 1 FROM released))
+      AND (m.lock_token = p_token OR fifo);
+END
 $$;
 
 CREATE FUNCTION public.hookline_claim_idempotency_keys(p_webhooks uuid[], p_keys text[], p_messages uuid[]) RETURNS SETOF uuid
@@ -128,24 +129,36 @@ END
 $$;
 
 CREATE FUNCTION public.hookline_commit(p_webhook uuid, p_project bigint, p_message uuid, p_token uuid, p_next boolean) RETURNS TABLE(refusal public.lock_refusal, state public.message_state, id uuid, seq bigint, retry_count integer, max_retries integer, lock_token uuid, lock_expires_at timestamp with time zone, received_at timestamp with time zone, key_id integer, nonce bytea, ciphertext bytea, priority smallint)
+    LANGUAGE sql
+    AS $$
+    SELECT * FROM hookline_commit_next(p_webhook, p_project, p_message, p_token, CASE WHEN p_next THEN 1 ELSE 0 END)
+$$;
+
+CREATE FUNCTION public.hookline_commit_next(p_webhook uuid, p_project bigint, p_message uuid, p_token uuid, p_next integer) RETURNS TABLE(refusal public.lock_refusal, state public.message_state, id uuid, seq bigint, retry_count integer, max_retries integer, lock_token uuid, lock_expires_at timestamp with time zone, received_at timestamp with time zone, key_id integer, nonce bytea, ciphertext bytea, priority smallint)
     LANGUAGE plpgsql
     AS $$
 DECLARE
     hook webhooks%ROWTYPE := hookline_delivery_webhook(p_webhook, p_project);
     held held_lock := hookline_held_lock(hook, p_message, p_token);
 BEGIN
+    IF held.refusal IS NULL AND hook.mode = 'fifo' AND held.seq <> hook.locked_seq THEN
+        held.refusal := 'out_of_order';
+    END IF;
     IF held.refusal IS NULL THEN
         UPDATE messages m SET state = 'committed', committed_at = now(), lock_token = NULL, lock_expires_at = NULL
         WHERE m.webhook_id = hook.id AND m.seq = held.seq;
         held.state := 'committed';
         IF hook.mode = 'fifo' THEN
-            UPDATE webhooks w SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL WHERE w.id = hook.id;
-            hook.locked_seq := NULL;
-            hook.lock_token := NULL;
-            hook.lock_expires_at := NULL;
+            UPDATE webhooks w
+            SET locked_seq = w.window_rest[1],
+                lock_token = CASE WHEN w.window_rest IS NOT NULL THEN w.lock_token END,
+                lock_expires_at = CASE WHEN w.window_rest IS NOT NULL THEN w.lock_expires_at END,
+                window_rest = nullif(w.window_rest[2:], '{}')
+            WHERE w.id = hook.id
+            RETURNING w.* INTO hook;
         END IF;
-        IF p_next THEN
-            RETURN QUERY SELECT NULL::lock_refusal, held.state, n.* FROM hookline_lock_next(hook, 1) n;
+        IF p_next > 0 AND hook.locked_seq IS NULL THEN
+            RETURN QUERY SELECT NULL::lock_refusal, held.state, n.* FROM hookline_lock_next(hook, p_next) n;
             IF FOUND THEN
                 RETURN;
             END IF;
@@ -229,13 +242,17 @@ CREATE TABLE public.webhooks (
     priorities boolean DEFAULT false NOT NULL,
     idempotency_from_webhook_id boolean DEFAULT false NOT NULL,
     require_lock_token boolean DEFAULT false NOT NULL,
+    fifo_window integer DEFAULT 1 NOT NULL,
+    window_rest bigint[],
+    CONSTRAINT webhooks_fifo_window_range CHECK (((fifo_window >= 1) AND (fifo_window <= 100))),
     CONSTRAINT webhooks_lock_complete CHECK ((((locked_seq IS NULL) = (lock_token IS NULL)) AND ((locked_seq IS NULL) = (lock_expires_at IS NULL)))),
     CONSTRAINT webhooks_lock_timeout_range CHECK (((lock_timeout_seconds >= 1) AND (lock_timeout_seconds <= 43200))),
     CONSTRAINT webhooks_max_retries_range CHECK (((max_retries >= 1) AND (max_retries <= 100))),
     CONSTRAINT webhooks_signature_complete CHECK ((((signature_scheme IS NULL) = (signature_secret IS NULL)) AND ((signature_secret IS NULL) = (signature_nonce IS NULL)) AND ((signature_secret IS NULL) = (signature_key_id IS NULL)))),
     CONSTRAINT webhooks_signature_scheme_known CHECK ((signature_scheme = ANY (ARRAY['standard-webhooks'::text, 'stripe'::text, 'github'::text]))),
     CONSTRAINT webhooks_signature_tolerance_range CHECK (((signature_tolerance_seconds >= 1) AND (signature_tolerance_seconds <= 86400))),
-    CONSTRAINT webhooks_ttl_days_range CHECK (((ttl_days >= 1) AND (ttl_days <= 365)))
+    CONSTRAINT webhooks_ttl_days_range CHECK (((ttl_days >= 1) AND (ttl_days <= 365))),
+    CONSTRAINT webhooks_window_locked CHECK (((window_rest IS NULL) OR ((locked_seq IS NOT NULL) AND (cardinality(window_rest) > 0))))
 );
 
 CREATE FUNCTION public.hookline_delivery_webhook(p_webhook uuid, p_project bigint) RETURNS public.webhooks
@@ -277,6 +294,9 @@ BEGIN
     state := held.state;
     max_retries := hook.max_retries;
     IF held.refusal IS NULL THEN
+        IF hook.mode = 'fifo' THEN
+            PERFORM hookline_shrink_window(hook.id, hook.lock_token, held.seq);
+        END IF;
         SELECT f.new_state, f.new_retry_count INTO state, retry_count
         FROM hookline_fail_attempts(hook.id, ARRAY[held.seq], hook.max_retries, p_reason, p_requeue) f;
         -- The row went (purged, expired) after the check: nothing was errored.
@@ -388,7 +408,8 @@ BEGIN
         RETURN (NULL, 'token_required', NULL)::held_lock;
     END IF;
     IF hook.mode = 'fifo' THEN
-        SELECT m.seq, m.state, CASE WHEN m.seq = hook.locked_seq THEN hook.lock_token END
+        SELECT m.seq, m.state,
+               CASE WHEN m.seq = hook.locked_seq OR m.seq = ANY (hook.window_rest) THEN hook.lock_token END
         INTO found_seq, found_state, holder
         FROM messages m WHERE m.webhook_id = hook.id AND m.id = p_message;
     ELSE
@@ -469,37 +490,6 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION public.hookline_lock_head(hook public.webhooks) RETURNS SETOF public.locked_message
-    LANGUAGE plpgsql
-    SET enable_sort TO 'off'
-    AS $$
-DECLARE
-    head messages%ROWTYPE;
-    token uuid := gen_random_uuid();
-    expires timestamptz := now() + make_interval(secs => hook.lock_timeout_seconds);
-BEGIN
-    IF hook.locked_seq IS NOT NULL THEN
-        IF hook.lock_expires_at > now() THEN
-            RETURN;
-        END IF;
-        PERFORM hookline_fail_attempts(hook.id, ARRAY[hook.locked_seq], hook.max_retries, 'lock expired');
-    END IF;
-
-    PERFORM hookline_promote_due(hook.id);
-    SELECT * INTO head FROM messages m
-    WHERE m.webhook_id = hook.id AND m.state = 'queued' AND m.deliver_at IS NULL AND m.lock_token IS NULL
-      AND m.expires_at > now()
-    ORDER BY m.priority DESC, m.seq LIMIT 1;
-    IF NOT FOUND THEN
-        RETURN;
-    END IF;
-
-    UPDATE webhooks SET locked_seq = head.seq, lock_token = token, lock_expires_at = expires WHERE id = hook.id;
-    RETURN NEXT (head.id, head.seq, head.retry_count, hook.max_retries, token, expires, head.received_at,
-                 head.key_id, head.nonce, head.ciphertext, head.priority)::locked_message;
-END
-$$;
-
 CREATE FUNCTION public.hookline_lock_message(p_webhook uuid, p_project bigint, p_message uuid, OUT seq bigint, OUT state public.message_state, OUT locked boolean) RETURNS SETOF record
     LANGUAGE plpgsql
     AS $$
@@ -509,7 +499,7 @@ BEGIN
         RAISE EXCEPTION 'webhook not found' USING ERRCODE = 'no_data_found';
     END IF;
     RETURN QUERY
-    SELECT m.seq, m.state, coalesce(w.locked_seq = m.seq, false) OR m.lock_token IS NOT NULL
+    SELECT m.seq, m.state, coalesce(w.locked_seq = m.seq OR m.seq = ANY (w.window_rest), false) OR m.lock_token IS NOT NULL
     FROM messages m JOIN webhooks w ON w.id = m.webhook_id
     WHERE m.webhook_id = p_webhook AND m.id = p_message
     FOR UPDATE OF m;
@@ -521,10 +511,46 @@ CREATE FUNCTION public.hookline_lock_next(hook public.webhooks, p_max integer) R
     AS $$
 BEGIN
     IF hook.mode = 'fifo' THEN
-        RETURN QUERY SELECT * FROM hookline_lock_head(hook);
+        RETURN QUERY SELECT * FROM hookline_lock_window(hook, p_max);
     ELSE
         RETURN QUERY SELECT * FROM hookline_lock_available(hook, p_max);
     END IF;
+END
+$$;
+
+CREATE FUNCTION public.hookline_lock_window(hook public.webhooks, p_max integer) RETURNS SETOF public.locked_message
+    LANGUAGE plpgsql
+    SET enable_sort TO 'off'
+    AS $$
+DECLARE
+    token uuid := gen_random_uuid();
+    expires timestamptz := now() + make_interval(secs => hook.lock_timeout_seconds);
+    leased locked_message[];
+BEGIN
+    IF hook.locked_seq IS NOT NULL THEN
+        IF hook.lock_expires_at > now() THEN
+            RETURN;
+        END IF;
+        PERFORM hookline_fail_attempts(hook.id, ARRAY[hook.locked_seq], hook.max_retries, 'lock expired');
+    END IF;
+
+    PERFORM hookline_promote_due(hook.id);
+    leased := ARRAY(
+        SELECT (m.id, m.seq, m.retry_count, hook.max_retries, token, expires, m.received_at,
+                m.key_id, m.nonce, m.ciphertext, m.priority)::locked_message
+        FROM messages m
+        WHERE m.webhook_id = hook.id AND m.state = 'queued' AND m.deliver_at IS NULL AND m.lock_token IS NULL
+          AND m.expires_at > now()
+        ORDER BY m.priority DESC, m.seq LIMIT least(p_max, hook.fifo_window));
+    IF cardinality(leased) = 0 THEN
+        RETURN;
+    END IF;
+
+    UPDATE webhooks
+    SET locked_seq = leased[1].seq, lock_token = token, lock_expires_at = expires,
+        window_rest = nullif(ARRAY(SELECT l.seq FROM unnest(leased[2:]) l), '{}')
+    WHERE id = hook.id;
+    RETURN QUERY SELECT * FROM unnest(leased);
 END
 $$;
 
@@ -723,16 +749,15 @@ CREATE FUNCTION public.hookline_release_expired_locks(p_limit integer) RETURNS i
 $$;
 
 CREATE FUNCTION public.hookline_release_lock(p_webhook uuid, p_message uuid, p_token uuid) RETURNS void
-    LANGUAGE sql
+    LANGUAGE plpgsql
     AS $$
-    WITH fifo AS (
-        UPDATE webhooks SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL
-        WHERE id = p_webhook AND lock_token = p_token
-        RETURNING id
-    )
-    UPDATE messages SET lock_token = NULL, lock_expires_at = NULL, deliver_at = now() + interval '5 seconds'
-    WHERE webhook_id = p_webhook AND id = p_message AND lock_token = p_token
-      AND NOT EXISTS (SELECT 1 FROM fifo)
+BEGIN
+    IF NOT hookline_shrink_window(p_webhook, p_token,
+                                  (SELECT seq FROM messages WHERE webhook_id = p_webhook AND id = p_message)) THEN
+        UPDATE messages SET lock_token = NULL, lock_expires_at = NULL
+        WHERE webhook_id = p_webhook AND id = p_message AND lock_token = p_token;
+    END IF;
+END
 $$;
 
 CREATE FUNCTION public.hookline_release_orphaned_locks(p_webhook uuid) RETURNS void
@@ -747,7 +772,16 @@ CREATE FUNCTION public.hookline_release_purged_lock(p_webhook uuid, p_seqs bigin
     LANGUAGE sql
     AS $$
     UPDATE webhooks SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL
-    WHERE id = p_webhook AND locked_seq = ANY (p_seqs)
+    WHERE id = p_webhook AND (locked_seq = ANY (p_seqs) OR window_rest && p_seqs)
+$$;
+
+CREATE FUNCTION public.hookline_release_window() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    NEW.window_rest := NULL;
+    RETURN NEW;
+END
 $$;
 
 CREATE FUNCTION public.hookline_remember_deleted_webhooks() RETURNS trigger
@@ -756,6 +790,21 @@ CREATE FUNCTION public.hookline_remember_deleted_webhooks() RETURNS trigger
 BEGIN
     INSERT INTO deleted_webhooks (webhook_id) SELECT id FROM old_rows ON CONFLICT DO NOTHING;
     RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION public.hookline_shrink_window(p_webhook uuid, p_token uuid, p_seq bigint) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    UPDATE webhooks w
+    SET locked_seq = CASE WHEN w.locked_seq = p_seq THEN NULL ELSE w.locked_seq END,
+        lock_token = CASE WHEN w.locked_seq = p_seq THEN NULL ELSE w.lock_token END,
+        lock_expires_at = CASE WHEN w.locked_seq = p_seq THEN NULL ELSE w.lock_expires_at END,
+        window_rest = CASE WHEN w.locked_seq = p_seq THEN NULL
+                           ELSE nullif(w.window_rest[:array_position(w.window_rest, p_seq) - 1], '{}') END
+    WHERE w.id = p_webhook AND w.lock_token = p_token AND (w.locked_seq = p_seq OR p_seq = ANY (w.window_rest));
+    RETURN FOUND;
 END
 $$;
 
@@ -1027,6 +1076,8 @@ CREATE TRIGGER messages_requeued AFTER UPDATE OF state ON public.messages FOR EA
 CREATE TRIGGER webhooks_deleted AFTER DELETE ON public.webhooks REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION public.hookline_remember_deleted_webhooks();
 
 CREATE TRIGGER webhooks_lock_released AFTER UPDATE OF locked_seq ON public.webhooks FOR EACH ROW WHEN (((old.locked_seq IS NOT NULL) AND (new.locked_seq IS NULL))) EXECUTE FUNCTION public.hookline_wake_on_release();
+
+CREATE TRIGGER webhooks_window_released BEFORE UPDATE OF locked_seq ON public.webhooks FOR EACH ROW WHEN (((new.locked_seq IS NULL) AND (new.window_rest IS NOT NULL))) EXECUTE FUNCTION public.hookline_release_window();
 
 ALTER TABLE ONLY public.api_keys
     ADD CONSTRAINT api_keys_project_id_fkey FOREIGN KEY (project_id) REFERENCES public.projects(id) ON DELETE CASCADE;

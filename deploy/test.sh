@@ -56,7 +56,7 @@ if [ -z "${DATABASE_URL:-}" ]; then
     # over HTTP and checks order; the full run is deploy/bench.sh (see BENCHMARKS.md).
     echo "== benchmark smoke"
     smoke_dir="${TMPDIR:-/tmp}/hookline-bench-smoke-$$"
-    cargo run --quiet -p hookline-bench -- --secs 1 --scenarios ingest-one,fifo-one,standard --check \
+    cargo run --quiet -p hookline-bench -- --secs 1 --scenarios ingest-one,fifo-one,fifo-many,standard --check \
         --port 0 --data-dir "$smoke_dir" --json target/bench-smoke.json
     rm -rf "$smoke_dir"
 fi

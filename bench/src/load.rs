@@ -176,6 +176,35 @@ async fn consume(t: Target, webhooks: Vec<String>, deadline: Instant, next: bool
     out
 }
 
+/// One consumer leasing ordered windows of up to `window` messages from one FIFO webhook
+/// (its fifoWindow set that large): a dequeue with maxMessages, then one batch commit of the
+/// window in order. Latency is per message, from the dequeue to its window's commit.
+pub async fn fifo_window(target: &Target, webhook: String, window: usize, secs: u64) -> Outcome {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let mut out = Outcome::new();
+    let mut last_seq = None;
+    let dequeue = format!("/api/webhooks/{webhook}/messages/dequeue?maxMessages={window}");
+    let commit = format!("/api/webhooks/{webhook}/messages/commit");
+    while Instant::now() < deadline {
+        let sent = Instant::now();
+        let Some(messages) = dequeue_batch(target, &dequeue, &mut out).await else { break };
+        let mut entries = Vec::with_capacity(messages.len());
+        for m in &messages {
+            let seq = m["seq"].as_i64().unwrap_or(0);
+            match last_seq.replace(seq) {
+                Some(prev) if prev >= seq => out.out_of_order += 1,
+                Some(prev) if seq > prev + 1 => out.lost += (seq - prev - 1) as u64,
+                _ => {}
+            }
+            entries.push(serde_json::json!({ "id": m["id"], "lockToken": m["lockToken"] }));
+        }
+        commit_batch(target, &commit, entries, sent, &mut out).await;
+    }
+    out.elapsed = started.elapsed();
+    out
+}
+
 /// `consumers` concurrent consumers on one standard-mode webhook, each locking up to `batch`
 /// messages per dequeue and committing them with one batch commit. Latency is per message,
 /// from the dequeue that handed it out to its commit.
@@ -202,18 +231,8 @@ async fn consume_standard(
     let dequeue = format!("/api/webhooks/{webhook}/messages/dequeue?maxMessages={batch}");
     while Instant::now() < deadline {
         let sent = Instant::now();
-        let messages = match post(&t, &dequeue, None).await {
-            Some((StatusCode::OK, v)) => v["messages"].as_array().cloned().unwrap_or_default(),
-            Some((StatusCode::NO_CONTENT, _)) => {
-                // Drained: the others hold what is left.
-                out.empty += 1;
-                break;
-            }
-            _ => {
-                out.failures += 1;
-                continue;
-            }
-        };
+        // None: drained, the others hold what is left.
+        let Some(messages) = dequeue_batch(&t, &dequeue, &mut out).await else { break };
         let mut entries = Vec::with_capacity(messages.len());
         for m in &messages {
             let id = m["id"].as_str().unwrap_or_default().to_owned();
@@ -223,19 +242,45 @@ async fn consume_standard(
             entries.push(serde_json::json!({ "id": id, "lockToken": m["lockToken"] }));
         }
         let commit = format!("/api/webhooks/{webhook}/messages/commit");
-        match post(&t, &commit, Some(serde_json::json!({ "messages": entries }))).await {
-            Some((StatusCode::OK, v)) => {
-                let committed = v["committed"].as_array().map_or(0, Vec::len) as u64;
-                out.failures += messages.len() as u64 - committed;
-                for _ in 0..committed {
-                    out.done += 1;
-                    out.latency.saturating_record(sent.elapsed().as_micros() as u64);
-                }
-            }
-            _ => out.failures += messages.len() as u64,
-        }
+        commit_batch(&t, &commit, entries, sent, &mut out).await;
     }
     out
+}
+
+/// A dequeue with maxMessages: what it locked (none when the request failed, counted as a
+/// failure), or None when the queue answered 204.
+async fn dequeue_batch(t: &Target, path: &str, out: &mut Outcome) -> Option<Vec<Value>> {
+    match post(t, path, None).await {
+        Some((StatusCode::OK, v)) => Some(v["messages"].as_array().cloned().unwrap_or_default()),
+        Some((StatusCode::NO_CONTENT, _)) => {
+            out.empty += 1;
+            None
+        }
+        _ => {
+            out.failures += 1;
+            Some(Vec::new())
+        }
+    }
+}
+
+/// One batch commit; each message committed counts its latency from `sent`, each other one
+/// a failure.
+async fn commit_batch(t: &Target, path: &str, entries: Vec<Value>, sent: Instant, out: &mut Outcome) {
+    let sent_entries = entries.len() as u64;
+    if sent_entries == 0 {
+        return;
+    }
+    match post(t, path, Some(serde_json::json!({ "messages": entries }))).await {
+        Some((StatusCode::OK, v)) => {
+            let committed = v["committed"].as_array().map_or(0, Vec::len) as u64;
+            out.failures += sent_entries - committed;
+            for _ in 0..committed {
+                out.done += 1;
+                out.latency.saturating_record(sent.elapsed().as_micros() as u64);
+            }
+        }
+        _ => out.failures += sent_entries,
+    }
 }
 
 /// Open loop: one request every 1/rate s regardless of answers; latency is measured from

@@ -114,6 +114,9 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// fifo-one-window's fifoWindow and maxMessages.
+const WINDOW: usize = 10;
+
 /// The scenarios `--scenarios` accepts (besides `all`).
 const SCENARIOS: &[&str] =
     &["ingest-many", "ingest-one", "fifo-one", "fifo-many", "standard", "latency", "delivery", "growth", "baseline"];
@@ -143,6 +146,11 @@ async fn run(args: &Args, exe: &std::path::Path, broker: &Broker) -> anyhow::Res
         top_up(&target, one.clone(), 8_000 * secs).await;
         rec.measure("fifo-one", load::fifo(&target, one.clone(), 1, secs, false)).await;
         rec.measure("fifo-one-next", load::fifo(&target, one.clone(), 1, secs, true)).await;
+        // The ordered in-flight window: one consumer leasing 10 at a time.
+        let settings = serde_json::json!({"name": "bench-window", "fifoWindow": WINDOW});
+        let windowed = Arc::new(vec![load::create_webhook(&target, settings).await?]);
+        top_up(&target, windowed.clone(), 5_000 * secs).await;
+        rec.measure("fifo-one-window", load::fifo_window(&target, windowed[0].clone(), WINDOW, secs)).await;
     }
     if wanted("fifo-many") {
         // As peers-bench's RabbitMQ run: 100 ordered queues, a consumer each.

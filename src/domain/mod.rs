@@ -53,4 +53,4 @@ pub use plan::{LimitOverrides, Limits, Plan};
 pub use scope::{Scope, Scopes};
 pub use signature::SignatureScheme;
 pub use text::{storable, NulInText};
-pub use webhook::{LockTimeout, MaxRetries, SettingError, TtlDays, WebhookName};
+pub use webhook::{FifoWindow, LockTimeout, MaxRetries, SettingError, TtlDays, WebhookName};

@@ -19,6 +19,11 @@ bounded_setting!(
     MaxRetries, "maxRetries", 1, 100, 10
 );
 bounded_setting!(
+    /// FIFO: how many messages from the head one consumer may lease at once, under one lock
+    /// token, to commit in order (the ordered in-flight window).
+    FifoWindow, "fifoWindow", 1, 100, 1
+);
+bounded_setting!(
     /// Days a message is kept, in any state, before the purge job deletes it.
     TtlDays, "ttlDays", 1, 365, 7
 );

@@ -74,6 +74,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::Refused(Refusal::PlanLimit { .. } | Refusal::LockTokenRequired) => "validation_failed",
+            Self::Refused(Refusal::OutOfOrder) => "out_of_order",
             Self::Refused(_) => "conflict",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RateLimited(_) => "rate_limited",
@@ -96,7 +97,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: bad_request, unauthorized, invalid_signature, invalid_login, forbidden, not_found, method_not_allowed,
-    /// conflict, validation_failed, payload_too_large, rate_limited, payload_unreadable, key_unavailable,
+    /// conflict, out_of_order, validation_failed, payload_too_large, rate_limited, payload_unreadable, key_unavailable,
     /// overloaded, busy, internal.
     pub code: String,
     pub message: String,

@@ -12,7 +12,9 @@ use super::extract::{Manage, WebhookRequest};
 use super::ingest::signature::SigningKey;
 use super::responses::{BodyErrors, KeyErrors, WebhookErrors};
 use super::{ApiState, Authenticated, PageQuery};
-use crate::domain::{storable, DeliveryMode, LockTimeout, MaxRetries, Scope, SignatureScheme, WebhookId, WebhookName};
+use crate::domain::{
+    storable, DeliveryMode, FifoWindow, LockTimeout, MaxRetries, Scope, SignatureScheme, WebhookId, WebhookName,
+};
 use crate::store::webhooks::{self as store, NewWebhook, StoredSignature, Webhook, WebhookChanges, WebhookQuota};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -56,6 +58,12 @@ pub struct CreateWebhook {
     /// Commit, error and extend must name the lock token their dequeue answered (otherwise
     /// 422). Default false.
     pub require_lock_token: Option<bool>,
+    /// FIFO: the ordered in-flight window, 1 to 100 (default 1). A dequeue (or a commit with
+    /// next=true) with maxMessages leases up to this many messages from the head, in order,
+    /// under one lock token; they are committed in that order. Standard webhooks ignore it.
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "crate::http::whole::opt")]
+    pub fifo_window: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -82,6 +90,9 @@ pub struct UpdateWebhook {
     pub priorities: Option<bool>,
     pub idempotency_from_webhook_id: Option<bool>,
     pub require_lock_token: Option<bool>,
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "crate::http::whole::opt")]
+    pub fifo_window: Option<i64>,
 }
 
 /// Tells a field set to null (Some(None)) from one left out (None).
@@ -147,6 +158,7 @@ pub struct WebhookResponse {
     pub priorities: bool,
     pub idempotency_from_webhook_id: bool,
     pub require_lock_token: bool,
+    pub fifo_window: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -174,6 +186,7 @@ fn respond(state: &ApiState, w: Webhook) -> WebhookResponse {
         priorities: w.priorities,
         idempotency_from_webhook_id: w.idempotency_from_webhook_id,
         require_lock_token: w.require_lock_token,
+        fifo_window: w.fifo_window,
         created_at: w.created_at,
         updated_at: w.updated_at,
     }
@@ -202,6 +215,7 @@ pub async fn create(
         priorities: req.priorities.unwrap_or(false),
         idempotency_from_webhook_id: req.idempotency_from_webhook_id.unwrap_or(false),
         require_lock_token: req.require_lock_token.unwrap_or(false),
+        fifo_window: req.fifo_window.map(FifoWindow::parse).transpose()?.unwrap_or_default(),
     };
     let signing = req.signature.as_ref().map(parse_signature).transpose()?;
     let quota = limits.max_webhooks.map(|max| WebhookQuota { max, plan: limits.plan });
@@ -277,6 +291,7 @@ pub async fn update(
         priorities: req.priorities,
         idempotency_from_webhook_id: req.idempotency_from_webhook_id,
         require_lock_token: req.require_lock_token,
+        fifo_window: req.fifo_window.map(FifoWindow::parse).transpose()?,
     };
     let signing = match &req.signature {
         None => None,

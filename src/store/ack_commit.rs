@@ -40,9 +40,9 @@ impl AckCommitter {
         Self { queue }
     }
 
-    /// Commits the message (and with `next`, locks the next one), once its batch has
-    /// committed. Ok(None): committed, nothing next (or not asked).
-    pub async fn commit(&self, commit: QueuedAck) -> StoreResult<Option<LockedMessage>> {
+    /// Commits the message (and with `next`, leases what follows), once its batch has
+    /// committed. Empty: committed, nothing leased (or not asked).
+    pub async fn commit(&self, commit: QueuedAck) -> StoreResult<Vec<LockedMessage>> {
         match self.submit(commit).await? {
             AckOutcome::Committed(next) => Ok(next),
             AckOutcome::Errored(_) => Err(mismatched()),

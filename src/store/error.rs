@@ -39,6 +39,9 @@ pub enum Refusal {
     /// The webhook requires the lock token and the call named none.
     #[error("lockToken is required on this webhook (requireLockToken is on)")]
     LockTokenRequired,
+    /// A message of a leased window committed before the ones leased ahead of it.
+    #[error("commit the messages of a window in the order they were leased: an earlier one is still locked")]
+    OutOfOrder,
     /// The lock is held under another token.
     #[error("lock token does not match: the lock expired and was handed out again")]
     LockMismatch,

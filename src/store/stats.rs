@@ -27,7 +27,9 @@ pub async fn get(db: impl PgExecutor<'_>, project: ProjectId, webhook: &WebhookI
     let row = sqlx::query_as!(
         QueueStats,
         r#"WITH hook AS (
-             SELECT id, locked_seq, coalesce(locked_seq, 0) AS fifo_locked FROM webhooks WHERE id = $1 AND project_id = $2
+             -- A FIFO lock's messages: its window's head and the rest.
+             SELECT id, array_remove(locked_seq || coalesce(window_rest, '{}'), NULL) AS leased
+             FROM webhooks WHERE id = $1 AND project_id = $2
          ), totals AS (
              SELECT coalesce(sum(live), 0)::int8 AS live, coalesce(sum(dead), 0)::int8 AS dead,
                     coalesce(sum(committed), 0)::int8 AS committed,
@@ -37,21 +39,21 @@ pub async fn get(db: impl PgExecutor<'_>, project: ProjectId, webhook: &WebhookI
                     coalesce(sum(delivered) FILTER (WHERE at > now() - interval '1 hour'), 0)::int8 AS delivered_hour
              FROM webhook_counts WHERE webhook_id = $1
          ), gauges AS (
-             SELECT (hook.locked_seq IS NOT NULL)::int::int8
+             SELECT cardinality(hook.leased)::int8
                     + (SELECT count(*) FROM messages WHERE webhook_id = $1 AND lock_token IS NOT NULL) AS locked,
                     (SELECT count(*) FROM messages
                      WHERE webhook_id = $1 AND state = 'queued' AND deliver_at > now()) AS delayed,
                     -- Past their TTL but not purged yet: never delivered, so not waiting.
                     (SELECT count(*) FROM messages
                      WHERE expires_at <= now() AND webhook_id = $1 AND state = 'queued' AND lock_token IS NULL
-                       AND (deliver_at IS NULL OR deliver_at <= now()) AND seq <> hook.fifo_locked) AS expired,
+                       AND (deliver_at IS NULL OR deliver_at <= now()) AND seq <> ALL (hook.leased)) AS expired,
                     -- Each priority's first ready seq is its oldest: 11 probes of the ready index.
                     (SELECT extract(epoch FROM now() - min(head.received_at))::float8
                      FROM generate_series(0, 10) AS p(priority)
                      CROSS JOIN LATERAL (SELECT received_at FROM messages
                                          WHERE webhook_id = $1 AND state = 'queued' AND priority = p.priority
                                            AND deliver_at IS NULL AND lock_token IS NULL
-                                           AND seq <> hook.fifo_locked AND expires_at > now()
+                                           AND seq <> ALL (hook.leased) AND expires_at > now()
                                          ORDER BY seq LIMIT 1) head) AS oldest
              FROM hook
          )

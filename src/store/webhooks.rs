@@ -7,7 +7,9 @@ use uuid::Uuid;
 use super::{Context, Refusal, StoreError, StoreResult};
 use crate::crypto::Sealed;
 use crate::domain::SignatureScheme;
-use crate::domain::{DeliveryMode, LockTimeout, MaxRetries, Plan, ProjectId, TtlDays, WebhookId, WebhookName};
+use crate::domain::{
+    DeliveryMode, FifoWindow, LockTimeout, MaxRetries, Plan, ProjectId, TtlDays, WebhookId, WebhookName,
+};
 
 #[derive(Debug, Clone)]
 pub struct Webhook {
@@ -24,6 +26,8 @@ pub struct Webhook {
     pub idempotency_from_webhook_id: bool,
     /// Commit, error and extend must name the lock token.
     pub require_lock_token: bool,
+    /// FIFO: how many messages one consumer may lease at once, in order.
+    pub fifo_window: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -40,6 +44,7 @@ struct Row {
     priorities: bool,
     idempotency_from_webhook_id: bool,
     require_lock_token: bool,
+    fifo_window: i32,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -58,6 +63,7 @@ impl From<Row> for Webhook {
             priorities: r.priorities,
             idempotency_from_webhook_id: r.idempotency_from_webhook_id,
             require_lock_token: r.require_lock_token,
+            fifo_window: r.fifo_window,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -73,6 +79,7 @@ pub struct NewWebhook {
     pub priorities: bool,
     pub idempotency_from_webhook_id: bool,
     pub require_lock_token: bool,
+    pub fifo_window: FifoWindow,
 }
 
 /// The most webhooks a project may have, and the plan that says so.
@@ -105,11 +112,11 @@ pub async fn create(
     let row = sqlx::query_as!(
         Row,
         r#"INSERT INTO webhooks (id, project_id, name, lock_timeout_seconds, max_retries, ttl_days, mode, priorities,
-                                 idempotency_from_webhook_id, require_lock_token)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                                 idempotency_from_webhook_id, require_lock_token, fifo_window)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
            RETURNING id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme,
                      signature_tolerance_seconds, mode AS "mode: DeliveryMode", priorities,
-                     idempotency_from_webhook_id, require_lock_token, created_at, updated_at"#,
+                     idempotency_from_webhook_id, require_lock_token, fifo_window, created_at, updated_at"#,
         id.as_uuid(),
         project.0,
         new.name.as_str(),
@@ -119,7 +126,8 @@ pub async fn create(
         new.mode as _,
         new.priorities,
         new.idempotency_from_webhook_id,
-        new.require_lock_token
+        new.require_lock_token,
+        new.fifo_window.get()
     )
     .fetch_one(&mut *tx)
     .await
@@ -135,7 +143,7 @@ pub async fn get(db: impl PgExecutor<'_>, project: ProjectId, id: &WebhookId) ->
     let row = sqlx::query_as!(
         Row,
         r#"SELECT id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme, signature_tolerance_seconds,
-                  mode AS "mode: DeliveryMode", priorities, idempotency_from_webhook_id, require_lock_token, created_at, updated_at
+                  mode AS "mode: DeliveryMode", priorities, idempotency_from_webhook_id, require_lock_token, fifo_window, created_at, updated_at
            FROM webhooks WHERE id = $1 AND project_id = $2"#,
         id.as_uuid(),
         project.0
@@ -158,7 +166,7 @@ pub async fn list(
     let rows = sqlx::query_as!(
         Row,
         r#"SELECT id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme, signature_tolerance_seconds,
-                  mode AS "mode: DeliveryMode", priorities, idempotency_from_webhook_id, require_lock_token, created_at, updated_at
+                  mode AS "mode: DeliveryMode", priorities, idempotency_from_webhook_id, require_lock_token, fifo_window, created_at, updated_at
            FROM webhooks
            WHERE project_id = $1
              AND ($2::uuid IS NULL OR (created_at, id) >
@@ -186,6 +194,7 @@ pub struct WebhookChanges {
     pub priorities: Option<bool>,
     pub idempotency_from_webhook_id: Option<bool>,
     pub require_lock_token: Option<bool>,
+    pub fifo_window: Option<FifoWindow>,
 }
 
 /// Changes apply to messages from now on; a message's TTL was fixed when it arrived.
@@ -205,11 +214,12 @@ pub async fn update(
                priorities = COALESCE($7, priorities),
                idempotency_from_webhook_id = COALESCE($8, idempotency_from_webhook_id),
                require_lock_token = COALESCE($9, require_lock_token),
+               fifo_window = COALESCE($10, fifo_window),
                updated_at = now()
            WHERE id = $1 AND project_id = $2
            RETURNING id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme,
                      signature_tolerance_seconds, mode AS "mode: DeliveryMode", priorities,
-                     idempotency_from_webhook_id, require_lock_token, created_at, updated_at"#,
+                     idempotency_from_webhook_id, require_lock_token, fifo_window, created_at, updated_at"#,
         id.as_uuid(),
         project.0,
         changes.name.as_ref().map(WebhookName::as_str),
@@ -218,7 +228,8 @@ pub async fn update(
         changes.ttl_days.map(TtlDays::get),
         changes.priorities,
         changes.idempotency_from_webhook_id,
-        changes.require_lock_token
+        changes.require_lock_token,
+        changes.fifo_window.map(FifoWindow::get)
     )
     .fetch_optional(db)
     .await

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use hookline::domain::{LockToken, MessageId, ProjectId, WebhookId};
+use hookline::domain::{LockToken, MaxMessages, MessageId, ProjectId, WebhookId};
 use hookline::store::ack_commit::AckCommitter;
 use hookline::store::batching::GroupCommitConfig;
 use hookline::store::messages::{AckAction, QueuedAck};
@@ -54,7 +54,7 @@ async fn queued(app: &TestApp, wh: &str, d: &Delivery, next: bool) -> QueuedAck 
         webhook,
         message: d.id.parse().unwrap(),
         token: Some(d.lock_token.parse().unwrap()),
-        action: AckAction::Commit { next },
+        action: AckAction::Commit { next: next.then_some(MaxMessages::DEFAULT) },
     }
 }
 
@@ -122,7 +122,7 @@ async fn a_failing_commit_fails_alone_and_its_neighbours_get_their_own_answers()
 
     let (good, wrong, unknown) =
         tokio::join!(committer.commit(good), committer.commit(wrong), committer.commit(unknown));
-    let next = good.expect("the good commit").expect("a next message");
+    let next = good.expect("the good commit").pop().expect("a next message");
     assert_eq!(next.seq.0, 2);
     assert!(matches!(wrong, Err(StoreError::Refused(Refusal::LockMismatch))), "{:?}", wrong.as_ref().err());
     assert!(matches!(unknown, Err(StoreError::NotFound(_))), "{:?}", unknown.as_ref().err());
@@ -200,7 +200,7 @@ async fn two_commits_of_one_head_in_a_batch_answer_as_if_one_after_the_other() {
     let committer = lingering(&app);
     let (first, second) = (queued(&app, &wh, &head, true).await, queued(&app, &wh, &head, false).await);
     let (first, second) = tokio::join!(committer.commit(first), committer.commit(second));
-    assert_eq!(first.expect("committed").expect("the next message").seq.0, 2);
+    assert_eq!(first.expect("committed").pop().expect("the next message").seq.0, 2);
     assert!(
         matches!(
             second,
@@ -254,7 +254,7 @@ async fn commits_submitted_together_share_one_transaction() {
         commits.push(committer.commit(queued(&app, wh, head, true).await));
     }
     for outcome in futures_util::future::join_all(commits).await {
-        assert_eq!(outcome.expect("committed").expect("the next one").seq.0, 2);
+        assert_eq!(outcome.expect("committed").pop().expect("the next one").seq.0, 2);
     }
     let transactions = writers(&app, &heads.iter().map(|(_, h)| h).collect::<Vec<_>>()).await;
     assert_eq!(transactions, 1, "three commits, {transactions} transactions");
@@ -284,7 +284,7 @@ async fn errors_and_commits_share_a_batch() {
         tokio::join!(committer.error(retried), committer.commit(committed), committer.error(buried));
     let retried = retried.expect("errored");
     assert_eq!((retried.state, retried.retry_count), (hookline::domain::MessageState::Queued, 1));
-    assert!(committed.expect("committed").is_none());
+    assert!(committed.expect("committed").is_empty());
     assert_eq!(buried.expect("errored").state, hookline::domain::MessageState::Dead);
     let m = app.message(&heads[0].0, &heads[0].1.id).await;
     assert_eq!((m.str("status").as_str(), m.str("lastError").as_str()), ("queued", "downstream said no"));

@@ -4,7 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{random_id, spawn_app, uuid_of, Delivery};
+use crate::helpers::{random_id, spawn_app, Delivery};
 
 #[tokio::test]
 async fn commit_next_commits_and_hands_out_the_next_message() {
@@ -123,12 +123,7 @@ async fn commit_next_onto_an_unreadable_message_keeps_the_commit_and_buries_the_
     let app = spawn_app().await;
     let wh = app.create_webhook(json!({})).await;
     let ids = app.ingest_many(&wh, 3).await;
-    app.sql(&format!(
-        "UPDATE messages SET ciphertext = set_byte(ciphertext, 0, get_byte(ciphertext, 0) # 1)
-         WHERE webhook_id = '{}' AND seq = 2",
-        uuid_of(&wh)
-    ))
-    .await;
+    app.corrupt_payload(&wh, 2).await;
     let first = app.dequeue_ok(&wh).await;
 
     let r = app.commit_next(&wh, &first.id, Some(&first.lock_token)).await;

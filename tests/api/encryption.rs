@@ -201,14 +201,7 @@ async fn an_unreadable_message_inside_a_batch_dequeue_is_dead_lettered_and_the_r
     for n in 0..3 {
         ids.push(ingest_marked(&app, &wh, n).await);
     }
-    let tampered = app
-        .sql(&format!(
-            "UPDATE messages SET ciphertext = set_byte(ciphertext, 0, get_byte(ciphertext, 0) # 1)
-             WHERE webhook_id = '{}' AND seq = 2",
-            uuid_of(&wh)
-        ))
-        .await;
-    assert_eq!(tampered.rows_affected(), 1);
+    app.corrupt_payload(&wh, 2).await;
 
     let r = app.dequeue_with(&wh, "maxMessages=10").await;
     r.expect(StatusCode::OK);

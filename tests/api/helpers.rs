@@ -619,6 +619,18 @@ impl TestApp {
         sqlx::query_scalar::<_, String>(query).fetch_all(&self.pool).await.unwrap()
     }
 
+    /// Flips a bit of a stored message's ciphertext, so it can no longer be opened.
+    pub async fn corrupt_payload(&self, webhook: &str, seq: i64) {
+        let tampered = self
+            .sql(&format!(
+                "UPDATE messages SET ciphertext = set_byte(ciphertext, 0, get_byte(ciphertext, 0) # 1)
+                 WHERE webhook_id = '{}' AND seq = {seq}",
+                uuid_of(webhook)
+            ))
+            .await;
+        assert_eq!(tampered.rows_affected(), 1, "no message {seq} to corrupt");
+    }
+
     /// How many messages of a webhook are stored, in any state.
     pub async fn stored(&self, webhook: &str) -> i64 {
         self.sql_i64(&format!("SELECT count(*) FROM messages WHERE webhook_id = '{}'", uuid_of(webhook))).await

@@ -10,6 +10,7 @@ mod commit_next;
 mod concurrency;
 mod delays_ttl;
 mod encryption;
+mod fifo_window;
 mod group_commit;
 mod hardening;
 mod head_of_line;

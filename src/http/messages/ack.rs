@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::deliver;
-use crate::domain::{storable, LockTimeout, LockToken, MessageId, MessageState};
+use super::{deliver, deliver_batch};
+use crate::domain::{storable, LockTimeout, LockToken, MaxMessages, MessageId, MessageState};
 use crate::http::error::{parse_json, ApiError, ErrorBody, ErrorDetail};
 use crate::http::extract::{LockClaim, LockedRequest, Read, WebhookRequest};
 use crate::http::responses::{BodyErrors, WebhookErrors};
@@ -99,24 +99,32 @@ pub struct Extended {
 const MAX_REASON_CHARS: usize = 2000;
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct CommitQuery {
     /// Also lock the next message in the same transaction and answer it (200 with a
-    /// DeliveredMessage), or 204 when nothing can be delivered next.
+    /// DeliveredMessage), or 204 when nothing can be delivered next. In a FIFO window,
+    /// nothing is leased until the window's last message is committed.
     pub next: Option<bool>,
+    /// With next=true: lease up to this many (1 to 100; a FIFO webhook at most its
+    /// fifoWindow) and answer a DeliveredBatch.
+    #[param(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "crate::http::whole::opt")]
+    pub max_messages: Option<i64>,
 }
 
 /// Acknowledge a locked message: it is done. With `?next=true`, also lock and answer the
-/// next message in the same transaction.
+/// next message in the same transaction (with `maxMessages`, up to that many). The messages
+/// of a FIFO window are committed in the order they were leased (otherwise 409
+/// `out_of_order`).
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/{message_id}/commit", tag = "messages",
     params(("webhook_id" = String, Path), ("message_id" = String, Path), CommitQuery),
     request_body(content = Option<CommitRequest>),
     security(("api_key" = [])),
-    responses((status = 200, body = Committed, description = "Committed; with next=true, the next message (DeliveredMessage)"),
+    responses((status = 200, body = Committed, description = "Committed; with next=true, the next message (DeliveredMessage), with maxMessages a DeliveredBatch"),
               (status = 204, description = "next=true: committed, nothing to deliver next"),
               BodyErrors, WebhookErrors,
-              (status = 409, body = ErrorBody, description = "Not locked, or locked under another token"),
+              (status = 409, body = ErrorBody, description = "conflict: not locked, or locked under another token. out_of_order: a message of a FIFO window leased ahead of it is not committed yet"),
               (status = 422, body = ErrorBody, description = "The webhook requires the lock token (requireLockToken)")))]
 #[tracing::instrument(skip_all, fields(webhook_id = %req.webhook(), message_id = %req.id()))]
 pub async fn commit(
@@ -124,22 +132,25 @@ pub async fn commit(
     query: web::Query<CommitQuery>,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let next = query.next == Some(true);
-    let outcome = state.acks.commit(QueuedAck::new(&req.target(), AckAction::Commit { next })).await?;
-    if !next {
-        return Ok(HttpResponse::Ok().json(Committed { id: req.id(), status: MessageState::Committed }));
-    }
-    match outcome {
-        None => Ok(HttpResponse::NoContent().finish()),
+    let next = match (query.next == Some(true), query.max_messages) {
+        (false, Some(_)) => return Err(ApiError::Validation("maxMessages applies only with next=true".into())),
+        (false, None) => None,
+        (true, max) => Some(max.map(MaxMessages::parse).transpose()?.unwrap_or_default()),
+    };
+    let leased = state.acks.commit(QueuedAck::new(&req.target(), AckAction::Commit { next })).await?;
+    let delivered = match (next, query.max_messages) {
+        (None, _) => return Ok(HttpResponse::Ok().json(Committed { id: req.id(), status: MessageState::Committed })),
+        (Some(_), Some(_)) => deliver_batch(&state, req.webhook(), leased).await,
+        (Some(_), None) => match leased.into_iter().next() {
+            None => return Ok(HttpResponse::NoContent().finish()),
+            Some(next) => deliver(&state, req.webhook(), next).await.map(|m| HttpResponse::Ok().json(m)),
+        },
+    };
+    match delivered {
         // The commit stands: an unreadable next message is dead-lettered (see `deliver`),
         // not reported as a failed commit.
-        Some(next) => match deliver(&state, req.webhook(), next).await {
-            Ok(delivered) => Ok(HttpResponse::Ok().json(delivered)),
-            Err(ApiError::UnreadablePayload(_) | ApiError::KeyUnavailable { .. }) => {
-                Ok(HttpResponse::NoContent().finish())
-            }
-            Err(e) => Err(e),
-        },
+        Err(ApiError::UnreadablePayload(_) | ApiError::KeyUnavailable { .. }) => Ok(HttpResponse::NoContent().finish()),
+        other => other,
     }
 }
 
@@ -217,7 +228,8 @@ pub struct CommitFailure {
 /// Most messages one batch commit may name.
 const MAX_COMMIT_BATCH: usize = 100;
 
-/// Acknowledge up to 100 locked messages in one request (one statement in standard mode).
+/// Acknowledge up to 100 locked messages in one request, in one transaction (one statement
+/// in standard mode; in FIFO mode each in turn, so a window is committed in entry order).
 /// Each entry succeeds or fails on its own: 200 lists which were committed and why the
 /// others were not.
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/commit", tag = "messages",
@@ -235,8 +247,10 @@ pub async fn commit_batch(
     }
     req.auth.rate_limit_n(&state, req.webhook, Operation::Ack, batch.messages.len())?;
     let entries: Vec<(MessageId, Option<LockToken>)> = batch.messages.iter().map(|e| (e.id, e.lock_token)).collect();
-    let mut conn = crate::store::connection(&state.pool).await?;
-    let outcomes = store::commit_many(&mut conn, req.project(), &req.webhook, &entries).await?;
+    // One transaction: a FIFO window's commits, each its own statement, share one flush.
+    let mut tx = crate::store::begin(&state.pool).await?;
+    let outcomes = store::commit_many(&mut tx, req.project(), &req.webhook, &entries).await?;
+    crate::store::commit(tx).await?;
     let mut answer = CommittedBatch { committed: Vec::new(), failed: Vec::new() };
     for ((id, _), outcome) in entries.into_iter().zip(outcomes) {
         match outcome {

@@ -33,7 +33,8 @@ pub struct DequeueQuery {
     #[serde(default, deserialize_with = "crate::http::whole::opt")]
     pub wait: Option<i64>,
     /// Lock up to this many messages (1 to 100) and answer a DeliveredBatch. A FIFO webhook
-    /// has at most one message in flight, so it answers at most one.
+    /// leases at most its fifoWindow (default 1) from the head, in order, under one lock
+    /// token, and hands out nothing more until they are committed or released.
     #[param(minimum = 1, maximum = 100)]
     #[schema(minimum = 1, maximum = 100)]
     #[serde(default, deserialize_with = "crate::http::whole::opt")]

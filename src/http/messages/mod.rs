@@ -107,19 +107,28 @@ pub enum Dequeued {
 }
 
 /// Opens each message; unreadable ones are dead-lettered and left out, and ones sealed with
-/// a key this broker lacks are released and left out (503 when nothing else is left).
+/// a key this broker lacks are released and left out (503 when nothing else is left). In a
+/// FIFO window (messages under one lock token) the store returned the messages after such a
+/// one to the queue with it, so the answer ends there: what follows is not the consumer's.
 pub(super) async fn deliver_batch(
     state: &ApiState,
     webhook: &WebhookId,
     locked: Vec<LockedMessage>,
 ) -> Result<HttpResponse, ApiError> {
+    let window = locked.windows(2).all(|pair| pair[0].lock_token == pair[1].lock_token);
     let mut messages = Vec::with_capacity(locked.len());
     let mut unavailable = None;
     for m in locked {
         match deliver(state, webhook, m).await {
             Ok(delivered) => messages.push(delivered),
+            Err(ApiError::UnreadablePayload(_)) if window => break,
             Err(ApiError::UnreadablePayload(_)) => {}
-            Err(e @ ApiError::KeyUnavailable { .. }) => unavailable = Some(e),
+            Err(e @ ApiError::KeyUnavailable { .. }) => {
+                unavailable = Some(e);
+                if window {
+                    break;
+                }
+            }
             Err(e) => return Err(e),
         }
     }

@@ -8,23 +8,24 @@ use std::collections::HashSet;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::transitions::{error_outcome, refused, CommitRow, LockRefusal};
+use super::transitions::{commit_rows, error_outcome, CommitCalls, CommitRow, LockRefusal};
 use super::{ErrorOutcome, LockedMessage, LockedRef};
-use crate::domain::{LockToken, MessageId, MessageState, ProjectId, WebhookId};
+use crate::domain::{LockToken, MaxMessages, MessageId, MessageState, ProjectId, WebhookId};
 use crate::store::{Context, StoreError, StoreResult};
 
 /// What a consumer asks of its locked message.
 pub enum AckAction {
-    /// Commit it; with `next`, also lock and answer the next message.
-    Commit { next: bool },
+    /// Commit it; with `next`, also lease up to that many messages once its lock is
+    /// released, and answer them.
+    Commit { next: Option<MaxMessages> },
     /// A failed attempt (see `messages::error`).
     Error { reason: Option<String>, requeue: bool },
 }
 
 /// What an acknowledgement did.
 pub enum AckOutcome {
-    /// Committed; the next message when asked and there is one.
-    Committed(Option<LockedMessage>),
+    /// Committed; the messages leased next when asked (none when nothing could be).
+    Committed(Vec<LockedMessage>),
     Errored(ErrorOutcome),
 }
 
@@ -56,21 +57,17 @@ impl QueuedAck {
     /// As a lone call, in its own statement.
     pub async fn run_alone(&self, db: impl sqlx::PgExecutor<'_>) -> StoreResult<AckOutcome> {
         match &self.action {
-            AckAction::Commit { next: true } => super::commit_next(db, &self.target()).await.map(AckOutcome::Committed),
-            AckAction::Commit { next: false } => {
-                super::commit(db, &self.target()).await.map(|()| AckOutcome::Committed(None))
+            AckAction::Commit { next: Some(next) } => {
+                super::commit_next(db, &self.target(), *next).await.map(AckOutcome::Committed)
+            }
+            AckAction::Commit { next: None } => {
+                super::commit(db, &self.target()).await.map(|()| AckOutcome::Committed(Vec::new()))
             }
             AckAction::Error { reason, requeue } => {
                 super::error(db, &self.target(), reason.as_deref(), *requeue).await.map(AckOutcome::Errored)
             }
         }
     }
-}
-
-/// One row of the batch's commits: `hookline_commit`'s answer, and which commit it answers.
-struct NumberedRow {
-    i: i64,
-    row: CommitRow,
 }
 
 /// Runs every acknowledgement in `tx` and answers each: first the commits, in order, then
@@ -138,50 +135,19 @@ async fn run_commits(tx: &mut PgConnection, commits: &[&QueuedAck]) -> StoreResu
     if commits.is_empty() {
         return Ok(Vec::new());
     }
-    let next = column(commits, |a| matches!(a.action, AckAction::Commit { next: true }));
-    let rows = sqlx::query!(
-        r#"SELECT r.i AS "i!", c.refusal AS "refusal: LockRefusal", c.state AS "state: MessageState", c.id, c.seq,
-                  c.retry_count, c.max_retries, c.lock_token, c.lock_expires_at, c.received_at, c.key_id,
-                  c.nonce, c.ciphertext, c.priority
-           FROM unnest($1::uuid[], $2::int8[], $3::uuid[], $4::uuid[], $5::bool[])
-                WITH ORDINALITY AS r(webhook, project, message, token, next, i)
-           CROSS JOIN LATERAL hookline_commit(r.webhook, r.project, r.message, r.token, r.next) c
-           ORDER BY r.i"#,
-        &column(commits, |a| *a.webhook.as_uuid()),
-        &column(commits, |a| a.project.0),
-        &column(commits, |a| *a.message.as_uuid()),
-        &column(commits, token) as _,
-        &next
-    )
-    .fetch_all(&mut *tx)
-    .await
-    .context("committing a batch of messages")?;
-    let rows: Vec<NumberedRow> = rows
-        .into_iter()
-        .map(|r| NumberedRow {
-            i: r.i,
-            row: CommitRow {
-                refusal: r.refusal,
-                state: r.state,
-                id: r.id,
-                seq: r.seq,
-                retry_count: r.retry_count,
-                max_retries: r.max_retries,
-                lock_token: r.lock_token,
-                lock_expires_at: r.lock_expires_at,
-                received_at: r.received_at,
-                key_id: r.key_id,
-                nonce: r.nonce,
-                ciphertext: r.ciphertext,
-                priority: r.priority,
-            },
-        })
-        .collect();
-    in_order(rows.iter().map(|r| r.i), commits.len(), "committing a batch of messages")?;
-    Ok(rows
-        .into_iter()
-        .map(|r| refused(r.row.refusal, r.row.state).map(|()| AckOutcome::Committed(r.row.next())))
-        .collect())
+    let calls = CommitCalls {
+        webhooks: column(commits, |a| *a.webhook.as_uuid()),
+        projects: column(commits, |a| a.project.0),
+        messages: column(commits, |a| *a.message.as_uuid()),
+        tokens: column(commits, token),
+        next: column(commits, |a| match a.action {
+            AckAction::Commit { next } => next.map_or(0, MaxMessages::get),
+            AckAction::Error { .. } => 0,
+        }),
+    };
+    let rows = commit_rows(&mut *tx, &calls).await?;
+    let answers = per_call(rows, |r| r.i, commits.len(), "committing a batch of messages")?;
+    Ok(answers.into_iter().map(|rows| CommitRow::answer(rows).map(AckOutcome::Committed)).collect())
 }
 
 async fn run_errors(tx: &mut PgConnection, errors: &[&QueuedAck]) -> StoreResult<Vec<StoreResult<AckOutcome>>> {
@@ -212,21 +178,34 @@ async fn run_errors(tx: &mut PgConnection, errors: &[&QueuedAck]) -> StoreResult
     .fetch_all(&mut *tx)
     .await
     .context("erroring a batch of messages")?;
-    in_order(rows.iter().map(|r| r.i), errors.len(), "erroring a batch of messages")?;
-    Ok(rows
+    Ok(per_call(rows, |r| r.i, errors.len(), "erroring a batch of messages")?
         .into_iter()
+        .flat_map(|rows| rows.into_iter().take(1))
         .map(|r| error_outcome(r.refusal, r.state, r.retry_count, r.max_retries).map(AckOutcome::Errored))
         .collect())
 }
 
-/// Each function answers one row per call: row k must answer the k-th call, or none of the
-/// answers may be handed out.
-fn in_order(numbers: impl ExactSizeIterator<Item = i64>, calls: usize, operation: &'static str) -> StoreResult<()> {
-    let rows = numbers.len();
-    let mut numbers = numbers;
-    if rows != calls || numbers.by_ref().enumerate().any(|(k, i)| i != k as i64 + 1) {
-        let wrong = format!("{rows} rows for {calls} calls, or out of order");
+/// The rows of each call, in call order. Every call answers at least one row, and rows come
+/// numbered by call in order; otherwise none of the answers may be handed out.
+fn per_call<R>(
+    rows: Vec<R>,
+    number: impl Fn(&R) -> i64,
+    calls: usize,
+    operation: &'static str,
+) -> StoreResult<Vec<Vec<R>>> {
+    let mut answers: Vec<Vec<R>> = Vec::with_capacity(calls);
+    for row in rows {
+        let i = number(&row);
+        let answered = answers.len() as i64;
+        match answers.last_mut() {
+            Some(last) if i == answered => last.push(row),
+            _ if i == answered + 1 => answers.push(vec![row]),
+            _ => return Err(sqlx::Error::Protocol(format!("row for call {i} out of order"))).context(operation),
+        }
+    }
+    if answers.len() != calls {
+        let wrong = format!("answers for {} of {calls} calls", answers.len());
         return Err(sqlx::Error::Protocol(wrong)).context(operation);
     }
-    Ok(())
+    Ok(answers)
 }

@@ -55,7 +55,7 @@ pub async fn find(
                   m.retry_count AS "retry_count?", m.last_error, m.received_at AS "received_at?",
                   m.expires_at AS "expires_at?", m.committed_at, m.dead_at, m.priority AS "priority?", m.deliver_at,
                   -- FIFO: the webhook's lock points at it; standard: it holds its own.
-                  (w.locked_seq = m.seq OR m.lock_token IS NOT NULL) AS locked,
+                  (w.locked_seq = m.seq OR m.seq = ANY (w.window_rest) OR m.lock_token IS NOT NULL) AS locked,
                   coalesce(m.lock_expires_at, w.lock_expires_at) AS lock_expires_at
            FROM webhooks w
            LEFT JOIN messages m ON m.webhook_id = w.id AND m.id = $3

@@ -9,7 +9,7 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use super::{LockedMessage, LockedRef, LockedRow};
-use crate::domain::{DeliveryMode, LockToken, MessageId, MessageState, ProjectId, WebhookId};
+use crate::domain::{DeliveryMode, LockToken, MaxMessages, MessageId, MessageState, ProjectId, WebhookId};
 use crate::store::{Context, Refusal, StoreError, StoreResult};
 
 /// Why the baseline's lock check refused a transition (`lock_refusal`).
@@ -20,6 +20,7 @@ pub(super) enum LockRefusal {
     NotLocked,
     LockMismatch,
     TokenRequired,
+    OutOfOrder,
 }
 
 /// A refusal and the message's stored state as the store's answer.
@@ -30,11 +31,14 @@ pub(super) fn refused(refusal: Option<LockRefusal>, state: Option<MessageState>)
         Some(LockRefusal::NotLocked) => Err(Refusal::NotLocked { state: state.unwrap_or(MessageState::Queued) }.into()),
         Some(LockRefusal::LockMismatch) => Err(Refusal::LockMismatch.into()),
         Some(LockRefusal::TokenRequired) => Err(Refusal::LockTokenRequired.into()),
+        Some(LockRefusal::OutOfOrder) => Err(Refusal::OutOfOrder.into()),
     }
 }
 
-/// One row of `hookline_commit`: the refusal, or the commit and the next message if any.
+/// One row of `hookline_commit_next`, and the call (1-based, in input order) it answers:
+/// the refusal, or the commit and one message leased next if any.
 pub(super) struct CommitRow {
+    pub(super) i: i64,
     pub(super) refusal: Option<LockRefusal>,
     pub(super) state: Option<MessageState>,
     pub(super) id: Option<Uuid>,
@@ -51,7 +55,7 @@ pub(super) struct CommitRow {
 }
 
 impl CommitRow {
-    pub(super) fn next(self) -> Option<LockedMessage> {
+    fn leased(self) -> Option<LockedMessage> {
         Some(
             LockedRow {
                 id: self.id?,
@@ -69,36 +73,75 @@ impl CommitRow {
             .into(),
         )
     }
+
+    /// One call's rows as its answer: refused, or committed with the messages leased next.
+    pub(super) fn answer(rows: Vec<CommitRow>) -> StoreResult<Vec<LockedMessage>> {
+        let first = rows.first().ok_or(StoreError::NotFound("message"))?;
+        refused(first.refusal, first.state)?;
+        Ok(rows.into_iter().filter_map(CommitRow::leased).collect())
+    }
 }
 
-async fn commit_row(db: impl PgExecutor<'_>, target: &LockedRef<'_>, next: bool) -> StoreResult<CommitRow> {
-    let row = sqlx::query_as!(
+/// The columns of `hookline_commit_next` calls, one entry per call.
+pub(super) struct CommitCalls {
+    pub(super) webhooks: Vec<Uuid>,
+    pub(super) projects: Vec<i64>,
+    pub(super) messages: Vec<Uuid>,
+    pub(super) tokens: Vec<Option<Uuid>>,
+    /// How many messages to lease after the commit (0: none).
+    pub(super) next: Vec<i32>,
+}
+
+/// Runs the calls in one statement, in input order; rows in call order.
+pub(super) async fn commit_rows(db: impl PgExecutor<'_>, calls: &CommitCalls) -> StoreResult<Vec<CommitRow>> {
+    sqlx::query_as!(
         CommitRow,
-        r#"SELECT refusal AS "refusal: LockRefusal", state AS "state: MessageState", id, seq, retry_count,
-                  max_retries, lock_token, lock_expires_at, received_at, key_id, nonce, ciphertext, priority
-           FROM hookline_commit($1, $2, $3, $4, $5)"#,
-        target.webhook.as_uuid(),
-        target.project.0,
-        target.message.as_uuid(),
-        target.token_uuid(),
-        next
+        r#"SELECT r.i AS "i!", c.refusal AS "refusal: LockRefusal", c.state AS "state: MessageState", c.id, c.seq,
+                  c.retry_count, c.max_retries, c.lock_token, c.lock_expires_at, c.received_at, c.key_id,
+                  c.nonce, c.ciphertext, c.priority
+           FROM unnest($1::uuid[], $2::int8[], $3::uuid[], $4::uuid[], $5::int4[])
+                WITH ORDINALITY AS r(webhook, project, message, token, next, i)
+           CROSS JOIN LATERAL hookline_commit_next(r.webhook, r.project, r.message, r.token, r.next) c
+           ORDER BY r.i"#,
+        &calls.webhooks,
+        &calls.projects,
+        &calls.messages,
+        &calls.tokens as _,
+        &calls.next
     )
-    .fetch_one(db)
+    .fetch_all(db)
     .await
-    .context_for("committing a message", target.webhook)?;
-    refused(row.refusal, row.state)?;
-    Ok(row)
+    .context("committing messages")
 }
 
-/// locked -> committed, releasing its lock.
+async fn commit_leasing(
+    db: impl PgExecutor<'_>,
+    target: &LockedRef<'_>,
+    next: Option<MaxMessages>,
+) -> StoreResult<Vec<LockedMessage>> {
+    let calls = CommitCalls {
+        webhooks: vec![*target.webhook.as_uuid()],
+        projects: vec![target.project.0],
+        messages: vec![*target.message.as_uuid()],
+        tokens: vec![target.token_uuid()],
+        next: vec![next.map_or(0, MaxMessages::get)],
+    };
+    CommitRow::answer(commit_rows(db, &calls).await?)
+}
+
+/// locked -> committed, releasing its lock (in a window, the next message becomes its head).
 pub async fn commit(db: impl PgExecutor<'_>, target: &LockedRef<'_>) -> StoreResult<()> {
-    commit_row(db, target, false).await.map(drop)
+    commit_leasing(db, target, None).await.map(drop)
 }
 
-/// Commits a locked message and locks the next one in the same transaction (one round
-/// trip). Ok(None): committed, nothing to deliver next.
-pub async fn commit_next(db: impl PgExecutor<'_>, target: &LockedRef<'_>) -> StoreResult<Option<LockedMessage>> {
-    Ok(commit_row(db, target, true).await?.next())
+/// Commits a locked message and, once its lock is released, leases up to `next` messages in
+/// the same transaction (one round trip). Empty: committed, nothing leased next.
+pub async fn commit_next(
+    db: impl PgExecutor<'_>,
+    target: &LockedRef<'_>,
+    next: MaxMessages,
+) -> StoreResult<Vec<LockedMessage>> {
+    commit_leasing(db, target, Some(next)).await
 }
 
 /// Commits many locked messages of one webhook at once. In standard mode, one statement
