@@ -41,7 +41,7 @@ pub struct Config {
     /// Ingestion group commit: batch size, linger and concurrent writers.
     pub group_commit: GroupCommitConfig,
     /// Consumers' commit group commit: batch size, linger and concurrent writers.
-    pub ack_commit: GroupCommitConfig,
+    pub consumer_batch: GroupCommitConfig,
     /// Run the periodic jobs (lock reaper, TTL purger) in this process.
     pub run_jobs: bool,
     /// Reverse proxies whose `X-Forwarded-For` names the client (for the login limiter);
@@ -85,7 +85,7 @@ impl Config {
                 max_wait: Duration::from_micros(number("HOOKLINE_INGEST_BATCH_WAIT_MICROS", 0)?.min(100_000)),
                 flushers: number("HOOKLINE_INGEST_WRITERS", 4)?.clamp(1, 64) as usize,
             },
-            ack_commit: GroupCommitConfig {
+            consumer_batch: GroupCommitConfig {
                 max_batch: number("HOOKLINE_ACK_BATCH_MAX", 128)?.clamp(1, 10_000) as usize,
                 max_wait: Duration::from_micros(number("HOOKLINE_ACK_BATCH_WAIT_MICROS", 0)?.min(100_000)),
                 flushers: number("HOOKLINE_ACK_WRITERS", 4)?.clamp(1, 64) as usize,

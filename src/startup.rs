@@ -20,7 +20,7 @@ use crate::http::{self, ApiState};
 use crate::limits::RateLimits;
 use crate::settings_cache::SettingsCache;
 use crate::store;
-use crate::store::ack_commit::AckCommitter;
+use crate::store::consumer_batch::ConsumerBatcher;
 use crate::store::group_commit::GroupCommitter;
 use crate::store::listener::Listener;
 use crate::store::wakeups::Wakeups;
@@ -60,7 +60,7 @@ impl Application {
             keys,
             verifier: verifier.clone(),
             ingest: GroupCommitter::start(pool.clone(), config.group_commit),
-            acks: AckCommitter::start(pool.clone(), config.ack_commit),
+            consumers: ConsumerBatcher::start(pool.clone(), config.consumer_batch),
             limits: RateLimits::new(config.api_key_rate_limit),
             settings: SettingsCache::new(pool.clone(), config.plan_cache_ttl),
             logins: Default::default(),

@@ -26,7 +26,7 @@ use crate::auth::KeyVerifier;
 use crate::crypto::KeyRing;
 use crate::limits::{LoginLimits, RateLimits};
 use crate::settings_cache::SettingsCache;
-use crate::store::ack_commit::AckCommitter;
+use crate::store::consumer_batch::ConsumerBatcher;
 use crate::store::group_commit::GroupCommitter;
 use crate::store::wakeups::Wakeups;
 use error::ApiError;
@@ -40,7 +40,7 @@ pub struct ApiState {
     /// Writes ingested messages in batches (group commit).
     pub ingest: GroupCommitter,
     /// Writes consumers' commits in batches (group commit).
-    pub acks: AckCommitter,
+    pub consumers: ConsumerBatcher,
     pub limits: RateLimits,
     pub settings: SettingsCache,
     pub logins: LoginLimits,

@@ -1,5 +1,5 @@
 //! The queue and flushers of group commit, shared by ingestion (`group_commit`) and
-//! acknowledgements (`ack_commit`): requests wait in one queue; each flusher in turn takes
+//! acknowledgements (`consumer_batch`): requests wait in one queue; each flusher in turn takes
 //! everything waiting (up to `max_batch`), optionally lingers `max_wait` for more, and
 //! writes it. Requests that arrive while a batch is written form the next one, so batches
 //! grow with load and a lone request is written at once.

@@ -6,9 +6,9 @@
 //! [`Refusal`], never as error text.
 
 pub mod accounts;
-pub mod ack_commit;
 pub mod batching;
 pub mod cluster;
+pub mod consumer_batch;
 pub mod dead_letters;
 mod error;
 pub mod group_commit;

@@ -281,7 +281,7 @@ pub async fn spawn_app_on(db_url: &str, tweak: impl FnOnce(&mut Config)) -> Test
         db_max_connections: 20,
         api_key_cache_ttl: Duration::from_secs(30),
         group_commit: Default::default(),
-        ack_commit: Default::default(),
+        consumer_batch: Default::default(),
         default_plan: hookline::domain::Plan::Unlimited,
         api_key_rate_limit: std::num::NonZeroU32::new(100),
         plan_cache_ttl: Duration::ZERO,

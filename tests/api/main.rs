@@ -3,11 +3,11 @@
 
 mod helpers;
 
-mod ack_commit;
 mod auth;
 mod bad_input;
 mod commit_next;
 mod concurrency;
+mod consumer_batch;
 mod delays_ttl;
 mod encryption;
 mod fifo_window;

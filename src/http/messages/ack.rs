@@ -14,7 +14,7 @@ use crate::http::extract::{LockClaim, LockedRequest, Read, WebhookRequest};
 use crate::http::responses::{BodyErrors, WebhookErrors};
 use crate::http::ApiState;
 use crate::limits::Operation;
-use crate::store::messages::{self as store, AckAction, QueuedAck};
+use crate::store::messages::{self as store, ConsumerCall};
 use crate::store::StoreError;
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -137,7 +137,7 @@ pub async fn commit(
         (false, None) => None,
         (true, max) => Some(max.map(MaxMessages::parse).transpose()?.unwrap_or_default()),
     };
-    let leased = state.acks.commit(QueuedAck::new(&req.target(), AckAction::Commit { next })).await?;
+    let leased = state.consumers.commit(ConsumerCall::commit(&req.target(), next)).await?;
     let delivered = match (next, query.max_messages) {
         (None, _) => return Ok(HttpResponse::Ok().json(Committed { id: req.id(), status: MessageState::Committed })),
         (Some(_), Some(_)) => deliver_batch(&state, req.webhook(), leased).await,
@@ -167,7 +167,7 @@ pub async fn error(req: LockedRequest<ErrorRequest>, state: web::Data<ApiState>)
     let reason = req.body.reason.as_deref().map(|r| storable("reason", r)).transpose()?;
     let reason: Option<String> = reason.map(|r| r.chars().take(MAX_REASON_CHARS).collect());
     let requeue = req.body.requeue.unwrap_or(true);
-    let outcome = state.acks.error(QueuedAck::new(&req.target(), AckAction::Error { reason, requeue })).await?;
+    let outcome = state.consumers.error(ConsumerCall::error(&req.target(), reason, requeue)).await?;
     Ok(HttpResponse::Ok().json(Errored {
         id: req.id(),
         status: outcome.state,

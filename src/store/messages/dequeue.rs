@@ -32,9 +32,15 @@ pub async fn dequeue(
     .fetch_all(db)
     .await
     .context_for("dequeuing", webhook)?;
-    let mut locked: Vec<LockedMessage> = rows.into_iter().map(LockedMessage::from).collect();
+    Ok(in_delivery_order(rows.into_iter().map(LockedMessage::from)))
+}
+
+/// Highest priority first, then seq: the order a consumer is handed what one dequeue locked
+/// (a standard dequeue's UPDATE returns its rows in no particular order).
+pub(super) fn in_delivery_order(locked: impl Iterator<Item = LockedMessage>) -> Vec<LockedMessage> {
+    let mut locked: Vec<LockedMessage> = locked.collect();
     locked.sort_by_key(|m| (std::cmp::Reverse(m.priority.get()), m.seq));
-    Ok(locked)
+    locked
 }
 
 /// When something of the webhook may become deliverable with no write to wake anyone: a

@@ -2,7 +2,7 @@
 //! transitions of a locked message (commit, error, extend, bury), reading one, and purging.
 //! The rules themselves are the baseline migration's functions; these call them.
 
-mod ack_set;
+mod consumer_set;
 mod dequeue;
 mod find;
 mod ingest;
@@ -17,7 +17,8 @@ use crate::domain::{
     DelaySeconds, IdempotencyKey, LockToken, MessageId, Priority, ProjectId, Seq, TtlSeconds, WebhookId,
 };
 
-pub use ack_set::{ack_set, AckAction, AckOutcome, QueuedAck};
+pub use consumer_set::{consumer_set, ConsumerAction, ConsumerCall, ConsumerOutcome, HeldLock};
+use dequeue::in_delivery_order;
 pub use dequeue::{dequeue, next_due};
 pub use find::{find, MessageInfo};
 pub use ingest::{insert_many, seen_signature, stored};

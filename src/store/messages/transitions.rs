@@ -35,9 +35,10 @@ pub(super) fn refused(refusal: Option<LockRefusal>, state: Option<MessageState>)
     }
 }
 
-/// One row of `hookline_commit_next`, and the call (1-based, in input order) it answers:
-/// the refusal, or the commit and one message leased next if any.
-pub(super) struct CommitRow {
+/// One answer row of a batched call, and the call (1-based, in input order) it answers: a
+/// commit's refusal and the message's state (`hookline_commit_next`; none for a dequeue),
+/// and the columns of one message leased, if any.
+pub(super) struct LeaseRow {
     pub(super) i: i64,
     pub(super) refusal: Option<LockRefusal>,
     pub(super) state: Option<MessageState>,
@@ -54,8 +55,8 @@ pub(super) struct CommitRow {
     pub(super) priority: Option<i16>,
 }
 
-impl CommitRow {
-    fn leased(self) -> Option<LockedMessage> {
+impl LeaseRow {
+    pub(super) fn leased(self) -> Option<LockedMessage> {
         Some(
             LockedRow {
                 id: self.id?,
@@ -74,11 +75,11 @@ impl CommitRow {
         )
     }
 
-    /// One call's rows as its answer: refused, or committed with the messages leased next.
-    pub(super) fn answer(rows: Vec<CommitRow>) -> StoreResult<Vec<LockedMessage>> {
+    /// One commit's rows as its answer: refused, or committed with the messages leased next.
+    pub(super) fn committed(rows: Vec<LeaseRow>) -> StoreResult<Vec<LockedMessage>> {
         let first = rows.first().ok_or(StoreError::NotFound("message"))?;
         refused(first.refusal, first.state)?;
-        Ok(rows.into_iter().filter_map(CommitRow::leased).collect())
+        Ok(rows.into_iter().filter_map(LeaseRow::leased).collect())
     }
 }
 
@@ -93,9 +94,9 @@ pub(super) struct CommitCalls {
 }
 
 /// Runs the calls in one statement, in input order; rows in call order.
-pub(super) async fn commit_rows(db: impl PgExecutor<'_>, calls: &CommitCalls) -> StoreResult<Vec<CommitRow>> {
+pub(super) async fn commit_rows(db: impl PgExecutor<'_>, calls: &CommitCalls) -> StoreResult<Vec<LeaseRow>> {
     sqlx::query_as!(
-        CommitRow,
+        LeaseRow,
         r#"SELECT r.i AS "i!", c.refusal AS "refusal: LockRefusal", c.state AS "state: MessageState", c.id, c.seq,
                   c.retry_count, c.max_retries, c.lock_token, c.lock_expires_at, c.received_at, c.key_id,
                   c.nonce, c.ciphertext, c.priority
@@ -126,7 +127,7 @@ async fn commit_leasing(
         tokens: vec![target.token_uuid()],
         next: vec![next.map_or(0, MaxMessages::get)],
     };
-    CommitRow::answer(commit_rows(db, &calls).await?)
+    LeaseRow::committed(commit_rows(db, &calls).await?)
 }
 
 /// locked -> committed, releasing its lock (in a window, the next message becomes its head).
@@ -144,8 +145,8 @@ pub async fn commit_next(
     commit_leasing(db, target, Some(next)).await
 }
 
-/// Commits many locked messages of one webhook at once. In standard mode, one statement
-/// for all of them; in FIFO mode (one message in flight at most) each in turn. Answers per
+/// Commits many locked messages of one webhook at once, in one statement: in standard mode
+/// all together, in FIFO mode (where a window is committed in order) each in turn. Answers per
 /// entry, in input order: committed, or why not (as for a single commit).
 pub async fn commit_many(
     db: &mut PgConnection,
@@ -163,11 +164,17 @@ pub async fn commit_many(
     .context_for("reading a webhook's mode", webhook)?
     .ok_or(StoreError::NotFound("webhook"))?;
     if hook.mode == DeliveryMode::Fifo {
-        let mut outcomes = Vec::with_capacity(entries.len());
-        for (message, token) in entries {
-            outcomes.push(commit(&mut *db, &LockedRef { project, webhook, message, token: token.as_ref() }).await);
-        }
-        return Ok(outcomes);
+        // One statement, the entries in turn: a window commits in entry order.
+        let calls = CommitCalls {
+            webhooks: vec![*webhook.as_uuid(); entries.len()],
+            projects: vec![project.0; entries.len()],
+            messages: entries.iter().map(|(m, _)| *m.as_uuid()).collect(),
+            tokens: entries.iter().map(|(_, t)| t.map(|t| *t.as_uuid())).collect(),
+            next: vec![0; entries.len()],
+        };
+        let rows = commit_rows(&mut *db, &calls).await?;
+        let answers = per_call(rows, |r| r.i, entries.len(), "committing messages")?;
+        return Ok(answers.into_iter().map(|rows| LeaseRow::committed(rows).map(drop)).collect());
     }
     // Entries that must name a token and do not are refused before the statement.
     let refused = |token: &Option<LockToken>| hook.require_lock_token && token.is_none();
@@ -311,4 +318,29 @@ pub async fn bury(
         .await
         .context_for("burying an unreadable message", webhook)?;
     Ok(())
+}
+
+/// The rows of each call, in call order. Every call answers at least one row, and rows come
+/// numbered by call in order; otherwise none of the answers may be handed out.
+pub(super) fn per_call<R>(
+    rows: Vec<R>,
+    number: impl Fn(&R) -> i64,
+    calls: usize,
+    operation: &'static str,
+) -> StoreResult<Vec<Vec<R>>> {
+    let mut answers: Vec<Vec<R>> = Vec::with_capacity(calls);
+    for row in rows {
+        let i = number(&row);
+        let answered = answers.len() as i64;
+        match answers.last_mut() {
+            Some(last) if i == answered => last.push(row),
+            _ if i == answered + 1 => answers.push(vec![row]),
+            _ => return Err(sqlx::Error::Protocol(format!("row for call {i} out of order"))).context(operation),
+        }
+    }
+    if answers.len() != calls {
+        let wrong = format!("answers for {} of {calls} calls", answers.len());
+        return Err(sqlx::Error::Protocol(wrong)).context(operation);
+    }
+    Ok(answers)
 }

@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use hookline::domain::{LockToken, MaxMessages, MessageId, ProjectId, WebhookId};
-use hookline::store::ack_commit::AckCommitter;
 use hookline::store::batching::GroupCommitConfig;
-use hookline::store::messages::{AckAction, QueuedAck};
+use hookline::store::consumer_batch::ConsumerBatcher;
+use hookline::store::messages::{ConsumerAction, ConsumerCall, HeldLock};
 use hookline::store::{Refusal, StoreError};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -19,8 +19,8 @@ use tokio::task::JoinSet;
 use crate::helpers::{join_within, spawn_app, Delivery, TestApp};
 
 /// One writer that lingers, so everything submitted together lands in one batch.
-fn lingering(app: &TestApp) -> AckCommitter {
-    AckCommitter::start(
+fn lingering(app: &TestApp) -> ConsumerBatcher {
+    ConsumerBatcher::start(
         app.pool.clone(),
         GroupCommitConfig { max_batch: 64, max_wait: Duration::from_millis(300), flushers: 1 },
     )
@@ -47,15 +47,17 @@ async fn writers(app: &TestApp, deliveries: &[&Delivery]) -> usize {
     xmins.len()
 }
 
-async fn queued(app: &TestApp, wh: &str, d: &Delivery, next: bool) -> QueuedAck {
+async fn queued(app: &TestApp, wh: &str, d: &Delivery, next: bool) -> ConsumerCall {
     let webhook: WebhookId = wh.parse().unwrap();
-    QueuedAck {
+    ConsumerCall {
         project: project_of(app, &webhook).await,
         webhook,
-        message: d.id.parse().unwrap(),
-        token: Some(d.lock_token.parse().unwrap()),
-        action: AckAction::Commit { next: next.then_some(MaxMessages::DEFAULT) },
+        action: ConsumerAction::Commit { lock: held(d), next: next.then_some(MaxMessages::DEFAULT) },
     }
+}
+
+fn held(d: &Delivery) -> HeldLock {
+    HeldLock { message: d.id.parse().unwrap(), token: Some(d.lock_token.parse().unwrap()) }
 }
 
 /// Twenty webhooks drained at once by commit-and-next, with stale commits thrown in: each
@@ -115,10 +117,12 @@ async fn a_failing_commit_fails_alone_and_its_neighbours_get_their_own_answers()
     let committer = lingering(&app);
     let good = queued(&app, &a, &head_a, true).await;
     let mut wrong = queued(&app, &b, &head_b, false).await;
-    wrong.token = Some(LockToken::new_random());
+    let stale = HeldLock { message: head_b.id.parse().unwrap(), token: Some(LockToken::new_random()) };
+    wrong.action = ConsumerAction::Commit { lock: stale, next: None };
     let mut unknown = queued(&app, &a, &head_a, false).await;
     unknown.webhook = WebhookId::new_random();
-    unknown.message = MessageId::new_random();
+    let nothing = HeldLock { message: MessageId::new_random(), token: None };
+    unknown.action = ConsumerAction::Commit { lock: nothing, next: None };
 
     let (good, wrong, unknown) =
         tokio::join!(committer.commit(good), committer.commit(wrong), committer.commit(unknown));
@@ -273,13 +277,13 @@ async fn errors_and_commits_share_a_batch() {
         heads.push((wh, head));
     }
     let committer = lingering(&app);
-    let error = |ack: QueuedAck, requeue: bool| QueuedAck {
-        action: AckAction::Error { reason: Some("downstream said no".into()), requeue },
-        ..ack
+    let error = |call: ConsumerCall, d: &Delivery, requeue: bool| ConsumerCall {
+        action: ConsumerAction::Error { lock: held(d), reason: Some("downstream said no".into()), requeue },
+        ..call
     };
-    let retried = error(queued(&app, &heads[0].0, &heads[0].1, false).await, true);
+    let retried = error(queued(&app, &heads[0].0, &heads[0].1, false).await, &heads[0].1, true);
     let committed = queued(&app, &heads[1].0, &heads[1].1, false).await;
-    let buried = error(queued(&app, &heads[2].0, &heads[2].1, false).await, false);
+    let buried = error(queued(&app, &heads[2].0, &heads[2].1, false).await, &heads[2].1, false);
     let (retried, committed, buried) =
         tokio::join!(committer.error(retried), committer.commit(committed), committer.error(buried));
     let retried = retried.expect("errored");
@@ -291,4 +295,113 @@ async fn errors_and_commits_share_a_batch() {
     assert_eq!(app.message_status(&heads[2].0, &heads[2].1.id).await, "dead");
     let transactions = writers(&app, &heads.iter().map(|(_, h)| h).collect::<Vec<_>>()).await;
     assert_eq!(transactions, 1, "three acknowledgements, {transactions} transactions");
+}
+
+/// A batch whose COMMIT fails (here a deferred constraint trigger refuses it at commit time)
+/// tells every caller its outcome is unknown, and writes nothing: the locks stay held under
+/// the same tokens, so each consumer's retry commits exactly once.
+#[tokio::test]
+async fn a_batch_whose_commit_fails_answers_every_caller_and_writes_nothing() {
+    let app = spawn_app().await;
+    let (a, b) = (app.create_webhook(json!({})).await, app.create_webhook(json!({})).await);
+    app.ingest_many(&a, 2).await;
+    app.ingest_many(&b, 2).await;
+    let (head_a, head_b) = (app.dequeue_ok(&a).await, app.dequeue_ok(&b).await);
+    app.sql(
+        "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$",
+    )
+    .await;
+    app.sql(
+        "CREATE CONSTRAINT TRIGGER refuse_commits AFTER UPDATE ON messages DEFERRABLE INITIALLY DEFERRED
+         FOR EACH ROW WHEN (NEW.state = 'committed') EXECUTE FUNCTION refuse_at_commit()",
+    )
+    .await;
+    let committer = lingering(&app);
+    let (first, second) = (queued(&app, &a, &head_a, true).await, queued(&app, &b, &head_b, false).await);
+    let (first, second) = tokio::join!(committer.commit(first), committer.commit(second));
+    for outcome in [first, second] {
+        match outcome {
+            Err(StoreError::Database(e)) => assert!(e.source.to_string().contains("outcome is unknown"), "{e:?}"),
+            other => panic!("a failed COMMIT answered {:?}", other.map(|next| next.len())),
+        }
+    }
+    assert_eq!(
+        app.stored_where(&a, "state = 'committed'").await + app.stored_where(&b, "state = 'committed'").await,
+        0
+    );
+    assert_eq!(app.message_status(&a, &head_a.id).await, "locked");
+    assert_eq!(app.message_status(&b, &head_b.id).await, "locked");
+
+    app.sql("DROP TRIGGER refuse_commits ON messages").await;
+    let (first, second) = (queued(&app, &a, &head_a, true).await, queued(&app, &b, &head_b, false).await);
+    let (first, second) = tokio::join!(committer.commit(first), committer.commit(second));
+    assert_eq!(first.expect("committed on retry").pop().expect("the next message").seq.0, 2);
+    assert!(second.expect("committed on retry").is_empty());
+    assert_eq!(app.stored_where(&a, "state = 'committed'").await, 1);
+    assert_eq!(app.stored_where(&b, "state = 'committed'").await, 1);
+}
+
+fn dequeue_call(project: ProjectId, wh: &str, max: i64) -> ConsumerCall {
+    ConsumerCall::dequeue(project, wh.parse().unwrap(), MaxMessages::parse(max).unwrap(), None)
+}
+
+/// Dequeues of several webhooks (FIFO, standard, empty, unknown) in one batch: each gets
+/// what it would have got alone, and the locks are taken in one transaction.
+#[tokio::test]
+async fn dequeues_of_many_webhooks_share_one_transaction_and_get_their_own_answers() {
+    let app = spawn_app().await;
+    let fifo: Vec<String> = futures_util::future::join_all((0..3).map(|_| app.create_webhook(json!({})))).await;
+    for wh in &fifo {
+        app.ingest_many(wh, 2).await;
+    }
+    let standard = app.create_webhook(json!({"mode": "standard"})).await;
+    app.ingest_many(&standard, 3).await;
+    let empty = app.create_webhook(json!({})).await;
+    let project = project_of(&app, &fifo[0].parse().unwrap()).await;
+    let committer = lingering(&app);
+
+    let mut calls: Vec<ConsumerCall> = fifo.iter().map(|wh| dequeue_call(project, wh, 5)).collect();
+    calls.push(dequeue_call(project, &standard, 2));
+    calls.push(dequeue_call(project, &empty, 1));
+    calls.push(ConsumerCall::dequeue(project, WebhookId::new_random(), MaxMessages::DEFAULT, None));
+    let mut answers = futures_util::future::join_all(calls.into_iter().map(|c| committer.dequeue(c))).await;
+
+    let unknown = answers.pop().expect("eight answers");
+    assert!(matches!(unknown, Err(StoreError::NotFound("webhook"))), "{:?}", unknown.err());
+    assert!(answers.pop().expect("the empty webhook's").expect("answered").is_empty());
+    let seqs =
+        |locked: Vec<hookline::store::messages::LockedMessage>| locked.iter().map(|m| m.seq.0).collect::<Vec<_>>();
+    assert_eq!(seqs(answers.pop().expect("standard").expect("answered")), [1, 2]);
+    for answer in answers {
+        assert_eq!(seqs(answer.expect("answered")), [1], "a FIFO webhook leases its head only");
+    }
+    let uuids: Vec<String> = fifo.iter().map(|wh| format!("'{}'", crate::helpers::uuid_of(wh))).collect();
+    let lockers = app
+        .sql_i64(&format!("SELECT count(DISTINCT xmin::text) FROM webhooks WHERE id IN ({})", uuids.join(",")))
+        .await;
+    assert_eq!(lockers, 1, "the three FIFO locks were taken by one transaction");
+    // Nothing more is handed out while those locks are held.
+    for wh in &fifo {
+        app.dequeue_none(wh).await;
+    }
+}
+
+/// A commit and a dequeue of the same webhook in one batch: the dequeue runs after the
+/// commit, so it gets the message the commit let through, and nothing is handed out twice.
+#[tokio::test]
+async fn a_dequeue_batched_with_a_commit_sees_what_the_commit_released() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({})).await;
+    app.ingest_many(&wh, 3).await;
+    let head = app.dequeue_ok(&wh).await;
+    let committer = lingering(&app);
+    let commit = queued(&app, &wh, &head, false).await;
+    let dequeue = dequeue_call(commit.project, &wh, 1);
+    let (committed, dequeued) = tokio::join!(committer.commit(commit), committer.dequeue(dequeue));
+    assert!(committed.expect("committed").is_empty());
+    let dequeued = dequeued.expect("dequeued");
+    assert_eq!(dequeued.iter().map(|m| m.seq.0).collect::<Vec<_>>(), [2]);
+    assert_eq!(app.message_status(&wh, &head.id).await, "committed");
+    app.dequeue_none(&wh).await;
 }

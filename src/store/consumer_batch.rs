@@ -1,5 +1,6 @@
-//! Group commit for consumers: concurrent commits, commit-and-next calls and errors, of one
-//! webhook or many, by any consumers, run in one transaction per batch (see `batching`),
+//! Group commit for consumers: concurrent dequeues, commits, commit-and-next calls and
+//! errors, of one webhook or many, by any consumers, run in one transaction per batch (see
+//! `batching`),
 //! each answered after its batch commits with its own outcome (a 409 for one never fails
 //! its neighbours). A lone one runs as it always did, in its own statement.
 //!
@@ -15,23 +16,23 @@ use sqlx::PgPool;
 use tokio::sync::oneshot;
 
 use super::batching::{split_by, GroupCommitConfig, Pending, Queue};
-use super::messages::{self, AckOutcome, ErrorOutcome, LockedMessage, QueuedAck};
+use super::messages::{self, ConsumerCall, ConsumerOutcome, ErrorOutcome, LockedMessage};
 use super::{Context, StoreResult};
 use crate::telemetry::Throttle;
 
 /// Failed batches logged a minute (the rest counted).
 static BATCH_FAILURES: Throttle = Throttle::new(10);
 
-type Outcome = AckOutcome;
+type Outcome = ConsumerOutcome;
 type Reply = oneshot::Sender<StoreResult<Outcome>>;
 
-/// The consumers' acknowledgement writer. Cloning shares it.
+/// The consumers' batcher. Cloning shares it.
 #[derive(Clone)]
-pub struct AckCommitter {
-    queue: Queue<QueuedAck, Outcome>,
+pub struct ConsumerBatcher {
+    queue: Queue<ConsumerCall, Outcome>,
 }
 
-impl AckCommitter {
+impl ConsumerBatcher {
     pub fn start(pool: PgPool, config: GroupCommitConfig) -> Self {
         let queue = Queue::start(config, move |batch| {
             let pool = pool.clone();
@@ -40,28 +41,36 @@ impl AckCommitter {
         Self { queue }
     }
 
+    /// Locks what can be delivered now, once its batch has committed.
+    pub async fn dequeue(&self, dequeue: ConsumerCall) -> StoreResult<Vec<LockedMessage>> {
+        match self.submit(dequeue).await? {
+            ConsumerOutcome::Dequeued(locked) => Ok(locked),
+            _ => Err(mismatched()),
+        }
+    }
+
     /// Commits the message (and with `next`, leases what follows), once its batch has
     /// committed. Empty: committed, nothing leased (or not asked).
-    pub async fn commit(&self, commit: QueuedAck) -> StoreResult<Vec<LockedMessage>> {
+    pub async fn commit(&self, commit: ConsumerCall) -> StoreResult<Vec<LockedMessage>> {
         match self.submit(commit).await? {
-            AckOutcome::Committed(next) => Ok(next),
-            AckOutcome::Errored(_) => Err(mismatched()),
+            ConsumerOutcome::Committed(next) => Ok(next),
+            _ => Err(mismatched()),
         }
     }
 
     /// Records a failed attempt, once its batch has committed.
-    pub async fn error(&self, error: QueuedAck) -> StoreResult<ErrorOutcome> {
+    pub async fn error(&self, error: ConsumerCall) -> StoreResult<ErrorOutcome> {
         match self.submit(error).await? {
-            AckOutcome::Errored(outcome) => Ok(outcome),
-            AckOutcome::Committed(_) => Err(mismatched()),
+            ConsumerOutcome::Errored(outcome) => Ok(outcome),
+            _ => Err(mismatched()),
         }
     }
 
-    async fn submit(&self, ack: QueuedAck) -> StoreResult<Outcome> {
-        let webhook = ack.webhook;
-        match self.queue.submit(ack).await {
+    async fn submit(&self, call: ConsumerCall) -> StoreResult<Outcome> {
+        let webhook = call.webhook;
+        match self.queue.submit(call).await {
             Some(outcome) => outcome,
-            None => Err(sqlx::Error::PoolClosed).context_for("acknowledging: the writer stopped", &webhook),
+            None => Err(sqlx::Error::PoolClosed).context_for("consuming: the batcher stopped", &webhook),
         }
     }
 }
@@ -69,20 +78,20 @@ impl AckCommitter {
 /// An answer of the other kind than asked: a bug, reported as a database failure rather
 /// than handed out.
 fn mismatched() -> super::StoreError {
-    let source = sqlx::Error::Protocol("an acknowledgement answered as another kind".into());
-    super::StoreError::Database(super::DbError { operation: "acknowledging a message", webhook: None, source })
+    let source = sqlx::Error::Protocol("a consumer's call answered as another kind".into());
+    super::StoreError::Database(super::DbError { operation: "consuming a message", webhook: None, source })
 }
 
 #[tracing::instrument(skip_all, fields(size = batch.len()))]
-async fn write(pool: PgPool, batch: Vec<Pending<QueuedAck, Outcome>>) {
+async fn write(pool: PgPool, batch: Vec<Pending<ConsumerCall, Outcome>>) {
     if batch.len() == 1 {
         tokio::spawn(async move { alone(&pool, batch).await });
         return;
     }
-    let (acks, replies): (Vec<QueuedAck>, Vec<Reply>) = batch.into_iter().map(|p| (p.item, p.reply)).unzip();
+    let (acks, replies): (Vec<ConsumerCall>, Vec<Reply>) = batch.into_iter().map(|p| (p.item, p.reply)).unzip();
     let written = async {
         let mut tx = super::begin(&pool).await?;
-        let outcomes = messages::ack_set(&mut tx, &acks).await?;
+        let outcomes = messages::consumer_set(&mut tx, &acks).await?;
         Ok::<_, super::StoreError>((tx, outcomes))
     }
     .await;
@@ -122,7 +131,7 @@ fn unknown(replies: Vec<Reply>, error: super::StoreError) {
 }
 
 /// Each in its own statement, in order: the path of a lone call.
-async fn alone(pool: &PgPool, part: Vec<Pending<QueuedAck, Outcome>>) {
+async fn alone(pool: &PgPool, part: Vec<Pending<ConsumerCall, Outcome>>) {
     for Pending { item, reply } in part {
         let _ = reply.send(item.run_alone(pool).await);
     }
