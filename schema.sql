@@ -134,6 +134,74 @@ CREATE FUNCTION public.hookline_commit(p_webhook uuid, p_project bigint, p_messa
     SELECT * FROM hookline_commit_next(p_webhook, p_project, p_message, p_token, CASE WHEN p_next THEN 1 ELSE 0 END)
 $$;
 
+CREATE FUNCTION public.hookline_commit_heads(p_webhooks uuid[], p_projects bigint[], p_messages uuid[], p_tokens uuid[], p_next integer[]) RETURNS TABLE(i bigint, id uuid, seq bigint, retry_count integer, max_retries integer, lock_token uuid, lock_expires_at timestamp with time zone, received_at timestamp with time zone, key_id integer, nonce bytea, ciphertext bytea, priority smallint)
+    LANGUAGE plpgsql
+    SET enable_sort TO 'off'
+    AS $$
+DECLARE
+    taken bigint[];
+    hooks uuid[];
+    seqs bigint[];
+    wants uuid[];
+BEGIN
+    -- The plain case, decided as hookline_held_lock decides it.
+    SELECT array_agg(c.i ORDER BY c.i), array_agg(w.id ORDER BY c.i), array_agg(m.seq ORDER BY c.i),
+           array_agg(w.id ORDER BY c.i) FILTER (WHERE c.next = 1)
+    INTO taken, hooks, seqs, wants
+    FROM unnest(p_webhooks, p_projects, p_messages, p_tokens, p_next) WITH ORDINALITY
+         AS c(webhook, project, message, token, next, i)
+    JOIN webhooks w ON w.id = c.webhook AND w.project_id = c.project
+    CROSS JOIN LATERAL (SELECT m.seq, m.state FROM messages m WHERE m.webhook_id = w.id AND m.id = c.message) m
+    WHERE c.next <= 1 AND w.mode = 'fifo' AND w.window_rest IS NULL AND m.seq = w.locked_seq AND m.state = 'queued'
+      AND (c.token = w.lock_token OR (c.token IS NULL AND NOT w.require_lock_token))
+      AND (SELECT count(*) FROM unnest(p_webhooks) AS o(webhook) WHERE o.webhook = c.webhook) = 1;
+    IF taken IS NULL THEN
+        RETURN;
+    END IF;
+
+    UPDATE messages m SET state = 'committed', committed_at = now(), lock_token = NULL, lock_expires_at = NULL
+    FROM unnest(hooks, seqs) AS t(webhook, seq)
+    WHERE m.webhook_id = t.webhook AND m.seq = t.seq;
+
+    -- What comes next, for the items that asked: due delayed messages join the line first.
+    IF wants IS NOT NULL THEN
+        WITH due AS (
+            SELECT ctid AS row_id FROM messages
+            WHERE webhook_id = ANY (wants) AND state = 'queued' AND deliver_at <= now()
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE messages SET deliver_at = NULL WHERE ctid = ANY (ARRAY(SELECT row_id FROM due));
+    END IF;
+
+    RETURN QUERY
+    WITH heads AS (
+        SELECT w.id AS webhook, h.*, gen_random_uuid() AS token,
+               now() + make_interval(secs => w.lock_timeout_seconds) AS expires, w.max_retries
+        FROM webhooks w
+        CROSS JOIN LATERAL (
+            SELECT m.id, m.seq, m.retry_count, m.received_at, m.key_id, m.nonce, m.ciphertext, m.priority
+            FROM messages m
+            WHERE m.webhook_id = w.id AND m.state = 'queued' AND m.deliver_at IS NULL AND m.lock_token IS NULL
+              AND m.expires_at > now()
+            ORDER BY m.priority DESC, m.seq LIMIT 1) h
+        WHERE w.id = ANY (wants)
+    ), relocked AS (
+        -- One write per webhook: the next lock, or the release (which wakes long-polls).
+        UPDATE webhooks w
+        SET locked_seq = heads.seq, lock_token = heads.token, lock_expires_at = heads.expires
+        FROM unnest(hooks) AS t(webhook) LEFT JOIN heads ON heads.webhook = t.webhook
+        WHERE w.id = t.webhook
+        RETURNING w.id
+    )
+    SELECT c.i, heads.id, heads.seq, heads.retry_count, heads.max_retries, heads.token, heads.expires,
+           heads.received_at, heads.key_id, heads.nonce, heads.ciphertext, heads.priority
+    FROM unnest(taken, hooks) AS c(i, webhook)
+    LEFT JOIN heads ON heads.webhook = c.webhook
+    WHERE (SELECT count(*) FROM relocked) >= 0
+    ORDER BY c.i;
+END
+$$;
+
 CREATE FUNCTION public.hookline_commit_next(p_webhook uuid, p_project bigint, p_message uuid, p_token uuid, p_next integer) RETURNS TABLE(refusal public.lock_refusal, state public.message_state, id uuid, seq bigint, retry_count integer, max_retries integer, lock_token uuid, lock_expires_at timestamp with time zone, received_at timestamp with time zone, key_id integer, nonce bytea, ciphertext bytea, priority smallint)
     LANGUAGE plpgsql
     AS $$
@@ -754,7 +822,7 @@ CREATE FUNCTION public.hookline_release_lock(p_webhook uuid, p_message uuid, p_t
 BEGIN
     IF NOT hookline_shrink_window(p_webhook, p_token,
                                   (SELECT seq FROM messages WHERE webhook_id = p_webhook AND id = p_message)) THEN
-        UPDATE messages SET lock_token = NULL, lock_expires_at = NULL
+        UPDATE messages SET lock_token = NULL, lock_expires_at = NULL, deliver_at = now() + interval '5 seconds'
         WHERE webhook_id = p_webhook AND id = p_message AND lock_token = p_token;
     END IF;
 END
@@ -771,8 +839,11 @@ $$;
 CREATE FUNCTION public.hookline_release_purged_lock(p_webhook uuid, p_seqs bigint[]) RETURNS void
     LANGUAGE sql
     AS $$
-    UPDATE webhooks SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL
-    WHERE id = p_webhook AND (locked_seq = ANY (p_seqs) OR window_rest && p_seqs)
+    SELECT hookline_shrink_window(w.id, w.lock_token, CASE WHEN w.locked_seq = ANY (p_seqs) THEN w.locked_seq ELSE
+               (SELECT r.seq FROM unnest(w.window_rest) WITH ORDINALITY AS r(seq, k)
+                WHERE r.seq = ANY (p_seqs) ORDER BY r.k LIMIT 1) END)
+    FROM webhooks w
+    WHERE w.id = p_webhook AND (w.locked_seq = ANY (p_seqs) OR w.window_rest && p_seqs)
 $$;
 
 CREATE FUNCTION public.hookline_release_window() RETURNS trigger

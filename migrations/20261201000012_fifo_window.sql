@@ -16,10 +16,10 @@ SET LOCAL lock_timeout = '5s';
 ALTER TABLE webhooks ADD COLUMN fifo_window integer NOT NULL DEFAULT 1
     CONSTRAINT webhooks_fifo_window_range CHECK (fifo_window BETWEEN 1 AND 100);
 -- Not indexed, like the rest of the lock: moving a window's head is a HOT update.
-ALTER TABLE webhooks ADD COLUMN window_rest bigint[];
-ALTER TABLE webhooks ADD CONSTRAINT webhooks_window_locked
-    CHECK (window_rest IS NULL OR (locked_seq IS NOT NULL AND cardinality(window_rest) > 0)) NOT VALID;
-ALTER TABLE webhooks VALIDATE CONSTRAINT webhooks_window_locked;
+-- (The new column is NULL everywhere, so its constraint is checked at once.)
+ALTER TABLE webhooks ADD COLUMN window_rest bigint[]
+    CONSTRAINT webhooks_window_locked
+    CHECK (window_rest IS NULL OR (locked_seq IS NOT NULL AND cardinality(window_rest) > 0));
 
 ALTER TYPE lock_refusal ADD VALUE 'out_of_order';
 
@@ -72,7 +72,9 @@ $$;
 -- delivery order (highest priority, lowest seq; due, unexpired), unless the webhook holds an
 -- unexpired lock (head-of-line blocking). An expired lock is a failed attempt of its head
 -- only, released first (the rest of its window return uncounted), so a crashed consumer
--- costs only its timeout. The caller holds the webhook row lock.
+-- costs only its timeout. (A consumer that crashes on a later message of its window thus
+-- spends the head's retries: the window is one consumer's lease, and its head is what it
+-- owed first.) The caller holds the webhook row lock.
 CREATE FUNCTION hookline_lock_window(hook webhooks, p_max integer)
 RETURNS SETOF locked_message LANGUAGE plpgsql AS $$
 DECLARE
@@ -221,13 +223,14 @@ BEGIN
 END
 $$;
 
--- As before (migration 0003); in a FIFO window, the message and those after it return.
+-- As before (migration 0006: a standard-mode message waits 5 s, so a replica that has the
+-- key gets it first); in a FIFO window, the message and those after it return.
 CREATE OR REPLACE FUNCTION hookline_release_lock(p_webhook uuid, p_message uuid, p_token uuid)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     IF NOT hookline_shrink_window(p_webhook, p_token,
                                   (SELECT seq FROM messages WHERE webhook_id = p_webhook AND id = p_message)) THEN
-        UPDATE messages SET lock_token = NULL, lock_expires_at = NULL
+        UPDATE messages SET lock_token = NULL, lock_expires_at = NULL, deliver_at = now() + interval '5 seconds'
         WHERE webhook_id = p_webhook AND id = p_message AND lock_token = p_token;
     END IF;
 END
@@ -247,11 +250,16 @@ BEGIN
 END
 $$;
 
--- As before (migration 0002), for a window's members too.
+-- As before (migration 0002), for a window's members too: the window loses its first
+-- purged member and what follows it (released whole when that is the head); the messages
+-- before it stay with their consumer.
 CREATE OR REPLACE FUNCTION hookline_release_purged_lock(p_webhook uuid, p_seqs bigint[])
 RETURNS void LANGUAGE sql AS $$
-    UPDATE webhooks SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL
-    WHERE id = p_webhook AND (locked_seq = ANY (p_seqs) OR window_rest && p_seqs)
+    SELECT hookline_shrink_window(w.id, w.lock_token, CASE WHEN w.locked_seq = ANY (p_seqs) THEN w.locked_seq ELSE
+               (SELECT r.seq FROM unnest(w.window_rest) WITH ORDINALITY AS r(seq, k)
+                WHERE r.seq = ANY (p_seqs) ORDER BY r.k LIMIT 1) END)
+    FROM webhooks w
+    WHERE w.id = p_webhook AND (w.locked_seq = ANY (p_seqs) OR w.window_rest && p_seqs)
 $$;
 
 -- As before (baseline section 6), a window's members reported locked.

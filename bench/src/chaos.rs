@@ -123,21 +123,25 @@ async fn run(args: &Args, broker: &mut Broker) -> anyhow::Result<Report> {
     let target = Target { client, base: broker.base.clone().into(), key: broker.key.clone().into() };
     let mut webhooks = Vec::new();
     for i in 0..args.webhooks {
-        // Locks outlive a broker restart; expiries do not exhaust the retries.
-        let settings = json!({"name": format!("chaos-{i}"), "lockTimeoutSeconds": 5, "maxRetries": 100});
-        webhooks.push(load::create_webhook(&target, settings).await?);
+        // Locks outlive a broker restart; expiries do not exhaust the retries. Every other
+        // webhook leases ordered windows.
+        let window = if i % 2 == 1 { WINDOW } else { 1 };
+        let settings = json!({"name": format!("chaos-{i}"), "lockTimeoutSeconds": 5, "maxRetries": 100,
+                              "fifoWindow": window});
+        webhooks.push((load::create_webhook(&target, settings).await?, window));
     }
     let ledger = Arc::new(Ledger::default());
     let mut load = JoinSet::new();
     for p in 0..args.producers {
-        let (t, ledger, webhook) = (target.clone(), ledger.clone(), webhooks[p % webhooks.len()].clone());
+        let (t, ledger, webhook) = (target.clone(), ledger.clone(), webhooks[p % webhooks.len()].0.clone());
         load.spawn(produce(t, ledger, webhook));
     }
-    for webhook in &webhooks {
+    for (webhook, window) in &webhooks {
         for _ in 0..args.consumers {
-            load.spawn(consume(target.clone(), ledger.clone(), webhook.clone()));
+            load.spawn(consume(target.clone(), ledger.clone(), webhook.clone(), *window));
         }
     }
+    let webhooks: Vec<String> = webhooks.into_iter().map(|(w, _)| w).collect();
 
     let faults = args.kills + args.pg_restarts;
     // PostgreSQL crashes spread among the kills.
@@ -169,6 +173,9 @@ async fn run(args: &Args, broker: &mut Broker) -> anyhow::Result<Report> {
 
 /// Waits until a message is acknowledged and one committed after the fault: the broker
 /// serves again with nobody's help. Fails after 60 s.
+/// The fifoWindow of every other webhook, and what its consumers ask for at once.
+const WINDOW: usize = 5;
+
 async fn recovered(ledger: &Ledger, fault: Instant) -> anyhow::Result<Duration> {
     let (acked, committed) = (ledger.acked.lock().unwrap().len(), ledger.committed.lock().unwrap().len());
     while fault.elapsed() < Duration::from_secs(60) {
@@ -203,10 +210,16 @@ async fn failed(ledger: &Ledger) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-async fn consume(t: Target, ledger: Arc<Ledger>, webhook: String) {
+/// Dequeues and commits, in order; with a window over 1, a window at a time.
+async fn consume(t: Target, ledger: Arc<Ledger>, webhook: String, window: usize) {
+    let dequeue = match window {
+        1 => format!("/api/webhooks/{webhook}/messages/dequeue"),
+        n => format!("/api/webhooks/{webhook}/messages/dequeue?maxMessages={n}"),
+    };
     while !ledger.stop_consuming.load(Ordering::SeqCst) {
-        let message = match load::post(&t, &format!("/api/webhooks/{webhook}/messages/dequeue"), None).await {
-            Some((StatusCode::OK, m)) => m,
+        let messages = match load::post(&t, &dequeue, None).await {
+            Some((StatusCode::OK, m)) if window == 1 => vec![m],
+            Some((StatusCode::OK, m)) => m["messages"].as_array().cloned().unwrap_or_default(),
             Some((StatusCode::NO_CONTENT, _)) => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
@@ -216,8 +229,10 @@ async fn consume(t: Target, ledger: Arc<Ledger>, webhook: String) {
                 continue;
             }
         };
-        let id = message["id"].as_str().unwrap_or_default().to_owned();
-        commit(&t, &ledger, &webhook, &id, &message["lockToken"]).await;
+        for message in messages {
+            let id = message["id"].as_str().unwrap_or_default().to_owned();
+            commit(&t, &ledger, &webhook, &id, &message["lockToken"]).await;
+        }
     }
 }
 

@@ -90,6 +90,8 @@ pub struct UpdateWebhook {
     pub priorities: Option<bool>,
     pub idempotency_from_webhook_id: Option<bool>,
     pub require_lock_token: Option<bool>,
+    /// FIFO: the ordered in-flight window, 1 to 100 (see CreateWebhook). Applies to leases
+    /// from now on.
     #[schema(minimum = 1, maximum = 100)]
     #[serde(default, deserialize_with = "crate::http::whole::opt")]
     pub fifo_window: Option<i64>,
@@ -158,6 +160,7 @@ pub struct WebhookResponse {
     pub priorities: bool,
     pub idempotency_from_webhook_id: bool,
     pub require_lock_token: bool,
+    /// FIFO: how many messages one dequeue with maxMessages may lease from the head, in order.
     pub fifo_window: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

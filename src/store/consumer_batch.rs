@@ -88,10 +88,10 @@ async fn write(pool: PgPool, batch: Vec<Pending<ConsumerCall, Outcome>>) {
         tokio::spawn(async move { alone(&pool, batch).await });
         return;
     }
-    let (acks, replies): (Vec<ConsumerCall>, Vec<Reply>) = batch.into_iter().map(|p| (p.item, p.reply)).unzip();
+    let (calls, replies): (Vec<ConsumerCall>, Vec<Reply>) = batch.into_iter().map(|p| (p.item, p.reply)).unzip();
     let written = async {
         let mut tx = super::begin(&pool).await?;
-        let outcomes = messages::consumer_set(&mut tx, &acks).await?;
+        let outcomes = messages::consumer_set(&mut tx, &calls).await?;
         Ok::<_, super::StoreError>((tx, outcomes))
     }
     .await;
@@ -102,9 +102,9 @@ async fn write(pool: PgPool, batch: Vec<Pending<ConsumerCall, Outcome>>) {
         },
         Err(e) => {
             if let Some(suppressed) = BATCH_FAILURES.permit() {
-                tracing::warn!(error = ?e, size = acks.len(), suppressed, "a batch of acknowledgements failed; retrying them apart");
+                tracing::warn!(error = ?e, size = calls.len(), suppressed, "a batch of consumers' calls failed; retrying them apart");
             }
-            let pending = acks.into_iter().zip(replies).map(|(item, reply)| Pending { item, reply });
+            let pending = calls.into_iter().zip(replies).map(|(item, reply)| Pending { item, reply });
             for part in split_by(pending, |p| p.item.webhook) {
                 let pool = pool.clone();
                 tokio::spawn(async move { alone(&pool, part).await });
@@ -122,11 +122,11 @@ fn answer(replies: Vec<Reply>, outcomes: Vec<StoreResult<Outcome>>) {
 /// The COMMIT failed: the batch may or may not have been written.
 fn unknown(replies: Vec<Reply>, error: super::StoreError) {
     if let Some(suppressed) = BATCH_FAILURES.permit() {
-        tracing::error!(error = ?error, size = replies.len(), suppressed, "the COMMIT of a batch of acknowledgements failed; its outcome is unknown");
+        tracing::error!(error = ?error, size = replies.len(), suppressed, "the COMMIT of a batch of consumers' calls failed; its outcome is unknown");
     }
     for reply in replies {
         let lost = Err(sqlx::Error::Protocol("the batch's COMMIT failed; its outcome is unknown".into()));
-        let _ = reply.send(lost.context("acknowledging a batch of messages"));
+        let _ = reply.send(lost.context("consuming a batch of messages"));
     }
 }
 

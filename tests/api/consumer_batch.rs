@@ -405,3 +405,55 @@ async fn a_dequeue_batched_with_a_commit_sees_what_the_commit_released() {
     assert_eq!(app.message_status(&wh, &head.id).await, "committed");
     app.dequeue_none(&wh).await;
 }
+
+/// A batch of dequeues alone commits without waiting for the flush; a batch that commits
+/// anything waits for it. Seen from inside each transaction at its COMMIT (a deferred
+/// trigger notes the setting), on a database whose default is to wait.
+#[tokio::test]
+async fn only_a_batch_of_dequeues_alone_skips_the_flush() {
+    let app = spawn_app().await;
+    let db = app.sql_strings("SELECT current_database()::text").await.remove(0);
+    app.sql(&format!("ALTER DATABASE {db} SET synchronous_commit = on")).await;
+    app.sql("CREATE TABLE flushes (setting text)").await;
+    app.sql(
+        "CREATE FUNCTION note_flush() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN INSERT INTO flushes VALUES (current_setting('synchronous_commit')); RETURN NULL; END $$",
+    )
+    .await;
+    app.sql(
+        "CREATE CONSTRAINT TRIGGER note_flush AFTER UPDATE ON webhooks DEFERRABLE INITIALLY DEFERRED
+         FOR EACH ROW EXECUTE FUNCTION note_flush()",
+    )
+    .await;
+    let (a, b) = (app.create_webhook(json!({})).await, app.create_webhook(json!({})).await);
+    app.ingest_many(&a, 2).await;
+    app.ingest_many(&b, 2).await;
+    // A pool opened after the change, so its sessions start from the database's default.
+    let pool = sqlx::PgPool::connect(&app.db_url).await.unwrap();
+    let committer = ConsumerBatcher::start(
+        pool,
+        GroupCommitConfig { max_batch: 64, max_wait: Duration::from_millis(300), flushers: 1 },
+    );
+    let project = project_of(&app, &a.parse().unwrap()).await;
+    let (first, second) =
+        tokio::join!(committer.dequeue(dequeue_call(project, &a, 1)), committer.dequeue(dequeue_call(project, &b, 1)));
+    let head_a = first.expect("dequeued").remove(0);
+    second.expect("dequeued");
+    assert_eq!(app.sql_strings("SELECT setting FROM flushes").await, ["off", "off"]);
+
+    app.sql("DELETE FROM flushes").await;
+    let commit = ConsumerCall::commit(
+        &hookline::store::messages::LockedRef {
+            project,
+            webhook: &a.parse().unwrap(),
+            message: &head_a.id,
+            token: Some(&head_a.lock_token),
+        },
+        None,
+    );
+    let (committed, dequeued) = tokio::join!(committer.commit(commit), committer.dequeue(dequeue_call(project, &a, 1)));
+    committed.expect("committed");
+    assert_eq!(dequeued.expect("dequeued").len(), 1);
+    let seen = app.sql_strings("SELECT DISTINCT setting FROM flushes").await;
+    assert_eq!(seen, ["on"], "a batch that commits waits for its flush");
+}

@@ -191,6 +191,35 @@ async fn an_old_key_still_opens_messages_after_rotation() {
     assert_eq!(rotated.drain(&wh).await, Vec::<i64>::new());
 }
 
+/// Standard mode: a broker missing a message's key releases it for 5 s (no attempt
+/// counted), so it does not hand the same message back to itself at once and a replica that
+/// has the key gets it first; the rest of the queue goes on meanwhile.
+#[tokio::test]
+async fn a_standard_message_sealed_with_a_missing_key_waits_for_a_replica_that_has_it() {
+    let old = spawn_app_with(|_| {}).await;
+    let wh = old.create_webhook(json!({"mode": "standard"})).await;
+    let sealed_with_old = ingest_marked(&old, &wh, 1).await;
+    let forgetful = spawn_app_on(&old.db_url, |_| {}).await;
+    let fresh = ingest_marked(&forgetful, &wh, 2).await;
+
+    let r = forgetful.dequeue_with(&wh, "maxMessages=10").await;
+    r.expect(StatusCode::OK);
+    let got: Vec<&str> = r.body["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(got, [fresh.as_str()], "the readable one is delivered, the other left out");
+    let m = forgetful.message(&wh, &sealed_with_old).await;
+    assert_eq!((m.str("status").as_str(), m.i64("retryCount")), ("queued", 0));
+    assert!(m.body["deliverAt"].is_string(), "released with a 5 s pause: {}", m.body);
+    forgetful.dequeue_none(&wh).await;
+    // The replica with the key gets it once the pause is over.
+    old.sql(&format!(
+        "UPDATE messages SET deliver_at = now() - interval '1 second' WHERE id = '{}'",
+        uuid_of(&sealed_with_old)
+    ))
+    .await;
+    let d = old.dequeue_ok(&wh).await;
+    assert_eq!((d.id.as_str(), d.retry_count), (sealed_with_old.as_str(), 0));
+}
+
 /// A batch dequeue (standard mode) that meets an unreadable message dead-letters it and
 /// hands out the readable ones it locked: nothing is lost, nothing stays locked.
 #[tokio::test]

@@ -2,9 +2,11 @@
 //! its head to one consumer under one lock token; they are committed in order, an error or
 //! an expiry returns the rest at their positions, and order holds exactly as with one.
 
-use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use hookline::jobs::{LockReaper, TtlPurger};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
@@ -209,42 +211,93 @@ async fn an_unreadable_message_ends_the_window_at_itself() {
     assert_eq!(rest.iter().map(|d| (d.seq, d.retry_count)).collect::<Vec<_>>(), [(4, 0), (5, 0)]);
 }
 
-/// Consumers racing for windows: every window is a run of consecutive seqs, no two overlap,
-/// together they cover every message once, and each is committed once.
+/// Consumers racing for windows: never two windows out at once (a shared flag, set on each
+/// lease and cleared before its last commit), leases in seq order one after another, each a
+/// run of consecutive seqs, together every message once.
 #[tokio::test]
-async fn racing_consumers_get_disjoint_windows_in_order() {
+async fn racing_consumers_lease_one_window_at_a_time_in_order() {
     let app = spawn_app().await;
     let wh = app.create_webhook(json!({"fifoWindow": 4})).await;
     app.ingest_many(&wh, 60).await;
-    let windows = Arc::new(Mutex::new(Vec::new()));
+    let leases = Arc::new(Mutex::new(Vec::new()));
+    let out = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut consumers = JoinSet::new();
     for _ in 0..5 {
-        let (app, wh, windows) = (app.clone_handle(), wh.clone(), windows.clone());
+        let (app, wh) = (app.clone_handle(), wh.clone());
+        let (leases, out, committed) = (leases.clone(), out.clone(), committed.clone());
         consumers.spawn(async move {
-            let mut idle = 0;
-            while idle < 50 {
+            while committed.load(Ordering::SeqCst) < 60 && Instant::now() < deadline {
                 let window = lease(&app, &wh, 4).await;
                 if window.is_empty() {
-                    idle += 1;
                     tokio::task::yield_now().await;
                     continue;
                 }
-                idle = 0;
-                for d in &window {
+                assert!(!out.swap(true, Ordering::SeqCst), "a second window while one is out: {:?}", seqs(&window));
+                leases.lock().unwrap().push(seqs(&window));
+                for (k, d) in window.iter().enumerate() {
+                    if k + 1 == window.len() {
+                        out.store(false, Ordering::SeqCst);
+                    }
                     app.commit_ok(&wh, d).await;
                 }
-                windows.lock().unwrap().push(seqs(&window));
+                committed.fetch_add(window.len(), Ordering::SeqCst);
             }
         });
     }
     while let Some(done) = consumers.join_next().await {
         done.unwrap();
     }
-    let mut windows = windows.lock().unwrap().clone();
-    windows.sort();
-    assert!(windows.iter().all(|w| w.windows(2).all(|p| p[1] == p[0] + 1)), "{windows:?}");
-    let flat: Vec<i64> = windows.concat();
-    assert_eq!(flat, (1..=60).collect::<Vec<_>>(), "each message in exactly one window, in order");
-    assert_eq!(flat.iter().collect::<BTreeSet<_>>().len(), 60);
+    let leases = leases.lock().unwrap().clone();
+    assert!(leases.iter().all(|w| w.windows(2).all(|p| p[1] == p[0] + 1)), "{leases:?}");
+    assert_eq!(leases.concat(), (1..=60).collect::<Vec<_>>(), "leased in order, each message once");
     assert_eq!(app.stored_where(&wh, "state = 'committed'").await, 60);
+}
+
+/// The lock reaper treats an expired window as dequeue does: the lowest uncommitted message
+/// counts the attempt, the rest return uncounted.
+#[tokio::test]
+async fn the_lock_reaper_returns_an_expired_window_counting_only_its_head() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({"fifoWindow": 3})).await;
+    app.ingest_many(&wh, 4).await;
+    let window = lease(&app, &wh, 3).await;
+    app.commit_ok(&wh, &window[0]).await;
+    app.sql(&format!(
+        "UPDATE webhooks SET lock_expires_at = now() - interval '1 second' WHERE id = '{}'",
+        uuid_of(&wh)
+    ))
+    .await;
+    assert_eq!(LockReaper::new(app.pool.clone()).run_once().await.unwrap(), 1);
+    assert_eq!(locked_count(&app, &wh).await, 0);
+    let retries: Vec<i64> = futures_util::future::join_all(window[1..].iter().map(|d| app.message(&wh, &d.id)))
+        .await
+        .iter()
+        .map(|m| m.i64("retryCount"))
+        .collect();
+    assert_eq!(retries, [1, 0]);
+    assert_eq!(seqs(&lease(&app, &wh, 3).await), [2, 3, 4]);
+}
+
+/// A TTL purge of a window's member takes it and what follows out of the window; the
+/// messages before it stay with their consumer, and the next window starts after them.
+#[tokio::test]
+async fn purging_a_window_member_keeps_the_messages_before_it_leased() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({"fifoWindow": 4})).await;
+    app.ingest_many(&wh, 5).await;
+    let window = lease(&app, &wh, 4).await;
+    app.sql(&format!(
+        "UPDATE messages SET expires_at = now() - interval '1 second' WHERE webhook_id = '{}' AND seq = 3",
+        uuid_of(&wh)
+    ))
+    .await;
+    assert_eq!(TtlPurger::new(app.pool.clone()).run_once().await.unwrap(), 1);
+    assert_eq!(locked_count(&app, &wh).await, 2, "seqs 1 and 2 stay leased");
+    app.dequeue_none(&wh).await;
+    app.commit_ok(&wh, &window[0]).await;
+    app.commit_ok(&wh, &window[1]).await;
+    app.commit(&wh, &window[3].id, Some(&window[3].lock_token)).await.expect_error(StatusCode::CONFLICT, "conflict");
+    assert_eq!(seqs(&lease(&app, &wh, 4).await), [4, 5]);
 }

@@ -5,6 +5,7 @@ mod helpers;
 
 mod auth;
 mod bad_input;
+mod commit_heads;
 mod commit_next;
 mod concurrency;
 mod consumer_batch;

@@ -76,6 +76,17 @@ pub struct Committed {
     pub status: MessageState,
 }
 
+/// What a commit answers (documentation): the commit, or with next=true the message leased
+/// next, or with next=true&maxMessages a DeliveredBatch.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum CommitAnswer {
+    Committed(Committed),
+    Next(super::DeliveredMessage),
+    Window(super::DeliveredBatch),
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Errored {
@@ -121,7 +132,7 @@ pub struct CommitQuery {
     params(("webhook_id" = String, Path), ("message_id" = String, Path), CommitQuery),
     request_body(content = Option<CommitRequest>),
     security(("api_key" = [])),
-    responses((status = 200, body = Committed, description = "Committed; with next=true, the next message (DeliveredMessage), with maxMessages a DeliveredBatch"),
+    responses((status = 200, body = CommitAnswer, description = "Committed; with next=true, the next message (DeliveredMessage), with maxMessages a DeliveredBatch"),
               (status = 204, description = "next=true: committed, nothing to deliver next"),
               BodyErrors, WebhookErrors,
               (status = 409, body = ErrorBody, description = "conflict: not locked, or locked under another token. out_of_order: a message of a FIFO window leased ahead of it is not committed yet"),
@@ -155,7 +166,8 @@ pub async fn commit(
 }
 
 /// Report a failed attempt: the message returns to its position, or goes to the
-/// dead-letter queue when its retries are used up.
+/// dead-letter queue when its retries are used up. In a FIFO window, every later message of
+/// the window returns to the queue with it (no attempt counted for them).
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/{message_id}/error", tag = "messages",
     params(("webhook_id" = String, Path), ("message_id" = String, Path)), request_body(content = Option<ErrorRequest>),
     security(("api_key" = [])),
@@ -176,7 +188,8 @@ pub async fn error(req: LockedRequest<ErrorRequest>, state: web::Data<ApiState>)
     }))
 }
 
-/// Renew the lock on a message being processed, so it does not expire at the old time.
+/// Renew the lock on a message being processed, so it does not expire at the old time (in a
+/// FIFO window, the whole window's lock).
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/{message_id}/extend", tag = "messages",
     params(("webhook_id" = String, Path), ("message_id" = String, Path)), request_body = ExtendRequest,
     security(("api_key" = [])),
@@ -213,8 +226,10 @@ pub struct CommittedBatch {
     /// The ids committed, in input order.
     #[schema(value_type = Vec<String>)]
     pub committed: Vec<MessageId>,
-    /// The entries not committed and why (`not_found`, or `conflict`: not locked, or
-    /// locked under another token), in input order.
+    /// The entries not committed and why (`not_found`; `conflict`: not locked, or locked
+    /// under another token; `out_of_order`: a message of a FIFO window leased ahead of it is
+    /// not committed; `validation_failed`: the webhook requires the lock token), in input
+    /// order.
     pub failed: Vec<CommitFailure>,
 }
 

@@ -2,14 +2,15 @@
 //! consumer group commit (`store::consumer_batch`): each runs `hookline_dequeue`,
 //! `hookline_commit_next` or `hookline_error` exactly as a lone call does, so its outcome is
 //! today's, and the transaction pays one commit record and one flush for all (none for a
-//! batch of dequeues alone: see `consumer_set`).
+//! batch of dequeues alone), or, for the plain commit of a FIFO head, a few set-based
+//! statements for all of them (`hookline_commit_heads`).
 
 use std::collections::HashSet;
 
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::transitions::{commit_rows, error_outcome, per_call, CommitCalls, LeaseRow, LockRefusal};
+use super::transitions::{commit_heads, commit_rows, error_outcome, per_call, CommitCalls, LeaseRow, LockRefusal};
 use super::{in_delivery_order, ErrorOutcome, LockedMessage, LockedRef};
 use crate::domain::{LockTimeout, LockToken, MaxMessages, MessageId, MessageState, ProjectId, WebhookId};
 use crate::store::{Context, StoreError, StoreResult};
@@ -103,9 +104,11 @@ impl ConsumerCall {
 /// standard dequeue skips locked rows and waits for none), so two batches never wait on each
 /// other in a cycle; a lock held elsewhere past a second fails the whole call
 /// (`StoreError::Busy`), and the caller retries them apart. One whose webhook is gone (or
-/// another project's) is answered 404 without running. A batch of dequeues alone only takes
-/// locks, so it commits without waiting for the flush: a crash may lose those locks, which
-/// only redelivers their messages (see RELIABILITY.md).
+/// another project's) is answered 404 without running. A batch of dequeues alone commits
+/// without waiting for the flush: what it writes is locks, and the failed attempts of locks
+/// that had expired, and a crash that loses them gives back the expired locks (their
+/// failures are counted again at the next dequeue) and redelivers the messages locked
+/// (see RELIABILITY.md).
 #[tracing::instrument(skip_all, fields(calls = calls.len()))]
 pub async fn consumer_set(
     tx: &mut PgConnection,
@@ -123,29 +126,39 @@ pub async fn consumer_set(
     .context("bounding a batch's lock waits")?;
     let webhooks: Vec<Uuid> = calls.iter().map(|c| *c.webhook.as_uuid()).collect();
     let messages: Vec<Uuid> = calls.iter().filter_map(|c| c.lock()).map(|l| *l.message.as_uuid()).collect();
-    // count(*) makes each CTE lock its rows without sending them.
-    let present: HashSet<(Uuid, i64)> = sqlx::query!(
+    let acked: Vec<Uuid> = calls.iter().filter(|c| c.lock().is_some()).map(|c| *c.webhook.as_uuid()).collect();
+    // count(*) makes each CTE lock its rows without sending them. A FIFO webhook that only
+    // dequeues in this batch and holds an unexpired lock is left unlocked: it has nothing to
+    // hand out (as a lone dequeue would answer), and consumers polling a busy webhook must
+    // not queue every batch behind its row.
+    let rows = sqlx::query!(
         r#"WITH fifo AS (
-             SELECT id FROM webhooks WHERE id = ANY ($1) AND mode = 'fifo' ORDER BY id FOR NO KEY UPDATE
+             SELECT id FROM webhooks
+             WHERE id = ANY ($1) AND mode = 'fifo'
+               AND (id = ANY ($3) OR locked_seq IS NULL OR lock_expires_at <= now())
+             ORDER BY id FOR NO KEY UPDATE
            ), standard AS (
              SELECT id FROM messages
              WHERE id = ANY ($2) AND webhook_id IN (SELECT id FROM webhooks WHERE id = ANY ($1) AND mode = 'standard')
              ORDER BY webhook_id, id FOR UPDATE OF messages
            )
-           SELECT w.id AS "id!", w.project_id AS "project!" FROM webhooks w
-           WHERE w.id = ANY ($1) AND (SELECT count(*) FROM fifo) >= 0 AND (SELECT count(*) FROM standard) >= 0"#,
+           SELECT w.id AS "id!", w.project_id AS "project!",
+                  w.mode = 'fifo' AND w.id NOT IN (SELECT id FROM fifo) AS "blocked!"
+           FROM webhooks w
+           WHERE w.id = ANY ($1) AND (SELECT count(*) FROM standard) >= 0"#,
         &webhooks,
-        &messages
+        &messages,
+        &acked
     )
     .fetch_all(&mut *tx)
     .await
-    .context("locking a batch's rows")?
-    .into_iter()
-    .map(|r| (r.id, r.project))
-    .collect();
+    .context("locking a batch's rows")?;
+    let present: HashSet<(Uuid, i64)> = rows.iter().map(|r| (r.id, r.project)).collect();
+    let blocked: HashSet<Uuid> = rows.iter().filter(|r| r.blocked).map(|r| r.id).collect();
     let runs = |a: &ConsumerCall| present.contains(&(*a.webhook.as_uuid(), a.project.0));
+    let idle = |a: &ConsumerCall| blocked.contains(a.webhook.as_uuid());
     let of_kind = |kind: fn(&ConsumerAction) -> bool| -> Vec<&ConsumerCall> {
-        calls.iter().filter(|a| runs(a) && kind(&a.action)).collect()
+        calls.iter().filter(|a| runs(a) && !idle(a) && kind(&a.action)).collect()
     };
     let commits = of_kind(|a| matches!(a, ConsumerAction::Commit { .. }));
     let errors = of_kind(|a| matches!(a, ConsumerAction::Error { .. }));
@@ -157,6 +170,7 @@ pub async fn consumer_set(
         .iter()
         .map(|a| match a.action {
             _ if !runs(a) => Err(StoreError::NotFound("webhook")),
+            _ if idle(a) => Ok(ConsumerOutcome::Dequeued(Vec::new())),
             ConsumerAction::Commit { .. } => committed.next().expect("one answer per commit run"),
             ConsumerAction::Error { .. } => errored.next().expect("one answer per error run"),
             ConsumerAction::Dequeue { .. } => dequeued.next().expect("one answer per dequeue run"),
@@ -196,9 +210,30 @@ async fn run_commits(
             _ => 0,
         }),
     };
-    let rows = commit_rows(&mut *tx, &calls).await?;
-    let answers = per_call(rows, |r| r.i, commits.len(), "committing a batch of messages")?;
-    Ok(answers.into_iter().map(|rows| LeaseRow::committed(rows).map(ConsumerOutcome::Committed)).collect())
+    // The plain case of all of them set-based; the others one by one, as lone calls run.
+    let heads = commit_heads(&mut *tx, &calls).await?;
+    let calls_made = commits.len() as i64;
+    if heads.windows(2).any(|p| p[0].i >= p[1].i) || heads.iter().any(|r| !(1..=calls_made).contains(&r.i)) {
+        let wrong = sqlx::Error::Protocol("head commits answered out of order".into());
+        return Err(wrong).context("committing the heads of a batch");
+    }
+    let taken: HashSet<i64> = heads.iter().map(|r| r.i).collect();
+    let rest: Vec<usize> = (0..commits.len()).filter(|k| !taken.contains(&(*k as i64 + 1))).collect();
+    let rest_rows = match rest.is_empty() {
+        true => Vec::new(),
+        false => commit_rows(&mut *tx, &calls.only(&rest)).await?,
+    };
+    let mut rest_answers = per_call(rest_rows, |r| r.i, rest.len(), "committing a batch of messages")?.into_iter();
+    let mut head_answers = heads.into_iter();
+    Ok((1..=calls_made)
+        .map(|i| {
+            let rows = match taken.contains(&i) {
+                true => head_answers.next().into_iter().collect(),
+                false => rest_answers.next().unwrap_or_default(),
+            };
+            LeaseRow::committed(rows).map(ConsumerOutcome::Committed)
+        })
+        .collect())
 }
 
 async fn run_errors(tx: &mut PgConnection, errors: &[&ConsumerCall]) -> StoreResult<Vec<StoreResult<ConsumerOutcome>>> {

@@ -79,7 +79,7 @@ impl LeaseRow {
     pub(super) fn committed(rows: Vec<LeaseRow>) -> StoreResult<Vec<LockedMessage>> {
         let first = rows.first().ok_or(StoreError::NotFound("message"))?;
         refused(first.refusal, first.state)?;
-        Ok(rows.into_iter().filter_map(LeaseRow::leased).collect())
+        Ok(super::in_delivery_order(rows.into_iter().filter_map(LeaseRow::leased)))
     }
 }
 
@@ -113,6 +113,45 @@ pub(super) async fn commit_rows(db: impl PgExecutor<'_>, calls: &CommitCalls) ->
     .fetch_all(db)
     .await
     .context("committing messages")
+}
+
+impl CommitCalls {
+    /// The calls at `positions` (0-based), in that order.
+    pub(super) fn only(&self, positions: &[usize]) -> CommitCalls {
+        fn pick<T: Clone>(of: &[T], positions: &[usize]) -> Vec<T> {
+            positions.iter().map(|&k| of[k].clone()).collect()
+        }
+        CommitCalls {
+            webhooks: pick(&self.webhooks, positions),
+            projects: pick(&self.projects, positions),
+            messages: pick(&self.messages, positions),
+            tokens: pick(&self.tokens, positions),
+            next: pick(&self.next, positions),
+        }
+    }
+}
+
+/// The plain case of the calls (`hookline_commit_heads`: a FIFO head committed by its lock's
+/// holder, its webhook named once, at most one message next), done set-based: a committed
+/// row for each call it took, with the message leased next if any. The caller runs the
+/// others through `commit_rows`.
+pub(super) async fn commit_heads(db: impl PgExecutor<'_>, calls: &CommitCalls) -> StoreResult<Vec<LeaseRow>> {
+    sqlx::query_as!(
+        LeaseRow,
+        r#"SELECT h.i AS "i!", NULL::lock_refusal AS "refusal: LockRefusal",
+                  'committed'::message_state AS "state: MessageState", h.id, h.seq, h.retry_count, h.max_retries,
+                  h.lock_token, h.lock_expires_at, h.received_at, h.key_id, h.nonce, h.ciphertext, h.priority
+           FROM hookline_commit_heads($1, $2, $3, $4, $5) h
+           ORDER BY h.i"#,
+        &calls.webhooks,
+        &calls.projects,
+        &calls.messages,
+        &calls.tokens as _,
+        &calls.next
+    )
+    .fetch_all(db)
+    .await
+    .context("committing the heads of a batch")
 }
 
 async fn commit_leasing(
