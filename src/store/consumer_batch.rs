@@ -1,6 +1,5 @@
-//! Group commit for consumers: concurrent dequeues, commits, commit-and-next calls and
-//! errors, of one webhook or many, by any consumers, run in one transaction per batch (see
-//! `batching`),
+//! Group commit for consumers: concurrent commits, commit-and-next calls and errors, of one
+//! webhook or many, by any consumers, run in one transaction per batch (see `batching`),
 //! each answered after its batch commits with its own outcome (a 409 for one never fails
 //! its neighbours). A lone one runs as it always did, in its own statement.
 //!
@@ -39,14 +38,6 @@ impl ConsumerBatcher {
             async move { write(pool, batch).await }
         });
         Self { queue }
-    }
-
-    /// Locks what can be delivered now, once its batch has committed.
-    pub async fn dequeue(&self, dequeue: ConsumerCall) -> StoreResult<Vec<LockedMessage>> {
-        match self.submit(dequeue).await? {
-            ConsumerOutcome::Dequeued(locked) => Ok(locked),
-            _ => Err(mismatched()),
-        }
     }
 
     /// Commits the message (and with `next`, leases what follows), once its batch has

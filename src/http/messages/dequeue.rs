@@ -13,7 +13,7 @@ use crate::http::error::{parse_json, ApiError, ErrorBody};
 use crate::http::extract::{Dequeue, WebhookRequest};
 use crate::http::ApiState;
 use crate::limits::Operation;
-use crate::store::messages::{self as store, ConsumerCall};
+use crate::store::messages as store;
 
 /// Longest long-poll a dequeue may ask for.
 const MAX_WAIT_SECONDS: i64 = 20;
@@ -107,8 +107,7 @@ pub async fn dequeue(
         let woken = wakeup.notify.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let call = ConsumerCall::dequeue(req.project(), webhook, max.unwrap_or_default(), visibility);
-        let locked = state.consumers.dequeue(call).await?;
+        let locked = store::dequeue(&state.pool, req.project(), &webhook, max.unwrap_or_default(), visibility).await?;
         if !locked.is_empty() {
             return match max {
                 None => {

@@ -1,9 +1,8 @@
-//! Many dequeues, commits (plain and commit-and-next) and errors in one transaction, for
-//! consumer group commit (`store::consumer_batch`): each runs `hookline_dequeue`,
-//! `hookline_commit_next` or `hookline_error` exactly as a lone call does, so its outcome is
-//! today's, and the transaction pays one commit record and one flush for all (none for a
-//! batch of dequeues alone), or, for the plain commit of a FIFO head, a few set-based
-//! statements for all of them (`hookline_commit_heads`).
+//! Many commits (plain and commit-and-next) and errors in one transaction, for consumer
+//! group commit (`store::consumer_batch`): the plain commit of a FIFO head set-based for all
+//! of them (`hookline_commit_heads`), every other one through `hookline_commit_next` or
+//! `hookline_error` exactly as a lone call runs it, so each outcome is today's, and the
+//! transaction pays one commit record and one flush for all.
 
 use std::collections::HashSet;
 
@@ -11,14 +10,12 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::transitions::{commit_heads, commit_rows, error_outcome, per_call, CommitCalls, LeaseRow, LockRefusal};
-use super::{in_delivery_order, ErrorOutcome, LockedMessage, LockedRef};
-use crate::domain::{LockTimeout, LockToken, MaxMessages, MessageId, MessageState, ProjectId, WebhookId};
+use super::{ErrorOutcome, LockedMessage, LockedRef};
+use crate::domain::{LockToken, MaxMessages, MessageId, MessageState, ProjectId, WebhookId};
 use crate::store::{Context, StoreError, StoreResult};
 
-/// What a consumer asks of a webhook.
+/// What a consumer asks of its locked message.
 pub enum ConsumerAction {
-    /// Lock what can be delivered now (see `messages::dequeue`).
-    Dequeue { max: MaxMessages, visibility: Option<LockTimeout> },
     /// Commit the message; with `next`, also lease up to that many messages once its lock
     /// is released, and answer them.
     Commit { lock: HeldLock, next: Option<MaxMessages> },
@@ -34,8 +31,6 @@ pub struct HeldLock {
 
 /// What a call did.
 pub enum ConsumerOutcome {
-    /// What was locked (in delivery order; none when nothing could be).
-    Dequeued(Vec<LockedMessage>),
     /// Committed; the messages leased next when asked (none when nothing could be).
     Committed(Vec<LockedMessage>),
     Errored(ErrorOutcome),
@@ -49,10 +44,6 @@ pub struct ConsumerCall {
 }
 
 impl ConsumerCall {
-    pub fn dequeue(project: ProjectId, webhook: WebhookId, max: MaxMessages, visibility: Option<LockTimeout>) -> Self {
-        Self { project, webhook, action: ConsumerAction::Dequeue { max, visibility } }
-    }
-
     pub fn commit(target: &LockedRef<'_>, next: Option<MaxMessages>) -> Self {
         Self::ack(target, |lock| ConsumerAction::Commit { lock, next })
     }
@@ -66,11 +57,10 @@ impl ConsumerCall {
         Self { project: target.project, webhook: *target.webhook, action: action(lock) }
     }
 
-    /// The lock an acknowledgement claims (none for a dequeue).
-    pub fn lock(&self) -> Option<&HeldLock> {
+    /// The lock the call claims.
+    pub fn lock(&self) -> &HeldLock {
         match &self.action {
-            ConsumerAction::Dequeue { .. } => None,
-            ConsumerAction::Commit { lock, .. } | ConsumerAction::Error { lock, .. } => Some(lock),
+            ConsumerAction::Commit { lock, .. } | ConsumerAction::Error { lock, .. } => lock,
         }
     }
 
@@ -81,9 +71,6 @@ impl ConsumerCall {
     /// As a lone call, in its own statement.
     pub async fn run_alone(&self, db: impl sqlx::PgExecutor<'_>) -> StoreResult<ConsumerOutcome> {
         match &self.action {
-            ConsumerAction::Dequeue { max, visibility } => {
-                super::dequeue(db, self.project, &self.webhook, *max, *visibility).await.map(ConsumerOutcome::Dequeued)
-            }
             ConsumerAction::Commit { lock, next: Some(next) } => {
                 super::commit_next(db, &self.target(lock), *next).await.map(ConsumerOutcome::Committed)
             }
@@ -98,82 +85,56 @@ impl ConsumerCall {
 }
 
 /// Runs every call in `tx` and answers each: first the commits, in order, then the errors,
-/// then the dequeues (so a dequeue sees what the batch's commits released; requests that
-/// raced each other have no order of their own). First the rows they will lock are locked in
-/// a fixed order (FIFO webhooks by id, then standard-mode messages by webhook and id; a
-/// standard dequeue skips locked rows and waits for none), so two batches never wait on each
-/// other in a cycle; a lock held elsewhere past a second fails the whole call
-/// (`StoreError::Busy`), and the caller retries them apart. One whose webhook is gone (or
-/// another project's) is answered 404 without running. A batch of dequeues alone commits
-/// without waiting for the flush: what it writes is locks, and the failed attempts of locks
-/// that had expired, and a crash that loses them gives back the expired locks (their
-/// failures are counted again at the next dequeue) and redelivers the messages locked
-/// (see RELIABILITY.md).
+/// in order (requests that raced each other have no order of their own). First the rows
+/// they will lock are locked in a fixed order (FIFO webhooks by id, then standard-mode
+/// messages by webhook and id), so two batches never wait on each other in a cycle; a lock
+/// held elsewhere past a second fails the whole call (`StoreError::Busy`), and the caller
+/// retries them apart. One whose webhook is gone (or another project's) is answered 404
+/// without running.
 #[tracing::instrument(skip_all, fields(calls = calls.len()))]
 pub async fn consumer_set(
     tx: &mut PgConnection,
     calls: &[ConsumerCall],
 ) -> StoreResult<Vec<StoreResult<ConsumerOutcome>>> {
-    let locks_only = calls.iter().all(|c| c.lock().is_none());
-    sqlx::query!(
-        r#"SELECT set_config('lock_timeout', '1s', true) AS "timeout!",
-                  set_config('synchronous_commit', CASE WHEN $1 THEN 'off' ELSE current_setting('synchronous_commit') END,
-                             true) AS "flush!""#,
-        locks_only
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .context("bounding a batch's lock waits")?;
+    sqlx::query_scalar!(r#"SELECT set_config('lock_timeout', '1s', true) AS "set!""#)
+        .fetch_one(&mut *tx)
+        .await
+        .context("bounding a batch's lock waits")?;
     let webhooks: Vec<Uuid> = calls.iter().map(|c| *c.webhook.as_uuid()).collect();
-    let messages: Vec<Uuid> = calls.iter().filter_map(|c| c.lock()).map(|l| *l.message.as_uuid()).collect();
-    let acked: Vec<Uuid> = calls.iter().filter(|c| c.lock().is_some()).map(|c| *c.webhook.as_uuid()).collect();
-    // count(*) makes each CTE lock its rows without sending them. A FIFO webhook that only
-    // dequeues in this batch and holds an unexpired lock is left unlocked: it has nothing to
-    // hand out (as a lone dequeue would answer), and consumers polling a busy webhook must
-    // not queue every batch behind its row.
-    let rows = sqlx::query!(
+    let messages: Vec<Uuid> = calls.iter().map(|c| *c.lock().message.as_uuid()).collect();
+    // count(*) makes each CTE lock its rows without sending them.
+    let present: HashSet<(Uuid, i64)> = sqlx::query!(
         r#"WITH fifo AS (
-             SELECT id FROM webhooks
-             WHERE id = ANY ($1) AND mode = 'fifo'
-               AND (id = ANY ($3) OR locked_seq IS NULL OR lock_expires_at <= now())
-             ORDER BY id FOR NO KEY UPDATE
+             SELECT id FROM webhooks WHERE id = ANY ($1) AND mode = 'fifo' ORDER BY id FOR NO KEY UPDATE
            ), standard AS (
              SELECT id FROM messages
              WHERE id = ANY ($2) AND webhook_id IN (SELECT id FROM webhooks WHERE id = ANY ($1) AND mode = 'standard')
              ORDER BY webhook_id, id FOR UPDATE OF messages
            )
-           SELECT w.id AS "id!", w.project_id AS "project!",
-                  w.mode = 'fifo' AND w.id NOT IN (SELECT id FROM fifo) AS "blocked!"
-           FROM webhooks w
-           WHERE w.id = ANY ($1) AND (SELECT count(*) FROM standard) >= 0"#,
+           SELECT w.id AS "id!", w.project_id AS "project!" FROM webhooks w
+           WHERE w.id = ANY ($1) AND (SELECT count(*) FROM fifo) >= 0 AND (SELECT count(*) FROM standard) >= 0"#,
         &webhooks,
-        &messages,
-        &acked
+        &messages
     )
     .fetch_all(&mut *tx)
     .await
-    .context("locking a batch's rows")?;
-    let present: HashSet<(Uuid, i64)> = rows.iter().map(|r| (r.id, r.project)).collect();
-    let blocked: HashSet<Uuid> = rows.iter().filter(|r| r.blocked).map(|r| r.id).collect();
+    .context("locking a batch's rows")?
+    .into_iter()
+    .map(|r| (r.id, r.project))
+    .collect();
     let runs = |a: &ConsumerCall| present.contains(&(*a.webhook.as_uuid(), a.project.0));
-    let idle = |a: &ConsumerCall| blocked.contains(a.webhook.as_uuid());
-    let of_kind = |kind: fn(&ConsumerAction) -> bool| -> Vec<&ConsumerCall> {
-        calls.iter().filter(|a| runs(a) && !idle(a) && kind(&a.action)).collect()
-    };
-    let commits = of_kind(|a| matches!(a, ConsumerAction::Commit { .. }));
-    let errors = of_kind(|a| matches!(a, ConsumerAction::Error { .. }));
-    let dequeues = of_kind(|a| matches!(a, ConsumerAction::Dequeue { .. }));
+    let commits: Vec<&ConsumerCall> =
+        calls.iter().filter(|a| runs(a) && matches!(a.action, ConsumerAction::Commit { .. })).collect();
+    let errors: Vec<&ConsumerCall> =
+        calls.iter().filter(|a| runs(a) && matches!(a.action, ConsumerAction::Error { .. })).collect();
     let mut committed = run_commits(tx, &commits).await?.into_iter();
     let mut errored = run_errors(tx, &errors).await?.into_iter();
-    let mut dequeued = run_dequeues(tx, &dequeues).await?.into_iter();
     Ok(calls
         .iter()
         .map(|a| match a.action {
             _ if !runs(a) => Err(StoreError::NotFound("webhook")),
-            _ if idle(a) => Ok(ConsumerOutcome::Dequeued(Vec::new())),
             ConsumerAction::Commit { .. } => committed.next().expect("one answer per commit run"),
             ConsumerAction::Error { .. } => errored.next().expect("one answer per error run"),
-            ConsumerAction::Dequeue { .. } => dequeued.next().expect("one answer per dequeue run"),
         })
         .collect())
 }
@@ -183,9 +144,9 @@ fn column<T>(of: &[&ConsumerCall], f: impl Fn(&ConsumerCall) -> T) -> Vec<T> {
     of.iter().map(|a| f(a)).collect()
 }
 
-/// The locks the acknowledgements `of` claim (every one of them has one).
+/// The locks the calls `of` claim.
 fn locks<'a>(of: &[&'a ConsumerCall]) -> Vec<&'a HeldLock> {
-    of.iter().map(|a| a.lock().expect("an acknowledgement names its lock")).collect()
+    of.iter().map(|a| a.lock()).collect()
 }
 
 fn token(lock: &HeldLock) -> Option<Uuid> {
@@ -269,43 +230,5 @@ async fn run_errors(tx: &mut PgConnection, errors: &[&ConsumerCall]) -> StoreRes
         .into_iter()
         .flat_map(|rows| rows.into_iter().take(1))
         .map(|r| error_outcome(r.refusal, r.state, r.retry_count, r.max_retries).map(ConsumerOutcome::Errored))
-        .collect())
-}
-
-async fn run_dequeues(
-    tx: &mut PgConnection,
-    dequeues: &[&ConsumerCall],
-) -> StoreResult<Vec<StoreResult<ConsumerOutcome>>> {
-    if dequeues.is_empty() {
-        return Ok(Vec::new());
-    }
-    let (max, visibility): (Vec<i32>, Vec<Option<i32>>) = dequeues
-        .iter()
-        .map(|a| match a.action {
-            ConsumerAction::Dequeue { max, visibility } => (max.get(), visibility.map(LockTimeout::get)),
-            _ => (MaxMessages::DEFAULT.get(), None),
-        })
-        .unzip();
-    // LEFT JOIN: a dequeue that locks nothing still answers a row, its message columns null.
-    let rows = sqlx::query_as!(
-        LeaseRow,
-        r#"SELECT r.i AS "i!", NULL::lock_refusal AS "refusal: LockRefusal", NULL::message_state AS "state: MessageState",
-                  d.id, d.seq, d.retry_count, d.max_retries, d.lock_token, d.lock_expires_at, d.received_at,
-                  d.key_id, d.nonce, d.ciphertext, d.priority
-           FROM unnest($1::uuid[], $2::int8[], $3::int4[], $4::int4[])
-                WITH ORDINALITY AS r(webhook, project, max, visibility, i)
-           LEFT JOIN LATERAL hookline_dequeue(r.webhook, r.project, r.max, r.visibility) d ON true
-           ORDER BY r.i"#,
-        &column(dequeues, |a| *a.webhook.as_uuid()),
-        &column(dequeues, |a| a.project.0),
-        &max,
-        &visibility as _
-    )
-    .fetch_all(&mut *tx)
-    .await
-    .context("dequeuing a batch")?;
-    Ok(per_call(rows, |r| r.i, dequeues.len(), "dequeuing a batch")?
-        .into_iter()
-        .map(|rows| Ok(ConsumerOutcome::Dequeued(in_delivery_order(rows.into_iter().filter_map(LeaseRow::leased)))))
         .collect())
 }
