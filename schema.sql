@@ -137,6 +137,7 @@ $$;
 CREATE FUNCTION public.hookline_commit_heads(p_webhooks uuid[], p_projects bigint[], p_messages uuid[], p_tokens uuid[], p_next integer[]) RETURNS TABLE(i bigint, id uuid, seq bigint, retry_count integer, max_retries integer, lock_token uuid, lock_expires_at timestamp with time zone, received_at timestamp with time zone, key_id integer, nonce bytea, ciphertext bytea, priority smallint)
     LANGUAGE plpgsql
     SET enable_sort TO 'off'
+    SET jit TO 'off'
     AS $$
 DECLARE
     taken bigint[];
@@ -197,8 +198,7 @@ BEGIN
            heads.received_at, heads.key_id, heads.nonce, heads.ciphertext, heads.priority
     FROM unnest(taken, hooks) AS c(i, webhook)
     LEFT JOIN heads ON heads.webhook = c.webhook
-    WHERE (SELECT count(*) FROM relocked) >= 0
-    ORDER BY c.i;
+    WHERE (SELECT count(*) FROM relocked) >= 0;
 END
 $$;
 

@@ -175,7 +175,7 @@ async fn run_commits(
     let heads = commit_heads(&mut *tx, &calls).await?;
     let calls_made = commits.len() as i64;
     if heads.windows(2).any(|p| p[0].i >= p[1].i) || heads.iter().any(|r| !(1..=calls_made).contains(&r.i)) {
-        let wrong = sqlx::Error::Protocol("head commits answered out of order".into());
+        let wrong = sqlx::Error::Protocol("a head commit answered twice, or for no call".into());
         return Err(wrong).context("committing the heads of a batch");
     }
     let taken: HashSet<i64> = heads.iter().map(|r| r.i).collect();

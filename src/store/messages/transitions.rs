@@ -133,16 +133,15 @@ impl CommitCalls {
 
 /// The plain case of the calls (`hookline_commit_heads`: a FIFO head committed by its lock's
 /// holder, its webhook named once, at most one message next), done set-based: a committed
-/// row for each call it took, with the message leased next if any. The caller runs the
-/// others through `commit_rows`.
+/// row for each call it took, with the message leased next if any, in call order. The
+/// caller runs the others through `commit_rows`.
 pub(super) async fn commit_heads(db: impl PgExecutor<'_>, calls: &CommitCalls) -> StoreResult<Vec<LeaseRow>> {
     sqlx::query_as!(
         LeaseRow,
         r#"SELECT h.i AS "i!", NULL::lock_refusal AS "refusal: LockRefusal",
                   'committed'::message_state AS "state: MessageState", h.id, h.seq, h.retry_count, h.max_retries,
                   h.lock_token, h.lock_expires_at, h.received_at, h.key_id, h.nonce, h.ciphertext, h.priority
-           FROM hookline_commit_heads($1, $2, $3, $4, $5) h
-           ORDER BY h.i"#,
+           FROM hookline_commit_heads($1, $2, $3, $4, $5) h"#,
         &calls.webhooks,
         &calls.projects,
         &calls.messages,
@@ -152,6 +151,10 @@ pub(super) async fn commit_heads(db: impl PgExecutor<'_>, calls: &CommitCalls) -
     .fetch_all(db)
     .await
     .context("committing the heads of a batch")
+    .map(|mut rows: Vec<LeaseRow>| {
+        rows.sort_by_key(|r| r.i);
+        rows
+    })
 }
 
 async fn commit_leasing(
