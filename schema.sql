@@ -160,9 +160,13 @@ BEGIN
         RETURN;
     END IF;
 
+    -- One primary-key probe per head (a LATERAL with FOR UPDATE is never flattened into a
+    -- join, which a generic plan could turn into a scan of the whole table).
     UPDATE messages m SET state = 'committed', committed_at = now(), lock_token = NULL, lock_expires_at = NULL
-    FROM unnest(hooks, seqs) AS t(webhook, seq)
-    WHERE m.webhook_id = t.webhook AND m.seq = t.seq;
+    WHERE m.ctid = ANY (ARRAY(
+        SELECT x.row_id FROM unnest(hooks, seqs) AS t(webhook, seq)
+        CROSS JOIN LATERAL (SELECT h.ctid AS row_id FROM messages h
+                            WHERE h.webhook_id = t.webhook AND h.seq = t.seq FOR UPDATE) x));
 
     -- What comes next, for the items that asked: due delayed messages join the line first.
     IF wants IS NOT NULL THEN

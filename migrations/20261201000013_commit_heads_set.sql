@@ -9,7 +9,9 @@
 -- all of them; the caller runs every other item through hookline_commit_next as before, so
 -- refusals, windows and standard mode keep their one definition. The rules it applies
 -- are hookline_held_lock's, hookline_commit_next's and hookline_lock_window's for that
--- case; tests/api/consumer_batch.rs checks the two paths answer alike.
+-- case; tests/api/commit_heads.rs checks the two paths answer alike. (One difference: a
+-- commit with a message next writes the webhook row once, so it sends no wake-up NOTIFY
+-- for a lock that is taken again at once.)
 SET LOCAL lock_timeout = '5s';
 
 -- The caller holds the webhook rows (locked in id order). p_next: how many to lease after
@@ -42,9 +44,13 @@ BEGIN
         RETURN;
     END IF;
 
+    -- One primary-key probe per head (a LATERAL with FOR UPDATE is never flattened into a
+    -- join, which a generic plan could turn into a scan of the whole table).
     UPDATE messages m SET state = 'committed', committed_at = now(), lock_token = NULL, lock_expires_at = NULL
-    FROM unnest(hooks, seqs) AS t(webhook, seq)
-    WHERE m.webhook_id = t.webhook AND m.seq = t.seq;
+    WHERE m.ctid = ANY (ARRAY(
+        SELECT x.row_id FROM unnest(hooks, seqs) AS t(webhook, seq)
+        CROSS JOIN LATERAL (SELECT h.ctid AS row_id FROM messages h
+                            WHERE h.webhook_id = t.webhook AND h.seq = t.seq FOR UPDATE) x));
 
     -- What comes next, for the items that asked: due delayed messages join the line first.
     IF wants IS NOT NULL THEN

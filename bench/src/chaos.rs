@@ -171,11 +171,11 @@ async fn run(args: &Args, broker: &mut Broker) -> anyhow::Result<Report> {
     check(&target, &ledger, &cluster, args, started, slowest_recovery).await
 }
 
-/// Waits until a message is acknowledged and one committed after the fault: the broker
-/// serves again with nobody's help. Fails after 60 s.
 /// The fifoWindow of every other webhook, and what its consumers ask for at once.
 const WINDOW: usize = 5;
 
+/// Waits until a message is acknowledged and one committed after the fault: the broker
+/// serves again with nobody's help. Fails after 60 s.
 async fn recovered(ledger: &Ledger, fault: Instant) -> anyhow::Result<Duration> {
     let (acked, committed) = (ledger.acked.lock().unwrap().len(), ledger.committed.lock().unwrap().len());
     while fault.elapsed() < Duration::from_secs(60) {

@@ -97,3 +97,68 @@ async fn heads_committed_together_lease_what_lone_calls_would() {
     let stats = app.api(reqwest::Method::GET, &format!("/api/webhooks/{ranked}/stats"), None).await;
     assert_eq!((stats.body["committed"].as_i64(), stats.body["locked"].as_i64()), (Some(1), Some(1)), "{}", stats.body);
 }
+
+/// Which calls the set-based path takes (called directly, so a fallback cannot hide it): a
+/// head committed by its holder with nothing or one message next, on a webhook whose window
+/// is wider than its lock, or whose lock expired without being handed out again; not a stale
+/// token, a missing required one, a webhook named twice, or more than one message next.
+#[tokio::test]
+async fn the_set_based_path_takes_the_plain_heads_and_only_them() {
+    let app = spawn_app().await;
+    let settings = [
+        json!({}),
+        json!({}),
+        json!({"fifoWindow": 4}),
+        json!({}),
+        json!({}),
+        json!({"requireLockToken": true}),
+        json!({}),
+        json!({}),
+    ];
+    let mut hooks = Vec::new();
+    for s in settings {
+        let wh = app.create_webhook(s).await;
+        app.ingest_many(&wh, 3).await;
+        let head = app.dequeue_ok(&wh).await;
+        hooks.push((wh, head));
+    }
+    app.sql(&format!(
+        "UPDATE webhooks SET lock_expires_at = now() - interval '1 second' WHERE id = '{}'",
+        uuid_of(&hooks[3].0)
+    ))
+    .await;
+    let stale = "lt_00000000000000000000000000000000".to_owned();
+    // (webhook, token, next) per call; the seventh webhook is named twice.
+    let calls: Vec<(usize, Option<String>, i32)> = vec![
+        (0, Some(hooks[0].1.lock_token.clone()), 0),
+        (1, None, 1),
+        (2, Some(hooks[2].1.lock_token.clone()), 1),
+        (3, Some(hooks[3].1.lock_token.clone()), 1),
+        (4, Some(stale), 1),
+        (5, None, 1),
+        (6, None, 0),
+        (6, None, 1),
+        (7, None, 2),
+    ];
+    let uuid = |s: &str| uuid::Uuid::parse_str(&uuid_of(s)).unwrap();
+    let webhooks: Vec<uuid::Uuid> = calls.iter().map(|c| uuid(&hooks[c.0].0)).collect();
+    let project: i64 =
+        sqlx::query_scalar("SELECT project_id FROM webhooks LIMIT 1").fetch_one(&app.pool).await.unwrap();
+    let messages: Vec<uuid::Uuid> = calls.iter().map(|c| uuid(&hooks[c.0].1.id)).collect();
+    let tokens: Vec<Option<uuid::Uuid>> = calls.iter().map(|c| c.1.as_deref().map(uuid)).collect();
+    let next: Vec<i32> = calls.iter().map(|c| c.2).collect();
+    let mut tx = app.pool.begin().await.unwrap();
+    let mut taken: Vec<(i64, Option<i64>)> =
+        sqlx::query_as("SELECT i, seq FROM hookline_commit_heads($1, $2, $3, $4, $5)")
+            .bind(&webhooks)
+            .bind(vec![project; calls.len()])
+            .bind(&messages)
+            .bind(&tokens)
+            .bind(&next)
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    tx.rollback().await.unwrap();
+    taken.sort();
+    assert_eq!(taken, [(1, None), (2, Some(2)), (3, Some(2)), (4, Some(2))]);
+}

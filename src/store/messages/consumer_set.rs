@@ -190,7 +190,7 @@ async fn run_commits(
         .map(|i| {
             let rows = match taken.contains(&i) {
                 true => head_answers.next().into_iter().collect(),
-                false => rest_answers.next().unwrap_or_default(),
+                false => rest_answers.next().expect("one answer per commit run"),
             };
             LeaseRow::committed(rows).map(ConsumerOutcome::Committed)
         })

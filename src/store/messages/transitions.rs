@@ -35,9 +35,8 @@ pub(super) fn refused(refusal: Option<LockRefusal>, state: Option<MessageState>)
     }
 }
 
-/// One answer row of a batched call, and the call (1-based, in input order) it answers: a
-/// commit's refusal and the message's state (`hookline_commit_next`; none for a dequeue),
-/// and the columns of one message leased, if any.
+/// One answer row of a commit, and the call (1-based, in input order) it answers: the
+/// refusal and the message's state, and the columns of one message leased next, if any.
 pub(super) struct LeaseRow {
     pub(super) i: i64,
     pub(super) refusal: Option<LockRefusal>,
