@@ -54,7 +54,7 @@ pub struct Redriven {
 /// contains a text.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schema(example = json!({"since": "2026-11-29T00:00:00Z", "error": "timeout"}))]
+#[schema(example = json!({"since": "2026-11-29T00:00:00Z", "errorContains": "timeout", "dryRun": true}))]
 pub struct DeadLetterSelection {
     /// Died at or after this time (RFC 3339).
     pub since: Option<DateTime<Utc>>,
@@ -62,15 +62,23 @@ pub struct DeadLetterSelection {
     pub until: Option<DateTime<Utc>>,
     /// Case-insensitive text the last error contains.
     #[schema(pattern = r"^[^\u0000]*$")]
+    pub error_contains: Option<String>,
+    /// The same as errorContains (its first name); give one of them.
+    #[schema(pattern = r"^[^\u0000]*$")]
     pub error: Option<String>,
+    /// Only count what the selection covers; retry or discard nothing (default false).
+    pub dry_run: Option<bool>,
 }
 
-impl TryFrom<DeadLetterSelection> for DeadLetterFilter {
-    type Error = ApiError;
-
-    fn try_from(s: DeadLetterSelection) -> Result<Self, ApiError> {
-        s.error.as_deref().map(|e| storable("error", e)).transpose()?;
-        Ok(Self { since: s.since, until: s.until, error: s.error.filter(|e| !e.is_empty()) })
+impl DeadLetterSelection {
+    /// The filter, refusing a text given under both names.
+    fn filter(&self) -> Result<DeadLetterFilter, ApiError> {
+        let error = match (&self.error_contains, &self.error) {
+            (Some(_), Some(_)) => return Err(ApiError::Validation("give errorContains or error, not both".into())),
+            (contains, error) => contains.as_ref().or(error.as_ref()),
+        };
+        error.map(|e| storable("errorContains", e)).transpose()?;
+        Ok(DeadLetterFilter { since: self.since, until: self.until, error: error.filter(|e| !e.is_empty()).cloned() })
     }
 }
 
@@ -94,15 +102,23 @@ pub struct DeadLetterQuery {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct RetriedAll {
-    /// How many dead letters went back to the queue.
+    /// How many dead letters went back to the queue (0 with dryRun).
     pub retried: u64,
+    /// How many the selection covered.
+    pub matched: u64,
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct DiscardedAll {
-    /// How many dead letters were deleted.
+    /// How many dead letters were deleted (0 with dryRun).
     pub discarded: u64,
+    /// How many the selection covered.
+    pub matched: u64,
+    pub dry_run: bool,
 }
 
 /// Dead letters in queue order, optionally filtered by when they died and their error.
@@ -117,7 +133,9 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
     let page = PageQuery { limit: query.limit, cursor: query.cursor };
-    let filter = DeadLetterSelection { since: query.since, until: query.until, error: query.error }.try_into()?;
+    let filter =
+        DeadLetterFilter { since: query.since, until: query.until, error: query.error.filter(|e| !e.is_empty()) };
+    filter.error.as_deref().map(|e| storable("error", e)).transpose()?;
     let limit = page.limit()?;
     let after = match &page.cursor {
         None => None,
@@ -165,7 +183,7 @@ pub async fn discard(req: MessageRequest<Read>, state: web::Data<ApiState>) -> R
 }
 
 /// Put every selected dead letter back in the queue at its original position, retry
-/// counters reset. Reports how many.
+/// counters reset. Reports how many; with dryRun, only how many it would.
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/errors/retry", tag = "dead letters",
     params(("webhook_id" = String, Path)), request_body(content = Option<DeadLetterSelection>), security(("api_key" = [])),
     responses((status = 200, body = RetriedAll), BodyErrors, WebhookErrors))]
@@ -174,11 +192,13 @@ pub async fn retry_all(
     state: web::Data<ApiState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let retried = act_on_selection(&req, &state, &body, Redrive::Retry).await?;
-    Ok(HttpResponse::Ok().json(RetriedAll { retried }))
+    let (matched, dry_run) = act_on_selection(&req, &state, &body, Redrive::Retry).await?;
+    let retried = if dry_run { 0 } else { matched };
+    Ok(HttpResponse::Ok().json(RetriedAll { retried, matched, dry_run }))
 }
 
-/// Delete every selected dead letter for good. Reports how many.
+/// Delete every selected dead letter for good. Reports how many; with dryRun, only how many
+/// it would.
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/errors/discard", tag = "dead letters",
     params(("webhook_id" = String, Path)), request_body(content = Option<DeadLetterSelection>), security(("api_key" = [])),
     responses((status = 200, body = DiscardedAll), BodyErrors, WebhookErrors))]
@@ -187,18 +207,24 @@ pub async fn discard_all(
     state: web::Data<ApiState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let discarded = act_on_selection(&req, &state, &body, Redrive::Discard).await?;
-    Ok(HttpResponse::Ok().json(DiscardedAll { discarded }))
+    let (matched, dry_run) = act_on_selection(&req, &state, &body, Redrive::Discard).await?;
+    let discarded = if dry_run { 0 } else { matched };
+    Ok(HttpResponse::Ok().json(DiscardedAll { discarded, matched, dry_run }))
 }
 
-/// Retries or discards the dead letters a body's selection covers; returns how many.
+/// Retries or discards the dead letters a body's selection covers, or with dryRun only
+/// counts them; returns how many it covered and whether it was a dry run.
 async fn act_on_selection(
     req: &WebhookRequest<Read>,
     state: &ApiState,
     body: &[u8],
     action: Redrive,
-) -> Result<u64, ApiError> {
+) -> Result<(u64, bool), ApiError> {
     let selection: DeadLetterSelection = parse_json(body, true)?;
+    let filter = selection.filter()?;
     let mut conn = crate::store::connection(&state.pool).await?;
-    Ok(store::act_on_all(&mut conn, req.project(), &req.webhook, &selection.try_into()?, action).await?)
+    if selection.dry_run == Some(true) {
+        return Ok((store::count_matching(&mut conn, req.project(), &req.webhook, &filter).await?, true));
+    }
+    Ok((store::act_on_all(&mut conn, req.project(), &req.webhook, &filter, action).await?, false))
 }

@@ -104,6 +104,29 @@ pub async fn act(
     }
 }
 
+/// How many dead letters the filter covers (a bulk action's dry run).
+pub async fn count_matching(
+    db: &mut PgConnection,
+    project: ProjectId,
+    webhook: &WebhookId,
+    filter: &DeadLetterFilter,
+) -> StoreResult<u64> {
+    super::webhooks::get(&mut *db, project, webhook).await?;
+    let n = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM messages
+           WHERE webhook_id = $1 AND state = 'dead'
+             AND hookline_dead_letter_matches(dead_at, last_error, $2, $3, $4)"#,
+        webhook.as_uuid(),
+        filter.since,
+        filter.until,
+        filter.error.as_deref()
+    )
+    .fetch_one(&mut *db)
+    .await
+    .context_for("counting dead letters", webhook)?;
+    Ok(n as u64)
+}
+
 /// Retries or discards every dead letter the filter covers; returns how many.
 pub async fn act_on_all(
     db: &mut PgConnection,

@@ -273,3 +273,42 @@ async fn an_error_filter_with_a_nul_character_is_400_not_500() {
     let r = bulk(&app, &wh, "retry", Some(json!({"error": "a\u{0}b"}))).await;
     r.expect_error(StatusCode::BAD_REQUEST, "bad_request");
 }
+
+/// A bulk action's preview: `dryRun` counts what `since`, `until` and `errorContains` select
+/// and changes nothing; the same selection without it acts on exactly those. `error` and
+/// `errorContains` are one filter under two names: giving both is refused.
+#[tokio::test]
+async fn a_dry_run_counts_the_selection_and_changes_nothing() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({})).await;
+    app.ingest_many(&wh, 4).await;
+    for (seq, reason, at) in [
+        (1, "Timeout talking to billing", "2026-11-01T10:00:00Z"),
+        (2, "timeout again", "2026-11-02T10:00:00Z"),
+        (3, "bad signature", "2026-11-02T11:00:00Z"),
+        (4, "timeout, late", "2026-11-05T10:00:00Z"),
+    ] {
+        kill_head(&app, &wh, reason).await;
+        dead_at(&app, &wh, seq, at).await;
+    }
+    let selection =
+        json!({"since": "2026-11-01T00:00:00Z", "until": "2026-11-03T00:00:00Z", "errorContains": "TIMEOUT"});
+    for action in ["retry", "discard"] {
+        let mut preview = selection.clone();
+        preview["dryRun"] = json!(true);
+        let r = bulk(&app, &wh, action, Some(preview)).await;
+        r.expect(StatusCode::OK);
+        let acted = if action == "retry" { "retried" } else { "discarded" };
+        assert_eq!((r.i64("matched"), r.i64(acted), r.body["dryRun"].as_bool()), (2, 0, Some(true)), "{}", r.body);
+        assert_eq!(dead_seqs(&app, &wh, "").await, [1, 2, 3, 4], "a dry run changes nothing");
+    }
+    let r = bulk(&app, &wh, "retry", Some(selection)).await;
+    r.expect(StatusCode::OK);
+    assert_eq!((r.i64("retried"), r.i64("matched"), r.body["dryRun"].as_bool()), (2, 2, Some(false)), "{}", r.body);
+    assert_eq!(dead_seqs(&app, &wh, "").await, [3, 4]);
+
+    let both = json!({"error": "timeout", "errorContains": "timeout"});
+    bulk(&app, &wh, "discard", Some(both)).await.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_eq!(bulk_ok(&app, &wh, "discard", Some(json!({"error": "late"}))).await, 1);
+    assert_eq!(dead_seqs(&app, &wh, "").await, [3]);
+}
