@@ -186,7 +186,8 @@ pub async fn discard(req: MessageRequest<Read>, state: web::Data<ApiState>) -> R
 /// counters reset. Reports how many; with dryRun, only how many it would.
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/errors/retry", tag = "dead letters",
     params(("webhook_id" = String, Path)), request_body(content = Option<DeadLetterSelection>), security(("api_key" = [])),
-    responses((status = 200, body = RetriedAll), BodyErrors, WebhookErrors))]
+    responses((status = 200, body = RetriedAll), BodyErrors, WebhookErrors,
+              (status = 422, body = ErrorBody, description = "errorContains and error both given, or a NUL in the text")))]
 pub async fn retry_all(
     req: WebhookRequest<Read>,
     state: web::Data<ApiState>,
@@ -201,7 +202,8 @@ pub async fn retry_all(
 /// it would.
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/errors/discard", tag = "dead letters",
     params(("webhook_id" = String, Path)), request_body(content = Option<DeadLetterSelection>), security(("api_key" = [])),
-    responses((status = 200, body = DiscardedAll), BodyErrors, WebhookErrors))]
+    responses((status = 200, body = DiscardedAll), BodyErrors, WebhookErrors,
+              (status = 422, body = ErrorBody, description = "errorContains and error both given, or a NUL in the text")))]
 pub async fn discard_all(
     req: WebhookRequest<Read>,
     state: web::Data<ApiState>,
