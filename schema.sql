@@ -1,6 +1,11 @@
 -- hookline's schema as the migrations leave it: generated, do not edit.
 -- Regenerate: HOOKLINE_WRITE_SCHEMA=1 cargo test --test api schema_sql
 -- Dumped by pg_dump 15.
+CREATE TYPE public.attempt_cause AS ENUM (
+    'error',
+    'lock_expired'
+);
+
 CREATE TYPE public.delivery_mode AS ENUM (
     'fifo',
     'standard'
@@ -11,7 +16,8 @@ CREATE TYPE public.lock_refusal AS ENUM (
     'not_locked',
     'lock_mismatch',
     'token_required',
-    'out_of_order'
+    'out_of_order',
+    'lock_superseded'
 );
 
 CREATE TYPE public.message_state AS ENUM (
@@ -50,6 +56,13 @@ CREATE TYPE public.plan AS ENUM (
     'pro',
     'enterprise',
     'unlimited'
+);
+
+CREATE TYPE public.skip_refusal AS ENUM (
+    'no_webhook',
+    'not_fifo',
+    'no_head',
+    'head_moved'
 );
 
 CREATE FUNCTION public.hookline_act_on_dead(p_webhook uuid, p_project bigint, p_message uuid, p_discard boolean, OUT state public.message_state, OUT locked boolean) RETURNS SETOF record
@@ -189,7 +202,7 @@ BEGIN
             WHERE m.webhook_id = w.id AND m.state = 'queued' AND m.deliver_at IS NULL AND m.lock_token IS NULL
               AND m.expires_at > now()
             ORDER BY m.priority DESC, m.seq LIMIT 1) h
-        WHERE w.id = ANY (wants)
+        WHERE w.id = ANY (wants) AND NOT hookline_withheld(w)
     ), relocked AS (
         -- One write per webhook: the next lock, or the release (which wakes long-polls).
         UPDATE webhooks w
@@ -316,6 +329,11 @@ CREATE TABLE public.webhooks (
     require_lock_token boolean DEFAULT false NOT NULL,
     fifo_window integer DEFAULT 1 NOT NULL,
     window_rest bigint[],
+    lock_acquired_at timestamp with time zone,
+    lock_extensions integer DEFAULT 0 NOT NULL,
+    superseded_token uuid,
+    paused_at timestamp with time zone,
+    held_until timestamp with time zone,
     CONSTRAINT webhooks_fifo_window_range CHECK (((fifo_window >= 1) AND (fifo_window <= 100))),
     CONSTRAINT webhooks_lock_complete CHECK ((((locked_seq IS NULL) = (lock_token IS NULL)) AND ((locked_seq IS NULL) = (lock_expires_at IS NULL)))),
     CONSTRAINT webhooks_lock_timeout_range CHECK (((lock_timeout_seconds >= 1) AND (lock_timeout_seconds <= 43200))),
@@ -356,27 +374,10 @@ END
 $$;
 
 CREATE FUNCTION public.hookline_error(p_webhook uuid, p_project bigint, p_message uuid, p_token uuid, p_reason text, p_requeue boolean, OUT refusal public.lock_refusal, OUT state public.message_state, OUT retry_count integer, OUT max_retries integer) RETURNS record
-    LANGUAGE plpgsql
+    LANGUAGE sql
     AS $$
-DECLARE
-    hook webhooks%ROWTYPE := hookline_delivery_webhook(p_webhook, p_project);
-    held held_lock := hookline_held_lock(hook, p_message, p_token);
-BEGIN
-    refusal := held.refusal;
-    state := held.state;
-    max_retries := hook.max_retries;
-    IF held.refusal IS NULL THEN
-        IF hook.mode = 'fifo' THEN
-            PERFORM hookline_shrink_window(hook.id, hook.lock_token, held.seq);
-        END IF;
-        SELECT f.new_state, f.new_retry_count INTO state, retry_count
-        FROM hookline_fail_attempts(hook.id, ARRAY[held.seq], hook.max_retries, p_reason, p_requeue) f;
-        -- The row went (purged, expired) after the check: nothing was errored.
-        IF NOT FOUND THEN
-            refusal := 'no_message';
-        END IF;
-    END IF;
-END
+    SELECT n.refusal, n.state, n.retry_count, n.max_retries
+    FROM hookline_nack(p_webhook, p_project, p_message, p_token, p_reason, p_requeue, NULL) n
 $$;
 
 CREATE FUNCTION public.hookline_expire_message_locks(p_webhook uuid, p_limit integer) RETURNS integer
@@ -399,7 +400,8 @@ BEGIN
         FROM picked p GROUP BY p.webhook_id
     LOOP
         released := released + (SELECT count(*) FROM hookline_fail_attempts(expired.webhook_id, expired.seqs,
-                                                                             expired.max_retries, 'lock expired'));
+                                                                             expired.max_retries, 'lock expired',
+                                                                             'lock_expired'));
     END LOOP;
     RETURN released;
 END
@@ -418,7 +420,8 @@ BEGIN
         ORDER BY lock_expires_at LIMIT p_limit
         FOR NO KEY UPDATE SKIP LOCKED
     LOOP
-        PERFORM hookline_fail_attempts(hook.id, ARRAY[hook.locked_seq], hook.max_retries, 'lock expired');
+        PERFORM hookline_fail_attempts(hook.id, ARRAY[hook.locked_seq], hook.max_retries, 'lock expired',
+                                       'lock_expired');
         released := released + 1;
     END LOOP;
     RETURN released;
@@ -439,7 +442,8 @@ BEGIN
     END IF;
     lock_expires_at := now() + make_interval(secs => p_seconds);
     IF hook.mode = 'fifo' THEN
-        UPDATE webhooks w SET lock_expires_at = hookline_extend.lock_expires_at WHERE w.id = hook.id;
+        UPDATE webhooks w SET lock_expires_at = hookline_extend.lock_expires_at, lock_extensions = w.lock_extensions + 1
+        WHERE w.id = hook.id;
     ELSE
         UPDATE messages m SET lock_expires_at = hookline_extend.lock_expires_at
         WHERE m.webhook_id = hook.id AND m.seq = held.seq;
@@ -447,7 +451,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION public.hookline_fail_attempts(p_webhook uuid, p_seqs bigint[], p_max_retries integer, p_reason text, p_requeue boolean DEFAULT true) RETURNS TABLE(failed_seq bigint, new_state public.message_state, new_retry_count integer)
+CREATE FUNCTION public.hookline_fail_attempts(p_webhook uuid, p_seqs bigint[], p_max_retries integer, p_reason text, p_cause public.attempt_cause, p_requeue boolean DEFAULT true) RETURNS TABLE(failed_seq bigint, new_state public.message_state, new_retry_count integer)
     LANGUAGE plpgsql
     AS $$
 BEGIN
@@ -457,7 +461,10 @@ BEGIN
                      THEN 'dead'::message_state ELSE 'queued'::message_state END,
         dead_at = CASE WHEN NOT p_requeue OR m.retry_count + 1 >= p_max_retries THEN now() END,
         retry_count = m.retry_count + 1,
+        error_attempts = m.error_attempts + (p_cause = 'error')::int,
+        expiry_attempts = m.expiry_attempts + (p_cause = 'lock_expired')::int,
         last_error = p_reason,
+        last_error_at = now(),
         lock_token = NULL,
         lock_expires_at = NULL
     WHERE m.webhook_id = p_webhook AND m.seq = ANY (p_seqs) AND m.state = 'queued'
@@ -490,6 +497,8 @@ BEGIN
     END IF;
     IF NOT FOUND THEN
         RETURN (NULL, 'no_message', NULL)::held_lock;
+    ELSIF p_token IS NOT NULL AND p_token = hook.superseded_token AND holder IS DISTINCT FROM p_token THEN
+        RETURN (found_seq, 'lock_superseded', found_state)::held_lock;
     ELSIF found_state <> 'queued' OR holder IS NULL THEN
         RETURN (found_seq, 'not_locked', found_state)::held_lock;
     ELSIF p_token IS NOT NULL AND holder <> p_token THEN
@@ -582,11 +591,23 @@ CREATE FUNCTION public.hookline_lock_next(hook public.webhooks, p_max integer) R
     LANGUAGE plpgsql
     AS $$
 BEGIN
-    IF hook.mode = 'fifo' THEN
+    IF hookline_withheld(hook) THEN
+        RETURN;
+    ELSIF hook.mode = 'fifo' THEN
         RETURN QUERY SELECT * FROM hookline_lock_window(hook, p_max);
     ELSE
         RETURN QUERY SELECT * FROM hookline_lock_available(hook, p_max);
     END IF;
+END
+$$;
+
+CREATE FUNCTION public.hookline_lock_taken() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    NEW.lock_acquired_at := now();
+    NEW.lock_extensions := 0;
+    RETURN NEW;
 END
 $$;
 
@@ -603,7 +624,8 @@ BEGIN
         IF hook.lock_expires_at > now() THEN
             RETURN;
         END IF;
-        PERFORM hookline_fail_attempts(hook.id, ARRAY[hook.locked_seq], hook.max_retries, 'lock expired');
+        PERFORM hookline_fail_attempts(hook.id, ARRAY[hook.locked_seq], hook.max_retries, 'lock expired',
+                                       'lock_expired');
     END IF;
 
     PERFORM hookline_promote_due(hook.id);
@@ -626,13 +648,49 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.hookline_nack(p_webhook uuid, p_project bigint, p_message uuid, p_token uuid, p_reason text, p_requeue boolean, p_hold integer, OUT refusal public.lock_refusal, OUT state public.message_state, OUT retry_count integer, OUT max_retries integer, OUT held_until timestamp with time zone) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    hook webhooks%ROWTYPE := hookline_delivery_webhook(p_webhook, p_project);
+    held held_lock := hookline_held_lock(hook, p_message, p_token);
+BEGIN
+    refusal := held.refusal;
+    state := held.state;
+    max_retries := hook.max_retries;
+    IF held.refusal IS NOT NULL THEN
+        RETURN;
+    END IF;
+    IF hook.mode = 'fifo' THEN
+        PERFORM hookline_shrink_window(hook.id, hook.lock_token, held.seq);
+    END IF;
+    IF p_hold IS NULL THEN
+        SELECT f.new_state, f.new_retry_count INTO state, retry_count
+        FROM hookline_fail_attempts(hook.id, ARRAY[held.seq], hook.max_retries, p_reason, 'error', p_requeue) f;
+    ELSE
+        UPDATE messages m SET lock_token = NULL, lock_expires_at = NULL, last_error = p_reason, last_error_at = now()
+        WHERE m.webhook_id = hook.id AND m.seq = held.seq AND m.state = 'queued'
+        RETURNING m.state, m.retry_count INTO state, retry_count;
+    END IF;
+    -- The row went (purged, expired) after the check: nothing was errored.
+    IF NOT FOUND THEN
+        refusal := 'no_message';
+    ELSIF p_hold IS NOT NULL THEN
+        UPDATE webhooks w SET held_until = greatest(w.held_until, now() + make_interval(secs => p_hold))
+        WHERE w.id = hook.id
+        RETURNING w.held_until INTO hookline_nack.held_until;
+    END IF;
+END
+$$;
+
 CREATE FUNCTION public.hookline_next_due(p_webhook uuid) RETURNS timestamp with time zone
     LANGUAGE sql STABLE
     AS $$
     SELECT least(
         (SELECT min(deliver_at) FROM messages WHERE webhook_id = p_webhook AND state = 'queued' AND deliver_at > now()),
         (SELECT min(lock_expires_at) FROM messages WHERE webhook_id = p_webhook AND lock_token IS NOT NULL),
-        (SELECT lock_expires_at FROM webhooks WHERE id = p_webhook))
+        (SELECT least(lock_expires_at, CASE WHEN held_until > now() THEN held_until END)
+         FROM webhooks WHERE id = p_webhook))
 $$;
 
 CREATE FUNCTION public.hookline_promote_due(p_webhook uuid) RETURNS void
@@ -806,7 +864,9 @@ BEGIN
     IF p_discard THEN
         DELETE FROM messages WHERE webhook_id = p_webhook AND seq = ANY (p_seqs) AND state = 'dead';
     ELSE
-        UPDATE messages SET state = 'queued', retry_count = 0, dead_at = NULL
+        UPDATE messages
+        SET state = 'queued', retry_count = 0, error_attempts = 0, expiry_attempts = 0, dead_at = NULL,
+            skipped_by = NULL
         WHERE webhook_id = p_webhook AND seq = ANY (p_seqs) AND state = 'dead';
     END IF;
     GET DIAGNOSTICS acted = ROW_COUNT;
@@ -883,6 +943,49 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.hookline_skip_head(p_webhook uuid, p_project bigint, p_expect_seq bigint, p_reason text, p_actor text, OUT refusal public.skip_refusal, OUT id uuid, OUT seq bigint, OUT superseded boolean) RETURNS record
+    LANGUAGE plpgsql
+    SET enable_sort TO 'off'
+    AS $$
+DECLARE
+    hook webhooks%ROWTYPE;
+BEGIN
+    SELECT * INTO hook FROM webhooks w WHERE w.id = p_webhook AND w.project_id = p_project FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        refusal := 'no_webhook';
+        RETURN;
+    ELSIF hook.mode <> 'fifo' THEN
+        refusal := 'not_fifo';
+        RETURN;
+    END IF;
+    PERFORM hookline_promote_due(hook.id);
+    seq := coalesce(hook.locked_seq, (
+        SELECT m.seq FROM messages m
+        WHERE m.webhook_id = hook.id AND m.state = 'queued' AND m.deliver_at IS NULL AND m.lock_token IS NULL
+          AND m.expires_at > now()
+        ORDER BY m.priority DESC, m.seq LIMIT 1));
+    IF seq IS NULL THEN
+        refusal := 'no_head';
+        RETURN;
+    ELSIF p_expect_seq IS NOT NULL AND p_expect_seq <> seq THEN
+        refusal := 'head_moved';
+        RETURN;
+    END IF;
+    superseded := hook.locked_seq IS NOT NULL;
+    IF superseded THEN
+        UPDATE webhooks w
+        SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL, superseded_token = hook.lock_token
+        WHERE w.id = hook.id;
+    END IF;
+    UPDATE messages m
+    SET state = 'dead', dead_at = now(), last_error = p_reason, last_error_at = now(), skipped_by = p_actor
+    WHERE m.webhook_id = hook.id AND m.seq = hookline_skip_head.seq
+    RETURNING m.id INTO id;
+    -- Long-polls wake for the new head (a released lock wakes them too).
+    PERFORM hookline_wake(hook.id);
+END
+$$;
+
 CREATE FUNCTION public.hookline_sweep_deleted_webhooks(p_limit integer) RETURNS integer
     LANGUAGE plpgsql
     AS $$
@@ -931,6 +1034,12 @@ BEGIN
     PERFORM hookline_wake(NEW.webhook_id);
     RETURN NULL;
 END
+$$;
+
+CREATE FUNCTION public.hookline_withheld(hook public.webhooks) RETURNS boolean
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT hook.paused_at IS NOT NULL OR coalesce(hook.held_until > now(), false)
 $$;
 
 CREATE TABLE public.api_keys (
@@ -993,6 +1102,10 @@ CREATE TABLE public.messages (
     deliver_at timestamp with time zone,
     lock_token uuid,
     lock_expires_at timestamp with time zone,
+    error_attempts integer DEFAULT 0 NOT NULL,
+    expiry_attempts integer DEFAULT 0 NOT NULL,
+    last_error_at timestamp with time zone,
+    skipped_by text,
     CONSTRAINT messages_committed_has_time CHECK (((state = 'committed'::public.message_state) = (committed_at IS NOT NULL))),
     CONSTRAINT messages_dead_has_time CHECK (((state = 'dead'::public.message_state) = (dead_at IS NOT NULL))),
     CONSTRAINT messages_lock_complete CHECK (((lock_token IS NULL) = (lock_expires_at IS NULL))),
@@ -1151,6 +1264,8 @@ CREATE TRIGGER messages_requeued AFTER UPDATE OF state ON public.messages FOR EA
 CREATE TRIGGER webhooks_deleted AFTER DELETE ON public.webhooks REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION public.hookline_remember_deleted_webhooks();
 
 CREATE TRIGGER webhooks_lock_released AFTER UPDATE OF locked_seq ON public.webhooks FOR EACH ROW WHEN (((old.locked_seq IS NOT NULL) AND (new.locked_seq IS NULL))) EXECUTE FUNCTION public.hookline_wake_on_release();
+
+CREATE TRIGGER webhooks_lock_taken BEFORE UPDATE OF lock_token ON public.webhooks FOR EACH ROW WHEN (((new.lock_token IS NOT NULL) AND (new.lock_token IS DISTINCT FROM old.lock_token))) EXECUTE FUNCTION public.hookline_lock_taken();
 
 CREATE TRIGGER webhooks_window_released BEFORE UPDATE OF locked_seq ON public.webhooks FOR EACH ROW WHEN (((new.locked_seq IS NULL) AND (new.window_rest IS NOT NULL))) EXECUTE FUNCTION public.hookline_release_window();
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use secrecy::SecretString;
 
-use crate::domain::Plan;
+use crate::domain::{HoldSeconds, Plan};
 use crate::store::group_commit::GroupCommitConfig;
 
 /// Secrets are `SecretString`s: `Debug` shows them redacted, so logging the config is safe.
@@ -47,6 +47,8 @@ pub struct Config {
     /// Reverse proxies whose `X-Forwarded-For` names the client (for the login limiter);
     /// from any other peer the header is ignored.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Longest hold a consumer's error may ask for (`holdSeconds`).
+    pub max_hold: HoldSeconds,
 }
 
 impl Config {
@@ -103,6 +105,7 @@ impl Config {
                 })
                 .transpose()?
                 .unwrap_or_default(),
+            max_hold: HoldSeconds::bound(number("HOOKLINE_MAX_HOLD_SECONDS", 3600)?),
         })
     }
 }

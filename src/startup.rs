@@ -67,6 +67,7 @@ impl Application {
             trusted_proxies: config.trusted_proxies.clone(),
             wakeups: wakeups.clone(),
             max_body_bytes: config.max_body_bytes,
+            max_hold: config.max_hold,
             public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{address}")),
         });
         let server = HttpServer::new(move || {

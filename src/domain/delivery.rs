@@ -45,6 +45,29 @@ bounded_setting!(
     MaxMessages, "maxMessages", 1, 100, 1
 );
 
+/// How long a consumer's error holds its webhook (the downstream is down, not the message):
+/// 1 second up to the broker's bound (HOOKLINE_MAX_HOLD_SECONDS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldSeconds(i32);
+
+impl HoldSeconds {
+    pub fn parse(value: i64, max: HoldSeconds) -> Result<Self, SettingError> {
+        match value {
+            1.. if value <= i64::from(max.0) => Ok(Self(value as i32)),
+            _ => Err(SettingError { field: "holdSeconds", rule: format!("between 1 and {}", max.0) }),
+        }
+    }
+
+    /// The broker's bound on holds, as configured (at least 1 s, at most a day).
+    pub fn bound(seconds: u64) -> Self {
+        Self(seconds.clamp(1, 86_400) as i32)
+    }
+
+    pub fn get(self) -> i32 {
+        self.0
+    }
+}
+
 impl Priority {
     /// The `X-Hookline-Priority` header's value.
     pub fn from_header(value: &str) -> Result<Self, SettingError> {
@@ -84,6 +107,16 @@ impl fmt::Debug for IdempotencyKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holds_are_bounded_by_the_broker() {
+        let max = HoldSeconds::bound(600);
+        assert_eq!(HoldSeconds::parse(600, max).unwrap().get(), 600);
+        assert!(HoldSeconds::parse(0, max).is_err());
+        assert_eq!(HoldSeconds::parse(601, max).unwrap_err().to_string(), "holdSeconds must be between 1 and 600");
+        assert_eq!(HoldSeconds::bound(0).get(), 1);
+        assert_eq!(HoldSeconds::bound(u64::MAX).get(), 86_400);
+    }
 
     #[test]
     fn priorities_parse_from_headers() {

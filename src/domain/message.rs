@@ -30,6 +30,25 @@ impl MessageState {
     }
 }
 
+/// Why a webhook's head moves or not, as an operator sees it (the head view's `state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueState {
+    /// Nothing waits.
+    Empty,
+    /// The head can be delivered now.
+    Ready,
+    /// FIFO: the head is locked by a consumer, so nothing behind it moves. Standard: every
+    /// message is in flight.
+    Locked,
+    /// An operator paused delivery.
+    Paused,
+    /// A consumer held delivery (its downstream is down).
+    Held,
+    /// Only delayed messages wait.
+    Delayed,
+}
+
 impl std::fmt::Display for MessageState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

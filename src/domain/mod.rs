@@ -45,9 +45,9 @@ mod signature;
 mod text;
 mod webhook;
 
-pub use delivery::{DelaySeconds, DeliveryMode, IdempotencyKey, MaxMessages, Priority, TtlSeconds};
+pub use delivery::{DelaySeconds, DeliveryMode, HoldSeconds, IdempotencyKey, MaxMessages, Priority, TtlSeconds};
 pub use ids::{ApiKeyId, LockToken, MessageId, ProjectId, WebhookId};
-pub use message::{MessageState, Seq};
+pub use message::{MessageState, QueueState, Seq};
 pub use payload::{Payload, PayloadError};
 pub use plan::{LimitOverrides, Limits, Plan};
 pub use scope::{Scope, Scopes};

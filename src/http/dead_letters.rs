@@ -29,6 +29,10 @@ pub struct DeadLetterResponse {
     #[schema(value_type = i64)]
     pub seq: Seq,
     pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// Skipped here by an operator (POST .../head/skip) with this API key, `api-key:<id>`;
+    /// null when its retries ran out.
+    pub skipped_by: Option<String>,
     pub retry_count: i32,
     pub received_at: DateTime<Utc>,
     pub dead_at: DateTime<Utc>,
@@ -153,6 +157,8 @@ pub async fn list(
             id: d.id,
             seq: d.seq,
             last_error: d.last_error,
+            last_error_at: d.last_error_at,
+            skipped_by: d.skipped_by,
             retry_count: d.retry_count,
             received_at: d.received_at,
             dead_at: d.dead_at,

@@ -75,6 +75,10 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::Refused(Refusal::PlanLimit { .. } | Refusal::LockTokenRequired) => "validation_failed",
             Self::Refused(Refusal::OutOfOrder) => "out_of_order",
+            Self::Refused(Refusal::LockSuperseded) => "lock_superseded",
+            Self::Refused(Refusal::HeadMoved { .. }) => "head_moved",
+            Self::Refused(Refusal::NoHead) => "no_head",
+            Self::Refused(Refusal::NotFifo) => "not_fifo",
             Self::Refused(_) => "conflict",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RateLimited(_) => "rate_limited",
@@ -97,7 +101,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: bad_request, unauthorized, invalid_signature, invalid_login, forbidden, not_found, method_not_allowed,
-    /// conflict, out_of_order, validation_failed, payload_too_large, rate_limited, payload_unreadable, key_unavailable,
+    /// conflict, out_of_order, lock_superseded, head_moved, no_head, not_fifo, validation_failed, payload_too_large, rate_limited, payload_unreadable, key_unavailable,
     /// overloaded, busy, internal.
     pub code: String,
     pub message: String,

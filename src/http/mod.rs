@@ -4,6 +4,7 @@
 mod dead_letters;
 pub mod error;
 mod extract;
+mod head;
 mod health;
 mod ingest;
 mod keys;
@@ -49,6 +50,8 @@ pub struct ApiState {
     /// Long-poll dequeues wait here for their webhook's wake-up.
     pub wakeups: Arc<Wakeups>,
     pub max_body_bytes: usize,
+    /// Longest hold a consumer's error may ask for.
+    pub max_hold: crate::domain::HoldSeconds,
     /// Base of `ingestUrl`, without a trailing slash.
     pub public_url: String,
 }
@@ -72,6 +75,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .configure(messages::routes)
             .configure(dead_letters::routes)
             .configure(queue::routes)
+            .configure(head::routes)
             .configure(webhooks::routes)
             .configure(keys::routes)
             .configure(session::routes),

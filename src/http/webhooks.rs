@@ -162,6 +162,12 @@ pub struct WebhookResponse {
     pub require_lock_token: bool,
     /// FIFO: how many messages one dequeue with maxMessages may lease from the head, in order.
     pub fifo_window: i32,
+    /// Delivery paused by an operator (POST .../pause): dequeue hands out nothing until
+    /// resumed; ingestion goes on.
+    pub paused: bool,
+    pub paused_at: Option<DateTime<Utc>>,
+    /// Delivery held by a consumer's error with holdSeconds, until this time.
+    pub held_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -174,7 +180,7 @@ pub struct WebhookPage {
     pub next_cursor: Option<String>,
 }
 
-fn respond(state: &ApiState, w: Webhook) -> WebhookResponse {
+pub(super) fn respond(state: &ApiState, w: Webhook) -> WebhookResponse {
     WebhookResponse {
         ingest_url: format!("{}/ingest/{}", state.public_url, w.id),
         id: w.id,
@@ -190,6 +196,9 @@ fn respond(state: &ApiState, w: Webhook) -> WebhookResponse {
         idempotency_from_webhook_id: w.idempotency_from_webhook_id,
         require_lock_token: w.require_lock_token,
         fifo_window: w.fifo_window,
+        paused: w.paused_at.is_some(),
+        paused_at: w.paused_at,
+        held_until: w.held_until,
         created_at: w.created_at,
         updated_at: w.updated_at,
     }

@@ -13,6 +13,9 @@ pub struct DeadLetter {
     pub id: MessageId,
     pub seq: Seq,
     pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// Skipped to the dead-letter queue by this API key (`api-key:<id>`), not by its retries.
+    pub skipped_by: Option<String>,
     pub retry_count: i32,
     pub received_at: DateTime<Utc>,
     pub dead_at: DateTime<Utc>,
@@ -40,7 +43,7 @@ pub async fn list(
 ) -> StoreResult<Vec<DeadLetter>> {
     super::webhooks::get(&mut *db, project, webhook).await?;
     let rows = sqlx::query!(
-        r#"SELECT id AS "id!", seq AS "seq!", last_error, retry_count AS "retry_count!",
+        r#"SELECT id AS "id!", seq AS "seq!", last_error, last_error_at, skipped_by, retry_count AS "retry_count!",
                   received_at AS "received_at!", dead_at AS "dead_at!"
            FROM messages
            WHERE webhook_id = $1 AND state = 'dead' AND hookline_dead_letter_matches(dead_at, last_error, $2, $3, $4)
@@ -62,6 +65,8 @@ pub async fn list(
             id: MessageId::from_uuid(r.id),
             seq: Seq(r.seq),
             last_error: r.last_error,
+            last_error_at: r.last_error_at,
+            skipped_by: r.skipped_by,
             retry_count: r.retry_count,
             received_at: r.received_at,
             dead_at: r.dead_at,

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::domain::{MessageState, Plan, WebhookId};
+use crate::domain::{MessageState, Plan, Seq, WebhookId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,6 +42,18 @@ pub enum Refusal {
     /// A message of a leased window committed before the ones leased ahead of it.
     #[error("commit the messages of a window in the order they were leased: an earlier one is still locked")]
     OutOfOrder,
+    /// The lock was fenced: an operator skipped the message it held.
+    #[error("this lock was superseded: an operator skipped the message it held to the dead-letter queue")]
+    LockSuperseded,
+    /// Skip of a FIFO head that is not the one the operator saw.
+    #[error("the head moved: it is now seq {}", head.0)]
+    HeadMoved { head: Seq },
+    /// Skip of a head when nothing is in line.
+    #[error("nothing is in line: the queue has no head to skip")]
+    NoHead,
+    /// An operation on the head of a queue that has none (standard mode has no order).
+    #[error("only a FIFO webhook has a head to skip; a standard one does not block on any message")]
+    NotFifo,
     /// The lock is held under another token.
     #[error("lock token does not match: the lock expired and was handed out again")]
     LockMismatch,

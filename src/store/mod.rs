@@ -12,6 +12,7 @@ pub mod consumer_batch;
 pub mod dead_letters;
 mod error;
 pub mod group_commit;
+pub mod head;
 pub mod keys;
 pub mod listener;
 pub mod maintenance;

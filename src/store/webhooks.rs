@@ -30,6 +30,10 @@ pub struct Webhook {
     pub fifo_window: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Paused by an operator: delivers nothing until resumed.
+    pub paused_at: Option<DateTime<Utc>>,
+    /// Held by a consumer's error: delivers nothing until then (past times mean nothing).
+    pub held_until: Option<DateTime<Utc>>,
 }
 
 struct Row {
@@ -47,6 +51,8 @@ struct Row {
     fifo_window: i32,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    paused_at: Option<DateTime<Utc>>,
+    held_until: Option<DateTime<Utc>>,
 }
 
 impl From<Row> for Webhook {
@@ -66,6 +72,8 @@ impl From<Row> for Webhook {
             fifo_window: r.fifo_window,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            paused_at: r.paused_at,
+            held_until: r.held_until.filter(|until| *until > Utc::now()),
         }
     }
 }
@@ -116,7 +124,7 @@ pub async fn create(
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
            RETURNING id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme,
                      signature_tolerance_seconds, mode AS "mode: DeliveryMode", priorities,
-                     idempotency_from_webhook_id, require_lock_token, fifo_window, created_at, updated_at"#,
+                     idempotency_from_webhook_id, require_lock_token, fifo_window, created_at, updated_at, paused_at, held_until"#,
         id.as_uuid(),
         project.0,
         new.name.as_str(),
@@ -143,7 +151,8 @@ pub async fn get(db: impl PgExecutor<'_>, project: ProjectId, id: &WebhookId) ->
     let row = sqlx::query_as!(
         Row,
         r#"SELECT id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme, signature_tolerance_seconds,
-                  mode AS "mode: DeliveryMode", priorities, idempotency_from_webhook_id, require_lock_token, fifo_window, created_at, updated_at
+                  mode AS "mode: DeliveryMode", priorities, idempotency_from_webhook_id, require_lock_token, fifo_window, created_at, updated_at,
+                  paused_at, held_until
            FROM webhooks WHERE id = $1 AND project_id = $2"#,
         id.as_uuid(),
         project.0
@@ -152,6 +161,41 @@ pub async fn get(db: impl PgExecutor<'_>, project: ProjectId, id: &WebhookId) ->
     .await
     .context_for("reading a webhook", id)?;
     row.map(Webhook::from).ok_or(StoreError::NotFound("webhook"))
+}
+
+/// Pauses delivery (`paused`) or resumes it, which also ends a consumer's hold. A pause is
+/// kept from its first time; resuming wakes the webhook's long-polls.
+pub async fn set_paused(
+    db: &mut PgConnection,
+    project: ProjectId,
+    id: &WebhookId,
+    paused: bool,
+) -> StoreResult<Webhook> {
+    let row = sqlx::query_as!(
+        Row,
+        r#"UPDATE webhooks
+           SET paused_at = CASE WHEN $3 THEN coalesce(paused_at, now()) END,
+               held_until = CASE WHEN $3 THEN held_until END
+           WHERE id = $1 AND project_id = $2
+           RETURNING id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme,
+                     signature_tolerance_seconds, mode AS "mode: DeliveryMode", priorities,
+                     idempotency_from_webhook_id, require_lock_token, fifo_window, created_at, updated_at,
+                     paused_at, held_until"#,
+        id.as_uuid(),
+        project.0,
+        paused
+    )
+    .fetch_optional(&mut *db)
+    .await
+    .context_for("pausing or resuming a webhook", id)?
+    .ok_or(StoreError::NotFound("webhook"))?;
+    if !paused {
+        sqlx::query!("SELECT hookline_wake($1)", id.as_uuid())
+            .fetch_one(&mut *db)
+            .await
+            .context_for("waking a resumed webhook", id)?;
+    }
+    Ok(row.into())
 }
 
 /// A page in creation order, starting after the webhook `after` (a cursor), of all the
@@ -166,7 +210,8 @@ pub async fn list(
     let rows = sqlx::query_as!(
         Row,
         r#"SELECT id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme, signature_tolerance_seconds,
-                  mode AS "mode: DeliveryMode", priorities, idempotency_from_webhook_id, require_lock_token, fifo_window, created_at, updated_at
+                  mode AS "mode: DeliveryMode", priorities, idempotency_from_webhook_id, require_lock_token, fifo_window, created_at, updated_at,
+                  paused_at, held_until
            FROM webhooks
            WHERE project_id = $1
              AND ($2::uuid IS NULL OR (created_at, id) >
@@ -219,7 +264,7 @@ pub async fn update(
            WHERE id = $1 AND project_id = $2
            RETURNING id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme,
                      signature_tolerance_seconds, mode AS "mode: DeliveryMode", priorities,
-                     idempotency_from_webhook_id, require_lock_token, fifo_window, created_at, updated_at"#,
+                     idempotency_from_webhook_id, require_lock_token, fifo_window, created_at, updated_at, paused_at, held_until"#,
         id.as_uuid(),
         project.0,
         changes.name.as_ref().map(WebhookName::as_str),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use hookline::domain::{LockToken, MaxMessages, MessageId, ProjectId, WebhookId};
 use hookline::store::batching::GroupCommitConfig;
 use hookline::store::consumer_batch::ConsumerBatcher;
-use hookline::store::messages::{ConsumerAction, ConsumerCall, HeldLock};
+use hookline::store::messages::{ConsumerAction, ConsumerCall, Failure, HeldLock};
 use hookline::store::{Refusal, StoreError};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -278,7 +278,10 @@ async fn errors_and_commits_share_a_batch() {
     }
     let committer = lingering(&app);
     let error = |call: ConsumerCall, d: &Delivery, requeue: bool| ConsumerCall {
-        action: ConsumerAction::Error { lock: held(d), reason: Some("downstream said no".into()), requeue },
+        action: ConsumerAction::Error {
+            lock: held(d),
+            failure: Failure { reason: Some("downstream said no".into()), requeue, hold: None },
+        },
         ..call
     };
     let retried = error(queued(&app, &heads[0].0, &heads[0].1, false).await, &heads[0].1, true);

@@ -287,6 +287,7 @@ pub async fn spawn_app_on(db_url: &str, tweak: impl FnOnce(&mut Config)) -> Test
         plan_cache_ttl: Duration::ZERO,
         run_jobs: false,
         trusted_proxies: vec![],
+        max_hold: hookline::domain::HoldSeconds::bound(3600),
     };
     tweak(&mut config);
     let encryption_key = config.encryption_key.as_ref().map(|k| k.expose_secret().to_owned()).unwrap_or_default();

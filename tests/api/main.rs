@@ -24,6 +24,8 @@ mod lock_control;
 mod long_poll;
 mod migrations;
 mod model;
+mod operate;
+mod pause_hold;
 mod plans;
 mod priorities;
 mod publish;

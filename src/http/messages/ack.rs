@@ -8,13 +8,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{deliver, deliver_batch};
-use crate::domain::{storable, LockTimeout, LockToken, MaxMessages, MessageId, MessageState};
+use crate::domain::{storable, HoldSeconds, LockTimeout, LockToken, MaxMessages, MessageId, MessageState};
 use crate::http::error::{parse_json, ApiError, ErrorBody, ErrorDetail};
 use crate::http::extract::{LockClaim, LockedRequest, Read, WebhookRequest};
 use crate::http::responses::{BodyErrors, WebhookErrors};
 use crate::http::ApiState;
 use crate::limits::Operation;
-use crate::store::messages::{self as store, ConsumerCall};
+use crate::store::messages::{self as store, ConsumerCall, Failure};
 use crate::store::StoreError;
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -32,6 +32,12 @@ pub struct ErrorRequest {
     pub reason: Option<String>,
     /// false: do not retry; the message goes straight to the dead-letter queue (default true).
     pub requeue: Option<bool>,
+    /// The downstream is down, not the message: hold the webhook (deliver nothing) this many
+    /// seconds, 1 up to the broker's HOOKLINE_MAX_HOLD_SECONDS (default 3600). The message
+    /// returns to its position and the attempt is not counted. Not with requeue=false.
+    #[schema(minimum = 1, maximum = 86400)]
+    #[serde(default, deserialize_with = "crate::http::whole::opt")]
+    pub hold_seconds: Option<i64>,
     #[schema(value_type = Option<String>, pattern = "^lt_[0-9a-f]{32}$")]
     pub lock_token: Option<LockToken>,
 }
@@ -96,6 +102,9 @@ pub struct Errored {
     pub status: MessageState,
     pub retry_count: i32,
     pub max_retries: i32,
+    /// With holdSeconds: until when the webhook delivers nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -135,7 +144,7 @@ pub struct CommitQuery {
     responses((status = 200, body = CommitAnswer, description = "Committed; with next=true, the next message (DeliveredMessage), with maxMessages a DeliveredBatch"),
               (status = 204, description = "next=true: committed, nothing to deliver next"),
               BodyErrors, WebhookErrors,
-              (status = 409, body = ErrorBody, description = "conflict: not locked, or locked under another token. out_of_order: a message of a FIFO window leased ahead of it is not committed yet"),
+              (status = 409, body = ErrorBody, description = "conflict: not locked, or locked under another token. out_of_order: a message of a FIFO window leased ahead of it is not committed yet. lock_superseded: an operator skipped the message this lock held"),
               (status = 422, body = ErrorBody, description = "The webhook requires the lock token (requireLockToken)")))]
 #[tracing::instrument(skip_all, fields(webhook_id = %req.webhook(), message_id = %req.id()))]
 pub async fn commit(
@@ -167,24 +176,34 @@ pub async fn commit(
 
 /// Report a failed attempt: the message returns to its position, or goes to the
 /// dead-letter queue when its retries are used up. In a FIFO window, every later message of
-/// the window returns to the queue with it (no attempt counted for them).
+/// the window returns to the queue with it (no attempt counted for them). With
+/// `holdSeconds`, the downstream is down, not the message: the webhook delivers nothing for
+/// that long and the attempt is not counted (the reason is kept as its last error).
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/messages/{message_id}/error", tag = "messages",
     params(("webhook_id" = String, Path), ("message_id" = String, Path)), request_body(content = Option<ErrorRequest>),
     security(("api_key" = [])),
     responses((status = 200, body = Errored), BodyErrors, WebhookErrors,
-              (status = 409, body = ErrorBody, description = "Not locked, or locked under another token"),
-              (status = 422, body = ErrorBody, description = "The webhook requires the lock token (requireLockToken)")))]
+              (status = 409, body = ErrorBody, description = "conflict: not locked, or locked under another token. lock_superseded: an operator skipped the message this lock held"),
+              (status = 422, body = ErrorBody, description = "The webhook requires the lock token (requireLockToken), or holdSeconds is out of range or given with requeue=false")))]
 #[tracing::instrument(skip_all, fields(webhook_id = %req.webhook(), message_id = %req.id()))]
 pub async fn error(req: LockedRequest<ErrorRequest>, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let reason = req.body.reason.as_deref().map(|r| storable("reason", r)).transpose()?;
     let reason: Option<String> = reason.map(|r| r.chars().take(MAX_REASON_CHARS).collect());
     let requeue = req.body.requeue.unwrap_or(true);
-    let outcome = state.consumers.error(ConsumerCall::error(&req.target(), reason, requeue)).await?;
+    let hold = req.body.hold_seconds.map(|s| HoldSeconds::parse(s, state.max_hold)).transpose()?;
+    if hold.is_some() && !requeue {
+        return Err(ApiError::Validation(
+            "holdSeconds keeps the message queued: it cannot go with requeue=false".into(),
+        ));
+    }
+    let failure = Failure { reason, requeue, hold };
+    let outcome = state.consumers.error(ConsumerCall::error(&req.target(), failure)).await?;
     Ok(HttpResponse::Ok().json(Errored {
         id: req.id(),
         status: outcome.state,
         retry_count: outcome.retry_count,
         max_retries: outcome.max_retries,
+        held_until: outcome.held_until,
     }))
 }
 
@@ -194,7 +213,7 @@ pub async fn error(req: LockedRequest<ErrorRequest>, state: web::Data<ApiState>)
     params(("webhook_id" = String, Path), ("message_id" = String, Path)), request_body = ExtendRequest,
     security(("api_key" = [])),
     responses((status = 200, body = Extended), BodyErrors, WebhookErrors,
-              (status = 409, body = ErrorBody, description = "Not locked, or locked under another token"),
+              (status = 409, body = ErrorBody, description = "conflict: not locked, or locked under another token. lock_superseded: an operator skipped the message this lock held"),
               (status = 422, body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(webhook_id = %req.webhook(), message_id = %req.id()))]
 pub async fn extend(req: LockedRequest<ExtendRequest>, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {

@@ -15,6 +15,9 @@ use crate::http::ApiState;
 use crate::limits::Operation;
 use crate::store::messages as store;
 
+/// On a 204: `paused` (an operator paused the webhook) or `held` (a consumer's error held it).
+pub const QUEUE_STATE_HEADER: &str = "Hookline-Queue-State";
+
 /// Longest long-poll a dequeue may ask for.
 const MAX_WAIT_SECONDS: i64 = 20;
 
@@ -73,7 +76,8 @@ impl DequeueQuery {
     description = "The query's options as JSON instead (an option may be given in one place only)"),
     security(("api_key" = [])),
     responses((status = 200, body = super::Dequeued, description = "Without maxMessages: one message. With maxMessages: a DeliveredBatch"),
-              (status = 204, description = "Nothing to deliver"),
+              (status = 204, description = "Nothing to deliver. Hookline-Queue-State says why when the webhook withholds delivery: paused (by an operator) or held (by a consumer's error with holdSeconds)",
+               headers(("Hookline-Queue-State" = String, description = "paused or held"))),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 413, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
@@ -117,11 +121,13 @@ pub async fn dequeue(
                 Some(_) => deliver_batch(&state, &webhook, locked).await,
             };
         }
+        let idle = store::idle(&state.pool, &webhook).await?;
         if wait.is_zero() {
-            return Ok(HttpResponse::NoContent().finish());
+            return Ok(nothing(idle.withheld));
         }
-        // A delay running out or a lock expiring wakes nobody: wait no longer than that.
-        let due = store::next_due(&state.pool, &webhook).await?.map(|at| {
+        // A delay running out, a lock expiring or a hold ending wakes nobody: wait no longer
+        // than that.
+        let due = idle.next_due.map(|at| {
             let from_now = (at - Utc::now()).to_std().unwrap_or_default().max(MIN_RECHECK);
             tokio::time::Instant::now() + from_now
         });
@@ -130,7 +136,16 @@ pub async fn dequeue(
         let slept = tokio::time::timeout_at(until, woken).await;
         drop(asleep);
         if slept.is_err() && until == deadline {
-            return Ok(HttpResponse::NoContent().finish());
+            return Ok(nothing(idle.withheld));
         }
     }
+}
+
+/// 204, saying why when the webhook withholds delivery.
+fn nothing(withheld: Option<store::Withheld>) -> HttpResponse {
+    let mut answer = HttpResponse::NoContent();
+    if let Some(why) = withheld {
+        answer.insert_header((QUEUE_STATE_HEADER, why.name()));
+    }
+    answer.finish()
 }

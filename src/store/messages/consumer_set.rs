@@ -9,8 +9,8 @@ use std::collections::HashSet;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::transitions::{commit_heads, commit_rows, error_outcome, per_call, CommitCalls, LeaseRow, LockRefusal};
-use super::{ErrorOutcome, LockedMessage, LockedRef};
+use super::transitions::{commit_heads, commit_rows, per_call, CommitCalls, LeaseRow, LockRefusal, NackRow};
+use super::{ErrorOutcome, Failure, LockedMessage, LockedRef};
 use crate::domain::{LockToken, MaxMessages, MessageId, MessageState, ProjectId, WebhookId};
 use crate::store::{Context, StoreError, StoreResult};
 
@@ -19,8 +19,8 @@ pub enum ConsumerAction {
     /// Commit the message; with `next`, also lease up to that many messages once its lock
     /// is released, and answer them.
     Commit { lock: HeldLock, next: Option<MaxMessages> },
-    /// A failed attempt (see `messages::error`).
-    Error { lock: HeldLock, reason: Option<String>, requeue: bool },
+    /// A failed attempt, or a hold (see `messages::error`).
+    Error { lock: HeldLock, failure: Failure },
 }
 
 /// The locked message an acknowledgement is for, and the token its consumer claims.
@@ -48,8 +48,8 @@ impl ConsumerCall {
         Self::ack(target, |lock| ConsumerAction::Commit { lock, next })
     }
 
-    pub fn error(target: &LockedRef<'_>, reason: Option<String>, requeue: bool) -> Self {
-        Self::ack(target, |lock| ConsumerAction::Error { lock, reason, requeue })
+    pub fn error(target: &LockedRef<'_>, failure: Failure) -> Self {
+        Self::ack(target, |lock| ConsumerAction::Error { lock, failure })
     }
 
     fn ack(target: &LockedRef<'_>, action: impl FnOnce(HeldLock) -> ConsumerAction) -> Self {
@@ -77,8 +77,8 @@ impl ConsumerCall {
             ConsumerAction::Commit { lock, next: None } => {
                 super::commit(db, &self.target(lock)).await.map(|()| ConsumerOutcome::Committed(Vec::new()))
             }
-            ConsumerAction::Error { lock, reason, requeue } => {
-                super::error(db, &self.target(lock), reason.as_deref(), *requeue).await.map(ConsumerOutcome::Errored)
+            ConsumerAction::Error { lock, failure } => {
+                super::error(db, &self.target(lock), failure).await.map(ConsumerOutcome::Errored)
             }
         }
     }
@@ -201,27 +201,25 @@ async fn run_errors(tx: &mut PgConnection, errors: &[&ConsumerCall]) -> StoreRes
     if errors.is_empty() {
         return Ok(Vec::new());
     }
-    let (reasons, requeues): (Vec<Option<String>>, Vec<bool>) = errors
-        .iter()
-        .map(|a| match &a.action {
-            ConsumerAction::Error { reason, requeue, .. } => (reason.clone(), *requeue),
-            _ => (None, true),
-        })
-        .unzip();
+    let failure = |a: &ConsumerCall| match &a.action {
+        ConsumerAction::Error { failure, .. } => failure.clone(),
+        _ => Failure::default(),
+    };
     let held = locks(errors);
     let rows = sqlx::query!(
         r#"SELECT r.i AS "i!", e.refusal AS "refusal: LockRefusal", e.state AS "state: MessageState",
-                  e.retry_count, e.max_retries AS "max_retries!"
-           FROM unnest($1::uuid[], $2::int8[], $3::uuid[], $4::uuid[], $5::text[], $6::bool[])
-                WITH ORDINALITY AS r(webhook, project, message, token, reason, requeue, i)
-           CROSS JOIN LATERAL hookline_error(r.webhook, r.project, r.message, r.token, r.reason, r.requeue) e
+                  e.retry_count, e.max_retries AS "max_retries!", e.held_until
+           FROM unnest($1::uuid[], $2::int8[], $3::uuid[], $4::uuid[], $5::text[], $6::bool[], $7::int4[])
+                WITH ORDINALITY AS r(webhook, project, message, token, reason, requeue, hold, i)
+           CROSS JOIN LATERAL hookline_nack(r.webhook, r.project, r.message, r.token, r.reason, r.requeue, r.hold) e
            ORDER BY r.i"#,
         &column(errors, |a| *a.webhook.as_uuid()),
         &column(errors, |a| a.project.0),
         &held.iter().map(|l| *l.message.as_uuid()).collect::<Vec<_>>(),
         &held.iter().map(|l| token(l)).collect::<Vec<_>>() as _,
-        &reasons as _,
-        &requeues
+        &column(errors, |a| failure(a).reason) as _,
+        &column(errors, |a| failure(a).requeue),
+        &column(errors, |a| failure(a).hold.map(|h| h.get())) as _
     )
     .fetch_all(&mut *tx)
     .await
@@ -229,6 +227,15 @@ async fn run_errors(tx: &mut PgConnection, errors: &[&ConsumerCall]) -> StoreRes
     Ok(per_call(rows, |r| r.i, errors.len(), "erroring a batch of messages")?
         .into_iter()
         .flat_map(|rows| rows.into_iter().take(1))
-        .map(|r| error_outcome(r.refusal, r.state, r.retry_count, r.max_retries).map(ConsumerOutcome::Errored))
+        .map(|r| {
+            let row = NackRow {
+                refusal: r.refusal,
+                state: r.state,
+                retry_count: r.retry_count,
+                max_retries: r.max_retries,
+                held_until: r.held_until,
+            };
+            row.outcome().map(ConsumerOutcome::Errored)
+        })
         .collect())
 }

@@ -43,11 +43,51 @@ pub(super) fn in_delivery_order(locked: impl Iterator<Item = LockedMessage>) -> 
     locked
 }
 
-/// When something of the webhook may become deliverable with no write to wake anyone: a
-/// delay running out or a lock expiring. None: only a write can change anything.
-pub async fn next_due(db: impl PgExecutor<'_>, webhook: &WebhookId) -> StoreResult<Option<DateTime<Utc>>> {
-    sqlx::query_scalar!("SELECT hookline_next_due($1)", webhook.as_uuid())
-        .fetch_one(db)
-        .await
-        .context_for("reading when the queue is next due", webhook)
+/// Why a webhook delivers nothing at all for now (see `hookline_withheld`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withheld {
+    /// An operator paused it.
+    Paused,
+    /// A consumer's error held it.
+    Held,
+}
+
+impl Withheld {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Paused => "paused",
+            Self::Held => "held",
+        }
+    }
+}
+
+/// A dequeue that found nothing: whether the webhook withholds delivery, and when something
+/// may become deliverable with no write to wake anyone (a delay running out, a lock
+/// expiring, a hold ending; None: only a write can change anything).
+pub struct Idle {
+    pub withheld: Option<Withheld>,
+    pub next_due: Option<DateTime<Utc>>,
+}
+
+pub async fn idle(db: impl PgExecutor<'_>, webhook: &WebhookId) -> StoreResult<Idle> {
+    let row = sqlx::query!(
+        r#"SELECT hookline_next_due(w.id) AS next_due, w.paused_at IS NOT NULL AS "paused!",
+                  coalesce(w.held_until > now(), false) AS "held!"
+           FROM webhooks w WHERE w.id = $1"#,
+        webhook.as_uuid()
+    )
+    .fetch_optional(db)
+    .await
+    .context_for("reading why the queue is idle", webhook)?;
+    Ok(match row {
+        None => Idle { withheld: None, next_due: None },
+        Some(r) => Idle {
+            withheld: match (r.paused, r.held) {
+                (true, _) => Some(Withheld::Paused),
+                (false, true) => Some(Withheld::Held),
+                _ => None,
+            },
+            next_due: r.next_due,
+        },
+    })
 }

@@ -19,11 +19,11 @@ use crate::domain::{
 
 pub use consumer_set::{consumer_set, ConsumerAction, ConsumerCall, ConsumerOutcome, HeldLock};
 use dequeue::in_delivery_order;
-pub use dequeue::{dequeue, next_due};
+pub use dequeue::{dequeue, idle, Idle, Withheld};
 pub use find::{find, MessageInfo};
 pub use ingest::{insert_many, seen_signature, stored};
 pub use purge::{purge, purge_expired, purge_idempotency_keys, purge_seen_signatures, ExpiredBatch, PurgeCursor};
-pub use transitions::{bury, commit, commit_many, commit_next, error, extend, release, ErrorOutcome};
+pub use transitions::{bury, commit, commit_many, commit_next, error, extend, release, ErrorOutcome, Failure};
 
 /// A message ready to insert: its id chosen and its payload sealed by the caller.
 pub struct NewMessage {

@@ -9,7 +9,7 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use super::{LockedMessage, LockedRef, LockedRow};
-use crate::domain::{DeliveryMode, LockToken, MaxMessages, MessageId, MessageState, ProjectId, WebhookId};
+use crate::domain::{DeliveryMode, HoldSeconds, LockToken, MaxMessages, MessageId, MessageState, ProjectId, WebhookId};
 use crate::store::{Context, Refusal, StoreError, StoreResult};
 
 /// Why the baseline's lock check refused a transition (`lock_refusal`).
@@ -21,6 +21,7 @@ pub(super) enum LockRefusal {
     LockMismatch,
     TokenRequired,
     OutOfOrder,
+    LockSuperseded,
 }
 
 /// A refusal and the message's stored state as the store's answer.
@@ -32,6 +33,7 @@ pub(super) fn refused(refusal: Option<LockRefusal>, state: Option<MessageState>)
         Some(LockRefusal::LockMismatch) => Err(Refusal::LockMismatch.into()),
         Some(LockRefusal::TokenRequired) => Err(Refusal::LockTokenRequired.into()),
         Some(LockRefusal::OutOfOrder) => Err(Refusal::OutOfOrder.into()),
+        Some(LockRefusal::LockSuperseded) => Err(Refusal::LockSuperseded.into()),
     }
 }
 
@@ -265,51 +267,69 @@ pub async fn commit_many(
         .collect())
 }
 
+/// What a consumer reports with an error (NACK).
+#[derive(Debug, Clone, Default)]
+pub struct Failure {
+    /// Kept as the message's last error.
+    pub reason: Option<String>,
+    /// false: dead at once (the consumer knows retrying cannot help).
+    pub requeue: bool,
+    /// The downstream is down, not the message: hold the webhook this long and count no
+    /// attempt.
+    pub hold: Option<HoldSeconds>,
+}
+
 /// What an error (NACK) did to the message.
 pub struct ErrorOutcome {
     pub state: MessageState,
     pub retry_count: i32,
     pub max_retries: i32,
+    /// With a hold: until when the webhook delivers nothing.
+    pub held_until: Option<DateTime<Utc>>,
 }
 
-/// locked -> queued at the same position (retry_count + 1), or dead at max_retries.
-/// With `requeue` false, dead at once (the consumer knows retrying cannot help).
-pub async fn error(
-    db: impl PgExecutor<'_>,
-    target: &LockedRef<'_>,
-    reason: Option<&str>,
-    requeue: bool,
-) -> StoreResult<ErrorOutcome> {
-    let row = sqlx::query!(
+/// locked -> queued at the same position (retry_count + 1), or dead at max_retries or
+/// without requeue; with a hold, queued at its position with no attempt counted.
+pub async fn error(db: impl PgExecutor<'_>, target: &LockedRef<'_>, failure: &Failure) -> StoreResult<ErrorOutcome> {
+    let row = sqlx::query_as!(
+        NackRow,
         r#"SELECT refusal AS "refusal: LockRefusal", state AS "state: MessageState", retry_count,
-                  max_retries AS "max_retries!"
-           FROM hookline_error($1, $2, $3, $4, $5, $6)"#,
+                  max_retries AS "max_retries!", held_until
+           FROM hookline_nack($1, $2, $3, $4, $5, $6, $7)"#,
         target.webhook.as_uuid(),
         target.project.0,
         target.message.as_uuid(),
         target.token_uuid(),
-        reason,
-        requeue
+        failure.reason.as_deref(),
+        failure.requeue,
+        failure.hold.map(HoldSeconds::get)
     )
     .fetch_one(db)
     .await
     .context_for("erroring a message", target.webhook)?;
-    error_outcome(row.refusal, row.state, row.retry_count, row.max_retries)
+    row.outcome()
 }
 
-/// One row of `hookline_error` as the store's answer.
-pub(super) fn error_outcome(
-    refusal: Option<LockRefusal>,
-    state: Option<MessageState>,
-    retry_count: Option<i32>,
-    max_retries: i32,
-) -> StoreResult<ErrorOutcome> {
-    refused(refusal, state)?;
-    Ok(ErrorOutcome {
-        state: state.unwrap_or(MessageState::Queued),
-        retry_count: retry_count.unwrap_or_default(),
-        max_retries,
-    })
+/// One row of `hookline_nack`.
+pub(super) struct NackRow {
+    pub(super) refusal: Option<LockRefusal>,
+    pub(super) state: Option<MessageState>,
+    pub(super) retry_count: Option<i32>,
+    pub(super) max_retries: i32,
+    pub(super) held_until: Option<DateTime<Utc>>,
+}
+
+impl NackRow {
+    /// The store's answer.
+    pub(super) fn outcome(self) -> StoreResult<ErrorOutcome> {
+        refused(self.refusal, self.state)?;
+        Ok(ErrorOutcome {
+            state: self.state.unwrap_or(MessageState::Queued),
+            retry_count: self.retry_count.unwrap_or_default(),
+            max_retries: self.max_retries,
+            held_until: self.held_until,
+        })
+    }
 }
 
 /// Renews the lock the message holds; returns when it now expires.
