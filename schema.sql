@@ -120,6 +120,24 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.hookline_claim_idempotency_keys(p_webhooks uuid[], p_keys text[], p_messages uuid[], p_windows integer[]) RETURNS SETOF uuid
+    LANGUAGE plpgsql
+    SET lock_timeout TO '1s'
+    AS $$
+BEGIN
+    RETURN QUERY
+    INSERT INTO idempotency_keys AS k (webhook_id, key, message_id, window_seconds)
+    SELECT c.webhook_id, c.key, c.message_id, c.window_seconds
+    FROM unnest(p_webhooks, p_keys, p_messages, p_windows) WITH ORDINALITY AS c(webhook_id, key, message_id, window_seconds, ord)
+    WHERE EXISTS (SELECT 1 FROM webhooks w WHERE w.id = c.webhook_id)
+    ORDER BY c.ord
+    ON CONFLICT (webhook_id, key) DO UPDATE
+        SET message_id = EXCLUDED.message_id, seq = NULL, created_at = now(), window_seconds = EXCLUDED.window_seconds
+        WHERE k.created_at <= now() - make_interval(secs => coalesce(EXCLUDED.window_seconds, 86400))
+    RETURNING k.message_id;
+END
+$$;
+
 CREATE FUNCTION public.hookline_claim_signatures(p_webhooks uuid[], p_signatures bytea[], p_windows integer[], p_messages uuid[]) RETURNS SETOF uuid
     LANGUAGE plpgsql
     SET lock_timeout TO '1s'
@@ -334,6 +352,10 @@ CREATE TABLE public.webhooks (
     superseded_token uuid,
     paused_at timestamp with time zone,
     held_until timestamp with time zone,
+    dedup_key text,
+    dedup_window_seconds integer DEFAULT 86400 NOT NULL,
+    CONSTRAINT webhooks_dedup_key_form CHECK ((dedup_key ~ '^(header:[a-z0-9!#$%&''*+.^_`|~-]{1,100}|/.{0,199})$'::text)),
+    CONSTRAINT webhooks_dedup_window_range CHECK (((dedup_window_seconds >= 1) AND (dedup_window_seconds <= 86400))),
     CONSTRAINT webhooks_fifo_window_range CHECK (((fifo_window >= 1) AND (fifo_window <= 100))),
     CONSTRAINT webhooks_lock_complete CHECK ((((locked_seq IS NULL) = (lock_token IS NULL)) AND ((locked_seq IS NULL) = (lock_expires_at IS NULL)))),
     CONSTRAINT webhooks_lock_timeout_range CHECK (((lock_timeout_seconds >= 1) AND (lock_timeout_seconds <= 43200))),
@@ -1075,7 +1097,8 @@ CREATE TABLE public.idempotency_keys (
     key text NOT NULL,
     message_id uuid NOT NULL,
     seq bigint,
-    created_at timestamp with time zone DEFAULT now() NOT NULL
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    window_seconds integer
 );
 
 CREATE TABLE public.memberships (

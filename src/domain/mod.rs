@@ -35,6 +35,7 @@ macro_rules! bounded_setting {
     };
 }
 
+mod dedup;
 mod delivery;
 mod ids;
 mod message;
@@ -45,6 +46,7 @@ mod signature;
 mod text;
 mod webhook;
 
+pub use dedup::{DedupKey, DedupWindow, DEDUP_KEY_PATTERN};
 pub use delivery::{DelaySeconds, DeliveryMode, HoldSeconds, IdempotencyKey, MaxMessages, Priority, TtlSeconds};
 pub use ids::{ApiKeyId, LockToken, MessageId, ProjectId, WebhookId};
 pub use message::{MessageState, QueueState, Seq};

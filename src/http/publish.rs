@@ -16,7 +16,9 @@ use super::extract::{Publish, WebhookRequest};
 use super::ingest::{read_limited, Accepted};
 use super::responses::{BodyErrors, WebhookErrors};
 use super::ApiState;
-use crate::domain::{DelaySeconds, IdempotencyKey, MessageId, Payload, Priority, SettingError, TtlSeconds, WebhookId};
+use crate::domain::{
+    DedupWindow, DelaySeconds, IdempotencyKey, MessageId, Payload, Priority, SettingError, TtlSeconds, WebhookId,
+};
 use crate::limits::Operation;
 use crate::store::messages::{self as store, DeliveryOptions, NewMessage};
 use crate::store::projects::IngestTarget;
@@ -230,6 +232,8 @@ fn prepare(
         delay,
         ttl,
         idempotency_key: request.idempotency_key.map(|k| IdempotencyKey::parse("idempotencyKey", &k)).transpose()?,
+        // A producer's own key always holds for 24 hours, whatever the webhook's dedupKey.
+        dedup_window: DedupWindow::default(),
     };
     let id = MessageId::new_random();
     let sealed = state.keys.seal(webhook, &id, &Payload { headers, body }.encode());

@@ -13,7 +13,8 @@ use super::ingest::signature::SigningKey;
 use super::responses::{BodyErrors, KeyErrors, WebhookErrors};
 use super::{ApiState, Authenticated, PageQuery};
 use crate::domain::{
-    storable, DeliveryMode, FifoWindow, LockTimeout, MaxRetries, Scope, SignatureScheme, WebhookId, WebhookName,
+    storable, DedupKey, DedupWindow, DeliveryMode, FifoWindow, LockTimeout, MaxRetries, Scope, SignatureScheme,
+    WebhookId, WebhookName,
 };
 use crate::store::webhooks::{self as store, NewWebhook, StoredSignature, Webhook, WebhookChanges, WebhookQuota};
 
@@ -52,8 +53,18 @@ pub struct CreateWebhook {
     pub mode: Option<String>,
     /// Let producers set a priority (0 to 10, higher first). Default false.
     pub priorities: Option<bool>,
-    /// Use a Standard Webhooks sender's `webhook-id` header as the idempotency key when no
-    /// `Idempotency-Key` header is sent. Default false.
+    /// Deduplicate ingested requests by a key the sender sends: `header:<name>` (such as
+    /// `header:webhook-id`, `header:X-GitHub-Delivery`, `header:Idempotency-Key`) or a JSON
+    /// pointer into the body (such as Stripe's `/id`). A repeat within dedupWindowSeconds
+    /// answers 200 with the original id and seq and stores nothing. Default: none, every
+    /// request is a new message.
+    #[schema(pattern = r"^(header:[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}|/[^\u0000]{0,199})$", max_length = 200)]
+    pub dedup_key: Option<String>,
+    /// 1 to 86400, default 86400 (24 hours).
+    #[schema(minimum = 1, maximum = 86400)]
+    #[serde(default, deserialize_with = "crate::http::whole::opt")]
+    pub dedup_window_seconds: Option<i64>,
+    /// The earlier name of dedupKey `header:webhook-id` (true sets it). Not with dedupKey.
     pub idempotency_from_webhook_id: Option<bool>,
     /// Commit, error and extend must name the lock token their dequeue answered (otherwise
     /// 422). Default false.
@@ -88,6 +99,15 @@ pub struct UpdateWebhook {
     #[schema(value_type = Option<ModeName>)]
     pub mode: Option<String>,
     pub priorities: Option<bool>,
+    /// A new dedupKey (see CreateWebhook), or null to stop deduplicating ingests.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, pattern = r"^(header:[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}|/[^\u0000]{0,199})$", max_length = 200)]
+    pub dedup_key: Option<Option<String>>,
+    #[schema(minimum = 1, maximum = 86400)]
+    #[serde(default, deserialize_with = "crate::http::whole::opt")]
+    pub dedup_window_seconds: Option<i64>,
+    /// true sets dedupKey to `header:webhook-id`; false clears it when it is that. Not with
+    /// dedupKey.
     pub idempotency_from_webhook_id: Option<bool>,
     pub require_lock_token: Option<bool>,
     /// FIFO: the ordered in-flight window, 1 to 100 (see CreateWebhook). Applies to leases
@@ -158,6 +178,10 @@ pub struct WebhookResponse {
     pub signature: Option<SignatureInfo>,
     pub mode: DeliveryMode,
     pub priorities: bool,
+    /// Where a repeated ingest's key is found; null: every request is a new message.
+    pub dedup_key: Option<String>,
+    pub dedup_window_seconds: i32,
+    /// Whether dedupKey is `header:webhook-id` (its earlier name).
     pub idempotency_from_webhook_id: bool,
     pub require_lock_token: bool,
     /// FIFO: how many messages one dequeue with maxMessages may lease from the head, in order.
@@ -193,7 +217,9 @@ pub(super) fn respond(state: &ApiState, w: Webhook) -> WebhookResponse {
             .map(|scheme| SignatureInfo { scheme, tolerance_seconds: w.signature_tolerance_seconds }),
         mode: w.mode,
         priorities: w.priorities,
-        idempotency_from_webhook_id: w.idempotency_from_webhook_id,
+        idempotency_from_webhook_id: w.dedup_key == Some(DedupKey::webhook_id()),
+        dedup_key: w.dedup_key.as_ref().map(DedupKey::to_string),
+        dedup_window_seconds: w.dedup_window.get(),
         require_lock_token: w.require_lock_token,
         fifo_window: w.fifo_window,
         paused: w.paused_at.is_some(),
@@ -225,7 +251,8 @@ pub async fn create(
         ttl_days: limits.ttl_days(req.ttl_days)?,
         mode: req.mode.as_deref().map(DeliveryMode::parse).transpose()?.unwrap_or_default(),
         priorities: req.priorities.unwrap_or(false),
-        idempotency_from_webhook_id: req.idempotency_from_webhook_id.unwrap_or(false),
+        dedup_key: dedup_setting(req.dedup_key.as_deref().map(Some), req.idempotency_from_webhook_id, None)?.flatten(),
+        dedup_window: req.dedup_window_seconds.map(DedupWindow::parse).transpose()?.unwrap_or_default(),
         require_lock_token: req.require_lock_token.unwrap_or(false),
         fifo_window: req.fifo_window.map(FifoWindow::parse).transpose()?.unwrap_or_default(),
     };
@@ -301,7 +328,14 @@ pub async fn update(
             Some(days) => Some(crate::store::projects::limits(&state.pool, project).await?.ttl_days(Some(days))?),
         },
         priorities: req.priorities,
-        idempotency_from_webhook_id: req.idempotency_from_webhook_id,
+        dedup_key: match (&req.dedup_key, req.idempotency_from_webhook_id) {
+            (None, Some(false)) => {
+                let current = store::get(&state.pool, project, &webhook_id).await?.dedup_key;
+                dedup_setting(None, Some(false), current.as_ref())?
+            }
+            (key, alias) => dedup_setting(key.as_ref().map(Option::as_deref), alias, None)?,
+        },
+        dedup_window: req.dedup_window_seconds.map(DedupWindow::parse).transpose()?,
         require_lock_token: req.require_lock_token,
         fifo_window: req.fifo_window.map(FifoWindow::parse).transpose()?,
     };
@@ -330,6 +364,23 @@ pub async fn delete(req: WebhookRequest<Manage>, state: web::Data<ApiState>) -> 
     store::delete(&state.pool, req.project(), &req.webhook).await?;
     state.settings.forget_webhook(&req.webhook);
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// The dedupKey a request asks for, from `dedupKey` or its earlier name
+/// `idempotencyFromWebhookId` (`current`: the webhook's key, which false clears when it is
+/// `header:webhook-id`). None: unchanged; Some(None): none.
+fn dedup_setting(
+    key: Option<Option<&str>>,
+    webhook_id: Option<bool>,
+    current: Option<&DedupKey>,
+) -> Result<Option<Option<DedupKey>>, ApiError> {
+    match (key, webhook_id) {
+        (Some(_), Some(_)) => Err(ApiError::Validation("give dedupKey or idempotencyFromWebhookId, not both".into())),
+        (Some(key), None) => Ok(Some(key.map(DedupKey::parse).transpose()?)),
+        (None, Some(true)) => Ok(Some(Some(DedupKey::webhook_id()))),
+        (None, Some(false)) if current == Some(&DedupKey::webhook_id()) => Ok(Some(None)),
+        (None, _) => Ok(None),
+    }
 }
 
 /// Checks a signing requirement before anything is stored.

@@ -8,7 +8,8 @@ use super::{Context, Refusal, StoreError, StoreResult};
 use crate::crypto::Sealed;
 use crate::domain::SignatureScheme;
 use crate::domain::{
-    DeliveryMode, FifoWindow, LockTimeout, MaxRetries, Plan, ProjectId, TtlDays, WebhookId, WebhookName,
+    DedupKey, DedupWindow, DeliveryMode, FifoWindow, LockTimeout, MaxRetries, Plan, ProjectId, TtlDays, WebhookId,
+    WebhookName,
 };
 
 #[derive(Debug, Clone)]
@@ -23,7 +24,9 @@ pub struct Webhook {
     pub signature_tolerance_seconds: i32,
     pub mode: DeliveryMode,
     pub priorities: bool,
-    pub idempotency_from_webhook_id: bool,
+    /// Where a repeated delivery's key is found (None: no deduplication of ingests).
+    pub dedup_key: Option<DedupKey>,
+    pub dedup_window: DedupWindow,
     /// Commit, error and extend must name the lock token.
     pub require_lock_token: bool,
     /// FIFO: how many messages one consumer may lease at once, in order.
@@ -46,7 +49,8 @@ struct Row {
     signature_tolerance_seconds: i32,
     mode: DeliveryMode,
     priorities: bool,
-    idempotency_from_webhook_id: bool,
+    dedup_key: Option<String>,
+    dedup_window_seconds: i32,
     require_lock_token: bool,
     fifo_window: i32,
     created_at: DateTime<Utc>,
@@ -67,7 +71,9 @@ impl From<Row> for Webhook {
             signature_tolerance_seconds: r.signature_tolerance_seconds,
             mode: r.mode,
             priorities: r.priorities,
-            idempotency_from_webhook_id: r.idempotency_from_webhook_id,
+            // The schema checks the form; a value this release cannot read deduplicates nothing.
+            dedup_key: r.dedup_key.and_then(|k| DedupKey::parse(&k).ok()),
+            dedup_window: DedupWindow::parse(r.dedup_window_seconds.into()).unwrap_or_default(),
             require_lock_token: r.require_lock_token,
             fifo_window: r.fifo_window,
             created_at: r.created_at,
@@ -85,7 +91,8 @@ pub struct NewWebhook {
     pub ttl_days: TtlDays,
     pub mode: DeliveryMode,
     pub priorities: bool,
-    pub idempotency_from_webhook_id: bool,
+    pub dedup_key: Option<DedupKey>,
+    pub dedup_window: DedupWindow,
     pub require_lock_token: bool,
     pub fifo_window: FifoWindow,
 }
@@ -120,11 +127,12 @@ pub async fn create(
     let row = sqlx::query_as!(
         Row,
         r#"INSERT INTO webhooks (id, project_id, name, lock_timeout_seconds, max_retries, ttl_days, mode, priorities,
-                                 idempotency_from_webhook_id, require_lock_token, fifo_window)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                 dedup_key, dedup_window_seconds, idempotency_from_webhook_id, require_lock_token,
+                                 fifo_window)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9 IS NOT DISTINCT FROM 'header:webhook-id', $11, $12)
            RETURNING id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme,
                      signature_tolerance_seconds, mode AS "mode: DeliveryMode", priorities,
-                     idempotency_from_webhook_id, require_lock_token, fifo_window, created_at, updated_at, paused_at, held_until"#,
+                     dedup_key, dedup_window_seconds, require_lock_token, fifo_window, created_at, updated_at, paused_at, held_until"#,
         id.as_uuid(),
         project.0,
         new.name.as_str(),
@@ -133,7 +141,8 @@ pub async fn create(
         new.ttl_days.get(),
         new.mode as _,
         new.priorities,
-        new.idempotency_from_webhook_id,
+        new.dedup_key.as_ref().map(DedupKey::to_string),
+        new.dedup_window.get(),
         new.require_lock_token,
         new.fifo_window.get()
     )
@@ -151,7 +160,7 @@ pub async fn get(db: impl PgExecutor<'_>, project: ProjectId, id: &WebhookId) ->
     let row = sqlx::query_as!(
         Row,
         r#"SELECT id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme, signature_tolerance_seconds,
-                  mode AS "mode: DeliveryMode", priorities, idempotency_from_webhook_id, require_lock_token, fifo_window, created_at, updated_at,
+                  mode AS "mode: DeliveryMode", priorities, dedup_key, dedup_window_seconds, require_lock_token, fifo_window, created_at, updated_at,
                   paused_at, held_until
            FROM webhooks WHERE id = $1 AND project_id = $2"#,
         id.as_uuid(),
@@ -179,7 +188,7 @@ pub async fn set_paused(
            WHERE id = $1 AND project_id = $2
            RETURNING id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme,
                      signature_tolerance_seconds, mode AS "mode: DeliveryMode", priorities,
-                     idempotency_from_webhook_id, require_lock_token, fifo_window, created_at, updated_at,
+                     dedup_key, dedup_window_seconds, require_lock_token, fifo_window, created_at, updated_at,
                      paused_at, held_until"#,
         id.as_uuid(),
         project.0,
@@ -210,7 +219,7 @@ pub async fn list(
     let rows = sqlx::query_as!(
         Row,
         r#"SELECT id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme, signature_tolerance_seconds,
-                  mode AS "mode: DeliveryMode", priorities, idempotency_from_webhook_id, require_lock_token, fifo_window, created_at, updated_at,
+                  mode AS "mode: DeliveryMode", priorities, dedup_key, dedup_window_seconds, require_lock_token, fifo_window, created_at, updated_at,
                   paused_at, held_until
            FROM webhooks
            WHERE project_id = $1
@@ -237,7 +246,9 @@ pub struct WebhookChanges {
     pub max_retries: Option<MaxRetries>,
     pub ttl_days: Option<TtlDays>,
     pub priorities: Option<bool>,
-    pub idempotency_from_webhook_id: Option<bool>,
+    /// Some(None): stop deduplicating.
+    pub dedup_key: Option<Option<DedupKey>>,
+    pub dedup_window: Option<DedupWindow>,
     pub require_lock_token: Option<bool>,
     pub fifo_window: Option<FifoWindow>,
 }
@@ -257,14 +268,16 @@ pub async fn update(
                max_retries = COALESCE($5, max_retries),
                ttl_days = COALESCE($6, ttl_days),
                priorities = COALESCE($7, priorities),
-               idempotency_from_webhook_id = COALESCE($8, idempotency_from_webhook_id),
-               require_lock_token = COALESCE($9, require_lock_token),
-               fifo_window = COALESCE($10, fifo_window),
+               dedup_key = CASE WHEN $8 THEN $9 ELSE dedup_key END,
+               idempotency_from_webhook_id = CASE WHEN $8 THEN $9 ELSE dedup_key END IS NOT DISTINCT FROM 'header:webhook-id',
+               dedup_window_seconds = COALESCE($10, dedup_window_seconds),
+               require_lock_token = COALESCE($11, require_lock_token),
+               fifo_window = COALESCE($12, fifo_window),
                updated_at = now()
            WHERE id = $1 AND project_id = $2
            RETURNING id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme,
                      signature_tolerance_seconds, mode AS "mode: DeliveryMode", priorities,
-                     idempotency_from_webhook_id, require_lock_token, fifo_window, created_at, updated_at, paused_at, held_until"#,
+                     dedup_key, dedup_window_seconds, require_lock_token, fifo_window, created_at, updated_at, paused_at, held_until"#,
         id.as_uuid(),
         project.0,
         changes.name.as_ref().map(WebhookName::as_str),
@@ -272,7 +285,9 @@ pub async fn update(
         changes.max_retries.map(MaxRetries::get),
         changes.ttl_days.map(TtlDays::get),
         changes.priorities,
-        changes.idempotency_from_webhook_id,
+        changes.dedup_key.is_some(),
+        changes.dedup_key.as_ref().and_then(|k| k.as_ref().map(DedupKey::to_string)),
+        changes.dedup_window.map(DedupWindow::get),
         changes.require_lock_token,
         changes.fifo_window.map(FifoWindow::get)
     )

@@ -1,7 +1,7 @@
-//! Idempotency keys (24 h, per webhook): a repeated key answers the original message's id
-//! (200, `duplicate: true` on publish) and stores nothing new, even when the repeats race;
-//! on ingestion the key is the `Idempotency-Key` header, or the Standard Webhooks
-//! `webhook-id` header on a webhook with `idempotencyFromWebhookId: true`.
+//! Idempotency keys (per webhook): a repeated key answers the original message's id (200,
+//! `duplicate: true`) and stores nothing new, even when the repeats race. A producer's
+//! `idempotencyKey` holds 24 hours; on ingestion nothing is deduplicated unless the webhook
+//! sets `dedupKey` (a header or a JSON pointer into the body), for its `dedupWindowSeconds`.
 
 use std::collections::HashSet;
 
@@ -95,8 +95,8 @@ async fn twenty_concurrent_publishes_with_one_key_store_one_message() {
 #[tokio::test]
 async fn keys_are_per_webhook() {
     let app = spawn_app().await;
-    let a = app.create_webhook(json!({})).await;
-    let b = app.create_webhook(json!({})).await;
+    let a = app.create_webhook(json!({"dedupKey": "header:Idempotency-Key"})).await;
+    let b = app.create_webhook(json!({"dedupKey": "header:Idempotency-Key"})).await;
     let on_a = app.publish(&a, json!({"payload": 1, "idempotencyKey": "shared"})).await;
     let on_b = app.publish(&b, json!({"payload": 1, "idempotencyKey": "shared"})).await;
     on_a.expect(StatusCode::CREATED);
@@ -109,9 +109,27 @@ async fn keys_are_per_webhook() {
 }
 
 #[tokio::test]
-async fn an_idempotency_key_header_deduplicates_ingestion() {
+async fn without_a_dedup_key_every_ingest_is_a_new_message_whatever_its_headers() {
     let app = spawn_app().await;
     let wh = app.create_webhook(json!({})).await;
+    assert!(app.get_webhook(&wh).await.body["dedupKey"].is_null());
+    let headers = [("idempotency-key", "evt-1"), ("webhook-id", "evt-1"), ("x-github-delivery", "evt-1")];
+    let first = ingest_with(&app, &wh, &headers, r#"{"id": "evt-1"}"#).await;
+    let again = ingest_with(&app, &wh, &headers, r#"{"id": "evt-1"}"#).await;
+    first.expect(StatusCode::ACCEPTED);
+    again.expect(StatusCode::ACCEPTED);
+    assert_ne!(first.str("id"), again.str("id"));
+    assert_eq!(again.body["duplicate"], false);
+    // A key that is no key at all (a space, non-ASCII) is not refused either.
+    ingest_with(&app, &wh, &[("idempotency-key", "a b")], "{}").await.expect(StatusCode::ACCEPTED);
+    assert_eq!(app.drain(&wh).await, [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_dedup_key_header_deduplicates_ingestion() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({"dedupKey": "header:Idempotency-Key"})).await;
+    assert_eq!(app.get_webhook(&wh).await.body["dedupKey"], "header:idempotency-key");
     let first = ingest_with(&app, &wh, &[("idempotency-key", "evt-1")], "first").await;
     first.expect(StatusCode::ACCEPTED);
     let again = ingest_with(&app, &wh, &[("idempotency-key", "evt-1")], "second").await;
@@ -132,7 +150,7 @@ async fn an_idempotency_key_header_deduplicates_ingestion() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_ingests_with_one_idempotency_key_store_one_message() {
     let app = spawn_app().await;
-    let wh = app.create_webhook(json!({})).await;
+    let wh = app.create_webhook(json!({"dedupKey": "header:Idempotency-Key"})).await;
     let mut tasks = Vec::new();
     for n in 0..10 {
         let (app, wh) = (app.clone_handle(), wh.clone());
@@ -162,6 +180,7 @@ async fn the_webhook_id_header_is_the_key_only_when_the_webhook_says_so() {
     let r = app.create_webhook_raw(json!({"name": "standard webhooks", "idempotencyFromWebhookId": true})).await;
     r.expect(StatusCode::CREATED);
     assert_eq!(r.body["idempotencyFromWebhookId"], true, "{}", r.body);
+    assert_eq!(r.body["dedupKey"], "header:webhook-id", "{}", r.body);
     let keyed = r.str("id");
 
     // Without the setting, the header is just a header.
@@ -281,4 +300,89 @@ async fn a_key_holds_for_24_hours_and_is_free_again_after() {
     again.expect(StatusCode::OK);
     assert_eq!(again.str("id"), later.str("id"));
     assert_eq!(app.stored(&wh).await, 2);
+}
+
+#[tokio::test]
+async fn a_json_pointer_takes_the_key_from_the_body_as_stripe_sends_it() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({"dedupKey": "/id"})).await;
+    let event = r#"{"id": "evt_1N2", "type": "invoice.paid"}"#;
+    let first = ingest_with(&app, &wh, &[], event).await;
+    first.expect(StatusCode::ACCEPTED);
+    let again = ingest_with(&app, &wh, &[], event).await;
+    again.expect(StatusCode::OK);
+    assert_eq!((again.str("id"), again.i64("seq"), &again.body["duplicate"]), (first.str("id"), 1, &json!(true)));
+    // Numbers are keys too; a body without the key, or not JSON, is always new.
+    ingest_with(&app, &wh, &[], r#"{"id": 7}"#).await.expect(StatusCode::ACCEPTED);
+    ingest_with(&app, &wh, &[], r#"{"id": 7}"#).await.expect(StatusCode::OK);
+    for body in [r#"{"type": "ping"}"#, r#"{"type": "ping"}"#, "plain text", "plain text"] {
+        ingest_with(&app, &wh, &[], body).await.expect(StatusCode::ACCEPTED);
+    }
+    assert_eq!(app.stored(&wh).await, 6);
+
+    // Switched off by patch: repeats are new messages again.
+    let r = app.patch_webhook(&wh, json!({"dedupKey": null})).await;
+    r.expect(StatusCode::OK);
+    assert!(r.body["dedupKey"].is_null());
+    ingest_with(&app, &wh, &[], event).await.expect(StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn a_repeat_outside_the_window_is_a_new_message() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({"dedupKey": "header:X-GitHub-Delivery", "dedupWindowSeconds": 60})).await;
+    assert_eq!(app.get_webhook(&wh).await.body["dedupWindowSeconds"], 60);
+    let delivery = [("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")];
+    let first = ingest_with(&app, &wh, &delivery, "{}").await;
+    first.expect(StatusCode::ACCEPTED);
+    app.sql(&format!(
+        "UPDATE idempotency_keys SET created_at = now() - interval '59 seconds' WHERE webhook_id = '{}'",
+        uuid_of(&wh)
+    ))
+    .await;
+    ingest_with(&app, &wh, &delivery, "{}").await.expect(StatusCode::OK);
+    app.sql(&format!(
+        "UPDATE idempotency_keys SET created_at = now() - interval '61 seconds' WHERE webhook_id = '{}'",
+        uuid_of(&wh)
+    ))
+    .await;
+    let later = ingest_with(&app, &wh, &delivery, "{}").await;
+    later.expect(StatusCode::ACCEPTED);
+    assert_ne!(later.str("id"), first.str("id"));
+    // A producer's own key keeps its 24 hours on the same webhook.
+    app.publish(&wh, json!({"payload": 1, "idempotencyKey": "job-1"})).await.expect(StatusCode::CREATED);
+    app.sql(&format!(
+        "UPDATE idempotency_keys SET created_at = now() - interval '2 hours' WHERE key = 'job-1' AND webhook_id = '{}'",
+        uuid_of(&wh)
+    ))
+    .await;
+    app.publish(&wh, json!({"payload": 1, "idempotencyKey": "job-1"})).await.expect(StatusCode::OK);
+}
+
+#[tokio::test]
+async fn dedup_settings_are_checked() {
+    let app = spawn_app().await;
+    for bad in [
+        json!({"dedupKey": "id"}),
+        json!({"dedupKey": "header:"}),
+        json!({"dedupKey": "header:two words"}),
+        json!({"dedupKey": "/a~2"}),
+        json!({"dedupKey": "/id", "idempotencyFromWebhookId": true}),
+        json!({"dedupKey": "/id", "dedupWindowSeconds": 0}),
+        json!({"dedupKey": "/id", "dedupWindowSeconds": 86401}),
+    ] {
+        let mut body = bad.clone();
+        body["name"] = json!("x");
+        let r = app.create_webhook_raw(body).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {}", r.body);
+        r.error_code();
+    }
+    // The earlier setting's false clears only the key it set.
+    let wh = app.create_webhook(json!({"dedupKey": "/id"})).await;
+    let r = app.patch_webhook(&wh, json!({"idempotencyFromWebhookId": false})).await;
+    assert_eq!(r.body["dedupKey"], "/id");
+    let r = app.patch_webhook(&wh, json!({"idempotencyFromWebhookId": true})).await;
+    assert_eq!((&r.body["dedupKey"], &r.body["idempotencyFromWebhookId"]), (&json!("header:webhook-id"), &json!(true)));
+    let r = app.patch_webhook(&wh, json!({"idempotencyFromWebhookId": false})).await;
+    assert!(r.body["dedupKey"].is_null(), "{}", r.body);
 }

@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use super::error::{parse_id, ApiError, ErrorBody};
 use super::ApiState;
 use crate::domain::SignatureScheme;
-use crate::domain::{IdempotencyKey, MessageId, Payload, Priority, Seq, WebhookId};
+use crate::domain::{MessageId, Payload, Priority, Seq, WebhookId};
 use crate::limits::Operation;
 use crate::store::messages::{self as store, DeliveryOptions, NewMessage, ReplayClaim, Stored};
 use crate::store::projects::IngestTarget;
@@ -51,8 +51,8 @@ pub struct Accepted {
     /// Position in the webhook's queue.
     #[schema(value_type = i64)]
     pub seq: Seq,
-    /// true: the idempotency key was seen within 24 hours; this is the original message and
-    /// nothing new was stored.
+    /// true: the webhook deduplicates (dedupKey) and this key was seen within its window;
+    /// this is the original message and nothing new was stored.
     pub duplicate: bool,
 }
 
@@ -65,7 +65,7 @@ impl From<Stored> for Accepted {
 /// Sets a message's priority at ingestion, on webhooks with priorities enabled.
 pub const PRIORITY_HEADER: &str = "x-hookline-priority";
 
-/// The delivery options a sender sets in headers: a priority, an idempotency key.
+/// The delivery options a sender sets in headers: a priority.
 fn options_from_headers(req: &HttpRequest, target: &IngestTarget) -> Result<DeliveryOptions, ApiError> {
     // A value that is not visible ASCII reads as empty, which every rule below refuses.
     let header = |name: &str| req.headers().get(name).map(|v| v.to_str().unwrap_or_default());
@@ -78,14 +78,15 @@ fn options_from_headers(req: &HttpRequest, target: &IngestTarget) -> Result<Deli
         }
         Some(value) => Priority::from_header(value)?,
     };
-    let idempotency_key = match header("idempotency-key") {
-        Some(value) => Some(IdempotencyKey::parse("Idempotency-Key", value)?),
-        None if target.idempotency_from_webhook_id => {
-            header("webhook-id").map(|v| IdempotencyKey::parse("webhook-id", v)).transpose()?
-        }
-        None => None,
-    };
-    Ok(DeliveryOptions { priority, idempotency_key, ..DeliveryOptions::default() })
+    Ok(DeliveryOptions { priority, ..DeliveryOptions::default() })
+}
+
+/// The key a webhook that deduplicates finds in the request (none: a new message).
+fn dedup_options(req: &HttpRequest, target: &IngestTarget, body: &[u8], options: &mut DeliveryOptions) {
+    if let Some((key, window)) = &target.dedup {
+        options.idempotency_key = key.of_request(|name| req.headers().get(name).map(|v| v.as_bytes()), body);
+        options.dedup_window = *window;
+    }
 }
 
 /// Ingest a webhook delivery: any content type, stored encrypted with its headers.
@@ -93,12 +94,12 @@ fn options_from_headers(req: &HttpRequest, target: &IngestTarget) -> Result<Deli
     params(("webhook_id" = String, Path, description = "The webhook's id, the secret part of its ingestUrl"),
            ("X-Hookline-Priority" = Option<u8>, Header, description = "0 to 10, on webhooks with priorities enabled"),
            ("Idempotency-Key" = Option<String>, Header,
-            description = "A repeat within 24 hours answers the original (200) and stores nothing; on webhooks with idempotencyFromWebhookId, the webhook-id header serves when this is absent")),
+            description = "Only on a webhook whose dedupKey names it (header:Idempotency-Key): a repeat within dedupWindowSeconds answers the original (200) and stores nothing. Every request is a new message on a webhook without dedupKey")),
     request_body(content = Vec<u8>, content_type = "*/*", description = "Any body up to HOOKLINE_MAX_BODY_BYTES"),
     responses((status = 202, body = Accepted), (status = 200, body = Accepted, description = "A duplicate: the original message"),
               (status = 401, body = ErrorBody, description = "invalid_signature: the webhook requires a valid signature"),
               (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 422, body = ErrorBody, description = "A bad X-Hookline-Priority or Idempotency-Key; nothing stored"),
+              (status = 422, body = ErrorBody, description = "A bad X-Hookline-Priority; nothing stored"),
               (status = 429, body = ErrorBody, description = "The webhook's ingestion rate limit, or on a signed webhook its budget of rejected signatures; nothing stored"),
               (status = 503, body = ErrorBody, description = "busy: another operation holds the webhook's rows past the lock timeout; nothing stored, see Retry-After")))]
 #[tracing::instrument(skip_all, fields(path = req.path()))]
@@ -120,8 +121,9 @@ pub async fn ingest(
         spend(Operation::Ingest).map_err(ApiError::RateLimited)?;
     }
     let max_body = limits.max_body_bytes.map_or(state.max_body_bytes, |plan| plan.min(state.max_body_bytes));
-    let options = options_from_headers(&req, &target)?;
+    let mut options = options_from_headers(&req, &target)?;
     let body = read_limited(&req, body, max_body).await?;
+    dedup_options(&req, &target, &body, &mut options);
     let replay = match &target.signature {
         Some(signature) => {
             // Junk (a wrong signature or a replay) has a budget of its own; past it, the

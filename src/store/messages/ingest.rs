@@ -118,22 +118,24 @@ async fn claim_keys<'a>(
     tx: &mut PgConnection,
     items: impl Iterator<Item = &'a (WebhookId, NewMessage)>,
 ) -> StoreResult<(HashSet<Uuid>, Vec<(Uuid, String)>)> {
-    let mut claims: BTreeMap<(Uuid, &str), Uuid> = BTreeMap::new();
+    let mut claims: BTreeMap<(Uuid, &str), (Uuid, i32)> = BTreeMap::new();
     for (webhook, m) in items {
         if let Some(key) = &m.options.idempotency_key {
-            claims.entry((*webhook.as_uuid(), key.as_str())).or_insert(*m.id.as_uuid());
+            let claim = (*m.id.as_uuid(), m.options.dedup_window.get());
+            claims.entry((*webhook.as_uuid(), key.as_str())).or_insert(claim);
         }
     }
     if claims.is_empty() {
         return Ok((HashSet::new(), Vec::new()));
     }
     let (claim_webhooks, claim_keys): (Vec<Uuid>, Vec<&str>) = claims.keys().copied().unzip();
-    let claim_ids: Vec<Uuid> = claims.values().copied().collect();
+    let (claim_ids, windows): (Vec<Uuid>, Vec<i32>) = claims.values().copied().unzip();
     let won = sqlx::query_scalar!(
-        r#"SELECT id AS "id!" FROM hookline_claim_idempotency_keys($1, $2, $3) AS id"#,
+        r#"SELECT id AS "id!" FROM hookline_claim_idempotency_keys($1, $2, $3, $4) AS id"#,
         &claim_webhooks,
         &claim_keys as _,
-        &claim_ids
+        &claim_ids,
+        &windows
     )
     .fetch_all(&mut *tx)
     .await

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::crypto::{KeyId, Sealed};
 use crate::domain::{
-    DelaySeconds, IdempotencyKey, LockToken, MessageId, Priority, ProjectId, Seq, TtlSeconds, WebhookId,
+    DedupWindow, DelaySeconds, IdempotencyKey, LockToken, MessageId, Priority, ProjectId, Seq, TtlSeconds, WebhookId,
 };
 
 pub use consumer_set::{consumer_set, ConsumerAction, ConsumerCall, ConsumerOutcome, HeldLock};
@@ -52,6 +52,9 @@ pub struct DeliveryOptions {
     /// Capped by the webhook's ttlDays.
     pub ttl: Option<TtlSeconds>,
     pub idempotency_key: Option<IdempotencyKey>,
+    /// How long the key answers the original message (24 hours unless the webhook's
+    /// dedupWindowSeconds says less).
+    pub dedup_window: DedupWindow,
 }
 
 /// Where an accepted message stands: newly stored, or (`duplicate`) the message an earlier
