@@ -1129,6 +1129,7 @@ CREATE TABLE public.messages (
     expiry_attempts integer DEFAULT 0 NOT NULL,
     last_error_at timestamp with time zone,
     skipped_by text,
+    replay_of uuid,
     CONSTRAINT messages_committed_has_time CHECK (((state = 'committed'::public.message_state) = (committed_at IS NOT NULL))),
     CONSTRAINT messages_dead_has_time CHECK (((state = 'dead'::public.message_state) = (dead_at IS NOT NULL))),
     CONSTRAINT messages_lock_complete CHECK (((lock_token IS NULL) = (lock_expires_at IS NULL))),

@@ -13,6 +13,7 @@ pub mod openapi;
 mod openapi_links;
 mod publish;
 mod queue;
+mod replay;
 mod responses;
 mod session;
 mod webhooks;
@@ -76,6 +77,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .configure(dead_letters::routes)
             .configure(queue::routes)
             .configure(head::routes)
+            .configure(replay::routes)
             .configure(webhooks::routes)
             .configure(keys::routes)
             .configure(session::routes),

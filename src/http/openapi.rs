@@ -6,7 +6,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::openapi_links::Links;
-use super::{dead_letters, error, head, health, ingest, keys, messages, publish, queue, session, webhooks};
+use super::{dead_letters, error, head, health, ingest, keys, messages, publish, queue, replay, session, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,7 +16,7 @@ use super::{dead_letters, error, head, health, ingest, keys, messages, publish, 
         ingest::ingest,
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,
         queue::stats, queue::purge,
-        head::view, head::skip, head::pause, head::resume,
+        head::view, head::skip, head::pause, head::resume, replay::replay,
         publish::publish, publish::publish_batch,
         messages::dequeue::dequeue, messages::ack::commit, messages::ack::commit_batch, messages::ack::error,
         messages::ack::extend, messages::get,

@@ -30,6 +30,7 @@ mod plans;
 mod priorities;
 mod publish;
 mod redrive;
+mod replay;
 mod session;
 mod shutdown;
 mod signatures;

@@ -88,6 +88,10 @@ pub struct MessageStatus {
     pub priority: Priority,
     /// When a delayed message joins its queue.
     pub deliver_at: Option<DateTime<Utc>>,
+    /// The committed message this one delivers again (POST .../replay at the tail).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub replay_of: Option<MessageId>,
 }
 
 /// What a dequeue with `maxMessages` answers.
@@ -211,5 +215,6 @@ pub async fn get(req: MessageRequest<Read>, state: web::Data<ApiState>) -> Resul
         dead_at: m.dead_at,
         priority: m.priority,
         deliver_at: m.deliver_at,
+        replay_of: m.replay_of,
     }))
 }

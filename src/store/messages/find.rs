@@ -23,6 +23,8 @@ pub struct MessageInfo {
     pub priority: Priority,
     /// When a delayed message joins its queue.
     pub deliver_at: Option<DateTime<Utc>>,
+    /// The committed message this one replays (a copy made at the tail).
+    pub replay_of: Option<MessageId>,
 }
 
 /// The webhook always, the message if it exists: tells "no webhook" from "no message".
@@ -41,6 +43,7 @@ struct FindRow {
     dead_at: Option<DateTime<Utc>>,
     priority: Option<i16>,
     deliver_at: Option<DateTime<Utc>>,
+    replay_of: Option<Uuid>,
 }
 
 pub async fn find(
@@ -53,7 +56,7 @@ pub async fn find(
         FindRow,
         r#"SELECT w.max_retries, m.id AS "id?", m.seq AS "seq?", m.state AS "state?: MessageState",
                   m.retry_count AS "retry_count?", m.last_error, m.received_at AS "received_at?",
-                  m.expires_at AS "expires_at?", m.committed_at, m.dead_at, m.priority AS "priority?", m.deliver_at,
+                  m.expires_at AS "expires_at?", m.committed_at, m.dead_at, m.priority AS "priority?", m.deliver_at, m.replay_of,
                   -- FIFO: the webhook's lock points at it; standard: it holds its own.
                   (w.locked_seq = m.seq OR m.seq = ANY (w.window_rest) OR m.lock_token IS NOT NULL) AS locked,
                   coalesce(m.lock_expires_at, w.lock_expires_at) AS lock_expires_at
@@ -89,5 +92,6 @@ pub async fn find(
         dead_at: row.dead_at,
         priority: row.priority.and_then(|p| Priority::parse(p.into()).ok()).unwrap_or_default(),
         deliver_at: row.deliver_at,
+        replay_of: row.replay_of.map(MessageId::from_uuid),
     })
 }

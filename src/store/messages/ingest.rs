@@ -200,7 +200,7 @@ fn stored_new(seqs: &HashMap<Uuid, i64>, id: &MessageId) -> StoreResult<Stored> 
 }
 
 /// The insert itself, one statement. Returns id -> seq.
-async fn insert_rows<'a>(
+pub(super) async fn insert_rows<'a>(
     db: impl PgExecutor<'_>,
     items: impl Iterator<Item = &'a (WebhookId, NewMessage)>,
 ) -> StoreResult<HashMap<Uuid, i64>> {

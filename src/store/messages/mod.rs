@@ -7,6 +7,7 @@ mod dequeue;
 mod find;
 mod ingest;
 mod purge;
+pub mod replay;
 mod transitions;
 
 use chrono::{DateTime, Utc};

@@ -1,0 +1,134 @@
+//! Replay: committed messages of a seq range, still within their TTL, delivered again in
+//! order. At the tail, as new messages (new ids and seqs, the payload sealed again under
+//! the new id by the caller) that name their originals; at the head, the originals
+//! themselves back in the queue at their own positions, ahead of everything that arrived
+//! after them.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::ingest::insert_rows;
+use super::{DeliveryOptions, NewMessage};
+use crate::crypto::{KeyId, Sealed};
+use crate::domain::{MessageId, Priority, ProjectId, Seq, TtlSeconds, WebhookId};
+use crate::store::{Context, StoreResult};
+
+/// A committed message to replay, still sealed.
+pub struct Committed {
+    pub id: MessageId,
+    pub seq: Seq,
+    pub priority: Priority,
+    pub expires_at: DateTime<Utc>,
+    pub sealed: Sealed,
+}
+
+/// A message a replay queued: its id and seq, and (at the tail) the message it replays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replayed {
+    pub id: MessageId,
+    pub seq: Seq,
+    pub replay_of: MessageId,
+}
+
+/// The committed messages of `seqs` (inclusive) still within their TTL, in seq order. The
+/// webhook must belong to the project.
+pub async fn committed_range(
+    db: &mut PgConnection,
+    project: ProjectId,
+    webhook: &WebhookId,
+    from: Seq,
+    to: Seq,
+) -> StoreResult<Vec<Committed>> {
+    super::super::webhooks::get(&mut *db, project, webhook).await?;
+    let rows = sqlx::query!(
+        r#"SELECT id, seq, priority, expires_at, key_id, nonce, ciphertext FROM messages
+           WHERE webhook_id = $1 AND seq BETWEEN $2 AND $3 AND state = 'committed' AND expires_at > now()
+           ORDER BY seq"#,
+        webhook.as_uuid(),
+        from.0,
+        to.0
+    )
+    .fetch_all(&mut *db)
+    .await
+    .context_for("reading committed messages to replay", webhook)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Committed {
+            id: MessageId::from_uuid(r.id),
+            seq: Seq(r.seq),
+            priority: Priority::parse(r.priority.into()).unwrap_or_default(),
+            expires_at: r.expires_at,
+            sealed: Sealed { key_id: KeyId(r.key_id), nonce: r.nonce, ciphertext: r.ciphertext },
+        })
+        .collect())
+}
+
+/// Appends copies in the given order: `copies` pairs each original with its copy's id and
+/// payload, sealed for that id. A copy lives no longer than its original would have.
+pub async fn append_copies(
+    tx: &mut PgConnection,
+    webhook: &WebhookId,
+    copies: Vec<(&Committed, MessageId, Sealed)>,
+) -> StoreResult<Vec<Replayed>> {
+    let now = Utc::now();
+    let items: Vec<(WebhookId, NewMessage)> = copies
+        .iter()
+        .map(|(original, id, sealed)| {
+            let left = (original.expires_at - now).num_seconds().max(1);
+            let options = DeliveryOptions {
+                priority: original.priority,
+                ttl: TtlSeconds::parse(left).ok(),
+                ..DeliveryOptions::default()
+            };
+            (*webhook, NewMessage { id: *id, sealed: sealed.clone(), options, replay: None })
+        })
+        .collect();
+    let seqs = insert_rows(&mut *tx, items.iter()).await?;
+    let (copy_ids, original_ids): (Vec<Uuid>, Vec<Uuid>) =
+        copies.iter().map(|(original, id, _)| (*id.as_uuid(), *original.id.as_uuid())).unzip();
+    sqlx::query!(
+        "UPDATE messages m SET replay_of = c.original
+         FROM unnest($2::uuid[], $3::uuid[]) AS c(copy, original)
+         WHERE m.webhook_id = $1 AND m.id = c.copy",
+        webhook.as_uuid(),
+        &copy_ids,
+        &original_ids
+    )
+    .execute(&mut *tx)
+    .await
+    .context_for("linking replays to their originals", webhook)?;
+    Ok(copies
+        .iter()
+        .filter_map(|(original, id, _)| {
+            let seq = *seqs.get(id.as_uuid())?;
+            Some(Replayed { id: *id, seq: Seq(seq), replay_of: original.id })
+        })
+        .collect())
+}
+
+/// Returns the committed messages of `seqs` (still within their TTL) to the queue at their
+/// own positions, their attempts counted from zero again.
+pub async fn requeue_in_place(tx: &mut PgConnection, webhook: &WebhookId, seqs: &[Seq]) -> StoreResult<Vec<Replayed>> {
+    let seqs: Vec<i64> = seqs.iter().map(|s| s.0).collect();
+    let rows = sqlx::query!(
+        r#"UPDATE messages
+           SET state = 'queued', committed_at = NULL, retry_count = 0, error_attempts = 0, expiry_attempts = 0
+           WHERE webhook_id = $1 AND seq = ANY ($2) AND state = 'committed' AND expires_at > now()
+           RETURNING id, seq"#,
+        webhook.as_uuid(),
+        &seqs
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .context_for("replaying committed messages in place", webhook)?;
+    let mut replayed: Vec<Replayed> = rows
+        .into_iter()
+        .map(|r| {
+            let id = MessageId::from_uuid(r.id);
+            Replayed { id, seq: Seq(r.seq), replay_of: id }
+        })
+        .collect();
+    replayed.sort_by_key(|r| r.seq);
+    Ok(replayed)
+}
