@@ -3,4 +3,5 @@
 
 pub mod baseline;
 pub mod broker;
+pub mod isolation;
 pub mod load;

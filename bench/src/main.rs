@@ -5,7 +5,7 @@
 //! By default it starts `hookline serve` (the binary next to this one) on a fresh embedded
 //! PostgreSQL cluster with fsync on; `--base` and `--key` target a running broker instead.
 
-use hookline_bench::{baseline, broker, load};
+use hookline_bench::{baseline, broker, isolation, load};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ struct Args {
     /// Seconds per scenario.
     #[arg(long, default_value_t = 10)]
     secs: u64,
-    /// Comma-separated scenarios, or `all`: ingest-many, ingest-one, fifo-one, fifo-many, standard, latency, delivery, growth, baseline.
+    /// Comma-separated scenarios, or `all`: ingest-many, ingest-one, fifo-one, fifo-many, standard, latency, delivery, isolation, growth, baseline.
     #[arg(long, default_value = "all")]
     scenarios: String,
     /// A running broker to target instead of starting one (then baseline is skipped).
@@ -52,6 +52,9 @@ struct Args {
     /// Offered load of the latency scenario, messages per second.
     #[arg(long, default_value_t = 2000)]
     rate: u64,
+    /// Messages waiting behind the isolation scenario's poisoned head.
+    #[arg(long, default_value_t = 1_000_000)]
+    isolation_waiting: u64,
 }
 
 #[derive(Serialize)]
@@ -118,8 +121,18 @@ async fn main() -> anyhow::Result<()> {
 const WINDOW: usize = 10;
 
 /// The scenarios `--scenarios` accepts (besides `all`).
-const SCENARIOS: &[&str] =
-    &["ingest-many", "ingest-one", "fifo-one", "fifo-many", "standard", "latency", "delivery", "growth", "baseline"];
+const SCENARIOS: &[&str] = &[
+    "ingest-many",
+    "ingest-one",
+    "fifo-one",
+    "fifo-many",
+    "standard",
+    "latency",
+    "delivery",
+    "isolation",
+    "growth",
+    "baseline",
+];
 
 /// Every scenario in order; the broker is stopped by the caller whatever happens.
 async fn run(args: &Args, exe: &std::path::Path, broker: &Broker) -> anyhow::Result<Vec<Row>> {
@@ -176,6 +189,31 @@ async fn run(args: &Args, exe: &std::path::Path, broker: &Broker) -> anyhow::Res
         // over 50 webhooks, 4 msg/s each.
         let hooks = Arc::new(load::create_webhooks(&target, 50, 300).await?);
         rec.measure("delivery", load::delivery(&target, hooks, 200, secs)).await;
+    }
+    if wanted("isolation") {
+        match &broker.cluster_dir {
+            None => eprintln!("isolation: skipped (needs the cluster this starts)"),
+            Some(cluster) => {
+                // 99 webhooks at a trickle (about 2 msg/s each).
+                let i = isolation::run(&target, cluster, args.isolation_waiting, 198, secs).await?;
+                rec.record("isolation-alone", &i.alone);
+                rec.record("isolation-beside-big", &i.beside);
+                rec.record("isolation-head-view", &i.head_view);
+                let p50 = |o: &load::Outcome| o.latency.value_at_quantile(0.5) as f64 / 1000.0;
+                let p99 = |o: &load::Outcome| o.latency.value_at_quantile(0.99) as f64 / 1000.0;
+                let (alone, beside) = (i.alone.rate(), i.beside.rate());
+                if let Some(row) = rec.rows.iter_mut().find(|r| r.scenario == "isolation-beside-big") {
+                    row.baseline_per_sec = Some(alone);
+                    row.ratio_to_baseline = Some(beside / alone);
+                }
+                eprintln!(
+                    "isolation: rate beside the big webhook / alone {:.3}; latency alone / beside: p50 {:.3}, p99 {:.3}",
+                    beside / alone,
+                    p50(&i.alone) / p50(&i.beside),
+                    p99(&i.alone) / p99(&i.beside)
+                );
+            }
+        }
     }
     if wanted("growth") {
         match &broker.cluster_dir {
@@ -240,6 +278,13 @@ impl Recorder<'_> {
             "{name:<16} {:>9.0} msg/s  p50 {:>6.2} ms  p99 {:>7.2} ms  ({} messages, {} failures)",
             row.msgs_per_sec, row.p50_ms, row.p99_ms, row.messages, row.failures
         );
+        self.rows.push(row);
+    }
+
+    /// A row for a load measured elsewhere (no CPU or RSS of its own).
+    fn record(&mut self, name: &str, outcome: &Outcome) {
+        let row = row(name, outcome, None, None);
+        eprintln!("{name:<16} {:>9.0} msg/s  p50 {:>6.2} ms  p99 {:>7.2} ms", row.msgs_per_sec, row.p50_ms, row.p99_ms);
         self.rows.push(row);
     }
 
