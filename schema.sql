@@ -62,7 +62,8 @@ CREATE TYPE public.skip_refusal AS ENUM (
     'no_webhook',
     'not_fifo',
     'no_head',
-    'head_moved'
+    'head_moved',
+    'key_mismatch'
 );
 
 CREATE FUNCTION public.hookline_act_on_dead(p_webhook uuid, p_project bigint, p_message uuid, p_discard boolean, OUT state public.message_state, OUT locked boolean) RETURNS SETOF record
@@ -243,15 +244,16 @@ CREATE FUNCTION public.hookline_commit_next(p_webhook uuid, p_project bigint, p_
 DECLARE
     hook webhooks%ROWTYPE := hookline_delivery_webhook(p_webhook, p_project);
     held held_lock := hookline_held_lock(hook, p_message, p_token);
+    windowed boolean := hook.mode = 'fifo' AND hook.ordering_key IS NULL;
 BEGIN
-    IF held.refusal IS NULL AND hook.mode = 'fifo' AND held.seq <> hook.locked_seq THEN
+    IF held.refusal IS NULL AND windowed AND held.seq <> hook.locked_seq THEN
         held.refusal := 'out_of_order';
     END IF;
     IF held.refusal IS NULL THEN
         UPDATE messages m SET state = 'committed', committed_at = now(), lock_token = NULL, lock_expires_at = NULL
         WHERE m.webhook_id = hook.id AND m.seq = held.seq;
         held.state := 'committed';
-        IF hook.mode = 'fifo' THEN
+        IF windowed THEN
             UPDATE webhooks w
             SET locked_seq = w.window_rest[1],
                 lock_token = CASE WHEN w.window_rest IS NOT NULL THEN w.lock_token END,
@@ -305,7 +307,7 @@ CREATE FUNCTION public.hookline_count_updated() RETURNS trigger
     AS $$
 BEGIN
     INSERT INTO webhook_counts (webhook_id, live, dead, committed, delivered)
-    SELECT webhook_id, sum(live), sum(dead), sum(committed), sum(committed)
+    SELECT webhook_id, sum(live), sum(dead), sum(committed), greatest(sum(committed), 0)
     FROM (SELECT webhook_id, (state = 'queued')::int AS live, (state = 'dead')::int AS dead,
                  (state = 'committed')::int AS committed FROM new_rows
           UNION ALL
@@ -349,17 +351,19 @@ CREATE TABLE public.webhooks (
     window_rest bigint[],
     lock_acquired_at timestamp with time zone,
     lock_extensions integer DEFAULT 0 NOT NULL,
-    superseded_token uuid,
+    superseded_tokens uuid[],
     paused_at timestamp with time zone,
     held_until timestamp with time zone,
     dedup_key text,
     dedup_window_seconds integer DEFAULT 86400 NOT NULL,
+    ordering_key text,
     CONSTRAINT webhooks_dedup_key_form CHECK ((dedup_key ~ '^(header:[a-z0-9!#$%&''*+.^_`|~-]{1,100}|/.{0,199})$'::text)),
     CONSTRAINT webhooks_dedup_window_range CHECK (((dedup_window_seconds >= 1) AND (dedup_window_seconds <= 86400))),
     CONSTRAINT webhooks_fifo_window_range CHECK (((fifo_window >= 1) AND (fifo_window <= 100))),
     CONSTRAINT webhooks_lock_complete CHECK ((((locked_seq IS NULL) = (lock_token IS NULL)) AND ((locked_seq IS NULL) = (lock_expires_at IS NULL)))),
     CONSTRAINT webhooks_lock_timeout_range CHECK (((lock_timeout_seconds >= 1) AND (lock_timeout_seconds <= 43200))),
     CONSTRAINT webhooks_max_retries_range CHECK (((max_retries >= 1) AND (max_retries <= 100))),
+    CONSTRAINT webhooks_ordering_key_form CHECK (((ordering_key IS NULL) OR ((ordering_key ~ '^(header:[a-z0-9!#$%&''*+.^_`|~-]{1,100}|/.{0,199})$'::text) AND (mode = 'fifo'::public.delivery_mode) AND (fifo_window = 1) AND (NOT priorities)))),
     CONSTRAINT webhooks_signature_complete CHECK ((((signature_scheme IS NULL) = (signature_secret IS NULL)) AND ((signature_secret IS NULL) = (signature_nonce IS NULL)) AND ((signature_secret IS NULL) = (signature_key_id IS NULL)))),
     CONSTRAINT webhooks_signature_scheme_known CHECK ((signature_scheme = ANY (ARRAY['standard-webhooks'::text, 'stripe'::text, 'github'::text]))),
     CONSTRAINT webhooks_signature_tolerance_range CHECK (((signature_tolerance_seconds >= 1) AND (signature_tolerance_seconds <= 86400))),
@@ -463,7 +467,7 @@ BEGIN
         RETURN;
     END IF;
     lock_expires_at := now() + make_interval(secs => p_seconds);
-    IF hook.mode = 'fifo' THEN
+    IF hook.mode = 'fifo' AND hook.ordering_key IS NULL THEN
         UPDATE webhooks w SET lock_expires_at = hookline_extend.lock_expires_at, lock_extensions = w.lock_extensions + 1
         WHERE w.id = hook.id;
     ELSE
@@ -508,7 +512,7 @@ BEGIN
     IF p_token IS NULL AND hook.require_lock_token THEN
         RETURN (NULL, 'token_required', NULL)::held_lock;
     END IF;
-    IF hook.mode = 'fifo' THEN
+    IF hook.mode = 'fifo' AND hook.ordering_key IS NULL THEN
         SELECT m.seq, m.state,
                CASE WHEN m.seq = hook.locked_seq OR m.seq = ANY (hook.window_rest) THEN hook.lock_token END
         INTO found_seq, found_state, holder
@@ -519,7 +523,7 @@ BEGIN
     END IF;
     IF NOT FOUND THEN
         RETURN (NULL, 'no_message', NULL)::held_lock;
-    ELSIF p_token IS NOT NULL AND p_token = hook.superseded_token AND holder IS DISTINCT FROM p_token THEN
+    ELSIF p_token = ANY (hook.superseded_tokens) AND holder IS DISTINCT FROM p_token THEN
         RETURN (found_seq, 'lock_superseded', found_state)::held_lock;
     ELSIF found_state <> 'queued' OR holder IS NULL THEN
         RETURN (found_seq, 'not_locked', found_state)::held_lock;
@@ -531,14 +535,23 @@ END
 $$;
 
 CREATE FUNCTION public.hookline_ingest(p_webhooks uuid[], p_ids uuid[], p_key_ids integer[], p_nonces bytea[], p_ciphertexts bytea[], p_priorities smallint[], p_delays integer[], p_ttls integer[]) RETURNS TABLE(message_id uuid, message_seq bigint)
+    LANGUAGE sql
+    SET lock_timeout TO '1s'
+    AS $$
+    SELECT * FROM hookline_ingest(p_webhooks, p_ids, p_key_ids, p_nonces, p_ciphertexts, p_priorities, p_delays,
+                                  p_ttls, NULL::text[])
+$$;
+
+CREATE FUNCTION public.hookline_ingest(p_webhooks uuid[], p_ids uuid[], p_key_ids integer[], p_nonces bytea[], p_ciphertexts bytea[], p_priorities smallint[], p_delays integer[], p_ttls integer[], p_ordering_keys text[]) RETURNS TABLE(message_id uuid, message_seq bigint)
     LANGUAGE plpgsql
     SET lock_timeout TO '1s'
     AS $$
 BEGIN
     RETURN QUERY
     WITH item AS (
-        SELECT * FROM unnest(p_webhooks, p_ids, p_key_ids, p_nonces, p_ciphertexts, p_priorities, p_delays, p_ttls)
-            WITH ORDINALITY AS i(webhook_id, id, key_id, nonce, ciphertext, priority, delay, ttl, ord)
+        SELECT * FROM unnest(p_webhooks, p_ids, p_key_ids, p_nonces, p_ciphertexts, p_priorities, p_delays, p_ttls,
+                             p_ordering_keys)
+            WITH ORDINALITY AS i(webhook_id, id, key_id, nonce, ciphertext, priority, delay, ttl, ordering_key, ord)
     ), locked AS MATERIALIZED (
         SELECT webhook_id FROM webhook_sequences WHERE webhook_id = ANY (p_webhooks)
         ORDER BY webhook_id FOR UPDATE
@@ -551,7 +564,7 @@ BEGIN
         -- Long-poll consumers of these webhooks wake once this commits.
         RETURNING s.webhook_id, s.last_seq - n.count AS base, hookline_wake(s.webhook_id)
     )
-    INSERT INTO messages (webhook_id, seq, id, expires_at, key_id, nonce, ciphertext, priority, deliver_at)
+    INSERT INTO messages (webhook_id, seq, id, expires_at, key_id, nonce, ciphertext, priority, deliver_at, ordering_key)
     SELECT item.webhook_id,
            counter.base + row_number() OVER (PARTITION BY item.webhook_id ORDER BY item.ord),
            item.id,
@@ -559,11 +572,37 @@ BEGIN
            now() + CASE WHEN item.ttl IS NULL THEN make_interval(days => w.ttl_days)
                         ELSE least(make_interval(days => w.ttl_days), make_interval(secs => item.ttl)) END,
            item.key_id, item.nonce, item.ciphertext, item.priority,
-           CASE WHEN item.delay > 0 THEN now() + make_interval(secs => item.delay) END
+           CASE WHEN item.delay > 0 THEN now() + make_interval(secs => item.delay) END,
+           CASE WHEN w.ordering_key IS NOT NULL THEN coalesce(item.ordering_key, '') END
     FROM item
     JOIN counter ON counter.webhook_id = item.webhook_id
     JOIN webhooks w ON w.id = item.webhook_id
     RETURNING messages.id, messages.seq;
+END
+$$;
+
+CREATE FUNCTION public.hookline_key_heads(hook public.webhooks, p_max integer) RETURNS bigint[]
+    LANGUAGE plpgsql STABLE
+    SET enable_sort TO 'off'
+    AS $$
+DECLARE
+    busy text[] := ARRAY(SELECT DISTINCT coalesce(m.ordering_key, '') FROM messages m
+                         WHERE m.webhook_id = hook.id AND m.lock_token IS NOT NULL);
+    heads bigint[] := '{}';
+    candidate record;
+BEGIN
+    FOR candidate IN
+        SELECT m.seq, coalesce(m.ordering_key, '') AS ordering_key FROM messages m
+        WHERE m.webhook_id = hook.id AND m.state = 'queued' AND m.deliver_at IS NULL AND m.lock_token IS NULL
+          AND m.expires_at > now()
+        ORDER BY m.priority DESC, m.seq
+    LOOP
+        CONTINUE WHEN candidate.ordering_key = ANY (busy);
+        heads := heads || candidate.seq;
+        EXIT WHEN cardinality(heads) >= p_max;
+        busy := busy || candidate.ordering_key;
+    END LOOP;
+    RETURN heads;
 END
 $$;
 
@@ -593,6 +632,22 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.hookline_lock_keyed(hook public.webhooks, p_max integer) RETURNS SETOF public.locked_message
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    expires timestamptz := now() + make_interval(secs => hook.lock_timeout_seconds);
+BEGIN
+    PERFORM hookline_expire_message_locks(hook.id, 100);
+    PERFORM hookline_promote_due(hook.id);
+    RETURN QUERY
+    UPDATE messages m SET lock_token = gen_random_uuid(), lock_expires_at = expires
+    WHERE m.webhook_id = hook.id AND m.seq = ANY (hookline_key_heads(hook, p_max))
+    RETURNING m.id, m.seq, m.retry_count, hook.max_retries, m.lock_token, m.lock_expires_at, m.received_at,
+              m.key_id, m.nonce, m.ciphertext, m.priority;
+END
+$$;
+
 CREATE FUNCTION public.hookline_lock_message(p_webhook uuid, p_project bigint, p_message uuid, OUT seq bigint, OUT state public.message_state, OUT locked boolean) RETURNS SETOF record
     LANGUAGE plpgsql
     AS $$
@@ -615,6 +670,8 @@ CREATE FUNCTION public.hookline_lock_next(hook public.webhooks, p_max integer) R
 BEGIN
     IF hookline_withheld(hook) THEN
         RETURN;
+    ELSIF hook.mode = 'fifo' AND hook.ordering_key IS NOT NULL THEN
+        RETURN QUERY SELECT * FROM hookline_lock_keyed(hook, p_max);
     ELSIF hook.mode = 'fifo' THEN
         RETURN QUERY SELECT * FROM hookline_lock_window(hook, p_max);
     ELSE
@@ -908,7 +965,9 @@ CREATE FUNCTION public.hookline_release_lock(p_webhook uuid, p_message uuid, p_t
 BEGIN
     IF NOT hookline_shrink_window(p_webhook, p_token,
                                   (SELECT seq FROM messages WHERE webhook_id = p_webhook AND id = p_message)) THEN
-        UPDATE messages SET lock_token = NULL, lock_expires_at = NULL, deliver_at = now() + interval '5 seconds'
+        UPDATE messages
+        SET lock_token = NULL, lock_expires_at = NULL,
+            deliver_at = CASE WHEN ordering_key IS NULL THEN now() + interval '5 seconds' END
         WHERE webhook_id = p_webhook AND id = p_message AND lock_token = p_token;
     END IF;
 END
@@ -965,12 +1024,13 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION public.hookline_skip_head(p_webhook uuid, p_project bigint, p_expect_seq bigint, p_reason text, p_actor text, OUT refusal public.skip_refusal, OUT id uuid, OUT seq bigint, OUT superseded boolean) RETURNS record
+CREATE FUNCTION public.hookline_skip_head(p_webhook uuid, p_project bigint, p_expect_seq bigint, p_reason text, p_actor text, p_key text, OUT refusal public.skip_refusal, OUT id uuid, OUT seq bigint, OUT superseded boolean) RETURNS record
     LANGUAGE plpgsql
     SET enable_sort TO 'off'
     AS $$
 DECLARE
     hook webhooks%ROWTYPE;
+    token uuid;
 BEGIN
     SELECT * INTO hook FROM webhooks w WHERE w.id = p_webhook AND w.project_id = p_project FOR NO KEY UPDATE;
     IF NOT FOUND THEN
@@ -979,13 +1039,30 @@ BEGIN
     ELSIF hook.mode <> 'fifo' THEN
         refusal := 'not_fifo';
         RETURN;
+    ELSIF (hook.ordering_key IS NULL) <> (p_key IS NULL) THEN
+        refusal := 'key_mismatch';
+        RETURN;
     END IF;
     PERFORM hookline_promote_due(hook.id);
-    seq := coalesce(hook.locked_seq, (
-        SELECT m.seq FROM messages m
-        WHERE m.webhook_id = hook.id AND m.state = 'queued' AND m.deliver_at IS NULL AND m.lock_token IS NULL
-          AND m.expires_at > now()
-        ORDER BY m.priority DESC, m.seq LIMIT 1));
+    IF hook.ordering_key IS NULL THEN
+        seq := coalesce(hook.locked_seq, (
+            SELECT m.seq FROM messages m
+            WHERE m.webhook_id = hook.id AND m.state = 'queued' AND m.deliver_at IS NULL AND m.lock_token IS NULL
+              AND m.expires_at > now()
+            ORDER BY m.priority DESC, m.seq LIMIT 1));
+        token := hook.lock_token;
+    ELSE
+        -- The key's message in flight, else its first in line.
+        SELECT m.seq, m.lock_token INTO seq, token FROM messages m
+        WHERE m.webhook_id = hook.id AND m.lock_token IS NOT NULL AND m.ordering_key = p_key
+        ORDER BY m.seq LIMIT 1;
+        IF seq IS NULL THEN
+            seq := (SELECT m.seq FROM messages m
+                    WHERE m.webhook_id = hook.id AND m.state = 'queued' AND m.deliver_at IS NULL
+                      AND m.lock_token IS NULL AND m.expires_at > now() AND m.ordering_key = p_key
+                    ORDER BY m.priority DESC, m.seq LIMIT 1);
+        END IF;
+    END IF;
     IF seq IS NULL THEN
         refusal := 'no_head';
         RETURN;
@@ -993,16 +1070,22 @@ BEGIN
         refusal := 'head_moved';
         RETURN;
     END IF;
-    superseded := hook.locked_seq IS NOT NULL;
+    superseded := token IS NOT NULL;
     IF superseded THEN
         UPDATE webhooks w
-        SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL, superseded_token = hook.lock_token
+        SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL,
+            superseded_tokens = (token || coalesce(w.superseded_tokens, '{}'))[1:16]
         WHERE w.id = hook.id;
     END IF;
     UPDATE messages m
-    SET state = 'dead', dead_at = now(), last_error = p_reason, last_error_at = now(), skipped_by = p_actor
-    WHERE m.webhook_id = hook.id AND m.seq = hookline_skip_head.seq
+    SET state = 'dead', dead_at = now(), last_error = p_reason, last_error_at = now(), skipped_by = p_actor,
+        lock_token = NULL, lock_expires_at = NULL
+    WHERE m.webhook_id = hook.id AND m.seq = hookline_skip_head.seq AND m.state = 'queued'
     RETURNING m.id INTO id;
+    -- A lock on a message that is gone (purged): released above, nothing to skip.
+    IF id IS NULL THEN
+        refusal := 'no_head';
+    END IF;
     -- Long-polls wake for the new head (a released lock wakes them too).
     PERFORM hookline_wake(hook.id);
 END
@@ -1130,6 +1213,7 @@ CREATE TABLE public.messages (
     last_error_at timestamp with time zone,
     skipped_by text,
     replay_of uuid,
+    ordering_key text,
     CONSTRAINT messages_committed_has_time CHECK (((state = 'committed'::public.message_state) = (committed_at IS NOT NULL))),
     CONSTRAINT messages_dead_has_time CHECK (((state = 'dead'::public.message_state) = (dead_at IS NOT NULL))),
     CONSTRAINT messages_lock_complete CHECK (((lock_token IS NULL) = (lock_expires_at IS NULL))),
@@ -1280,6 +1364,8 @@ CREATE TRIGGER messages_count_deleted AFTER DELETE ON public.messages REFERENCIN
 CREATE TRIGGER messages_count_inserted AFTER INSERT ON public.messages REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.hookline_count_inserted();
 
 CREATE TRIGGER messages_count_updated AFTER UPDATE ON public.messages REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.hookline_count_updated();
+
+CREATE TRIGGER messages_key_released AFTER UPDATE OF lock_token ON public.messages FOR EACH ROW WHEN (((old.lock_token IS NOT NULL) AND (new.lock_token IS NULL) AND (new.ordering_key IS NOT NULL))) EXECUTE FUNCTION public.hookline_wake_on_requeue();
 
 CREATE TRIGGER messages_lock_released AFTER UPDATE OF lock_token ON public.messages FOR EACH ROW WHEN (((old.lock_token IS NOT NULL) AND (new.lock_token IS NULL) AND (new.state = 'queued'::public.message_state))) EXECUTE FUNCTION public.hookline_wake_on_requeue();
 

@@ -6,8 +6,8 @@
 -- * The lock's history: when it was taken and how often it was extended (a trigger sets
 --   the first whenever a new lock token is written, so every path that leases keeps it).
 -- * Skip: an operator moves the head to the dead-letter queue, recording who and why; the
---   lock it held is fenced (`superseded_token`): its consumer's later calls are refused
---   with `lock_superseded`, not an ambiguous mismatch.
+--   lock it held is fenced (`superseded_tokens`, the last 16 fenced): its consumer's later
+--   calls are refused with `lock_superseded`, not an ambiguous mismatch.
 -- * Pause and hold: a paused webhook (an operator's) or a held one (a consumer's, for a
 --   downstream outage, until `held_until`) delivers nothing; ingestion goes on, and an
 --   in-flight lock may still be committed. Every lease goes through hookline_lock_next or
@@ -25,7 +25,7 @@ ALTER TABLE messages ADD COLUMN skipped_by text;
 -- Like the rest of the lock, none of these is indexed: writing them stays a HOT update.
 ALTER TABLE webhooks ADD COLUMN lock_acquired_at timestamptz;
 ALTER TABLE webhooks ADD COLUMN lock_extensions integer NOT NULL DEFAULT 0;
-ALTER TABLE webhooks ADD COLUMN superseded_token uuid;
+ALTER TABLE webhooks ADD COLUMN superseded_tokens uuid[];
 ALTER TABLE webhooks ADD COLUMN paused_at timestamptz;
 ALTER TABLE webhooks ADD COLUMN held_until timestamptz;
 
@@ -72,7 +72,7 @@ BEGIN
     END IF;
     IF NOT FOUND THEN
         RETURN (NULL, 'no_message', NULL)::held_lock;
-    ELSIF p_token IS NOT NULL AND p_token = hook.superseded_token AND holder IS DISTINCT FROM p_token THEN
+    ELSIF p_token = ANY (hook.superseded_tokens) AND holder IS DISTINCT FROM p_token THEN
         RETURN (found_seq, 'lock_superseded', found_state)::held_lock;
     ELSIF found_state <> 'queued' OR holder IS NULL THEN
         RETURN (found_seq, 'not_locked', found_state)::held_lock;
@@ -353,13 +353,18 @@ BEGIN
     superseded := hook.locked_seq IS NOT NULL;
     IF superseded THEN
         UPDATE webhooks w
-        SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL, superseded_token = hook.lock_token
+        SET locked_seq = NULL, lock_token = NULL, lock_expires_at = NULL,
+            superseded_tokens = (hook.lock_token || coalesce(w.superseded_tokens, '{}'))[1:16]
         WHERE w.id = hook.id;
     END IF;
     UPDATE messages m
     SET state = 'dead', dead_at = now(), last_error = p_reason, last_error_at = now(), skipped_by = p_actor
-    WHERE m.webhook_id = hook.id AND m.seq = hookline_skip_head.seq
+    WHERE m.webhook_id = hook.id AND m.seq = hookline_skip_head.seq AND m.state = 'queued'
     RETURNING m.id INTO id;
+    -- A lock on a message that is gone (purged): released above, nothing to skip.
+    IF id IS NULL THEN
+        refusal := 'no_head';
+    END IF;
     -- Long-polls wake for the new head (a released lock wakes them too).
     PERFORM hookline_wake(hook.id);
 END

@@ -16,7 +16,9 @@ ALTER TABLE webhooks ADD COLUMN dedup_window_seconds integer NOT NULL DEFAULT 86
 -- statement). The old column stays for the previous release, written alongside.
 UPDATE webhooks SET dedup_key = 'header:webhook-id' WHERE idempotency_from_webhook_id;
 
--- How long this key's claim holds (NULL: 24 hours, as the previous release claims).
+-- The window of the claim that wrote the row (NULL: 24 hours, as the previous release
+-- claims). ON CONFLICT can compare only columns, so a new claim brings its window here and
+-- takes over a row older than it.
 ALTER TABLE idempotency_keys ADD COLUMN window_seconds integer;
 
 -- As the baseline's claim, each key with its own window: a claim older than its window is

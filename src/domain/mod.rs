@@ -35,23 +35,23 @@ macro_rules! bounded_setting {
     };
 }
 
-mod dedup;
 mod delivery;
 mod ids;
 mod message;
 mod payload;
 mod plan;
+mod request_key;
 mod scope;
 mod signature;
 mod text;
 mod webhook;
 
-pub use dedup::{DedupKey, DedupWindow, DEDUP_KEY_PATTERN};
 pub use delivery::{DelaySeconds, DeliveryMode, HoldSeconds, IdempotencyKey, MaxMessages, Priority, TtlSeconds};
 pub use ids::{ApiKeyId, LockToken, MessageId, ProjectId, WebhookId};
 pub use message::{MessageState, QueueState, Seq};
 pub use payload::{Payload, PayloadError};
 pub use plan::{LimitOverrides, Limits, Plan};
+pub use request_key::{DedupWindow, RequestKey, REQUEST_KEY_PATTERN};
 pub use scope::{Scope, Scopes};
 pub use signature::SignatureScheme;
 pub use text::{storable, NulInText};

@@ -73,7 +73,9 @@ impl ApiError {
             Self::NoSession => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
-            Self::Refused(Refusal::PlanLimit { .. } | Refusal::LockTokenRequired) => "validation_failed",
+            Self::Refused(Refusal::PlanLimit { .. } | Refusal::LockTokenRequired | Refusal::KeyMismatch) => {
+                "validation_failed"
+            }
             Self::Refused(Refusal::OutOfOrder) => "out_of_order",
             Self::Refused(Refusal::LockSuperseded) => "lock_superseded",
             Self::Refused(Refusal::HeadMoved { .. }) => "head_moved",
@@ -124,7 +126,9 @@ impl ResponseError for ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             // A plan's limit is a setting to change, not a state to wait out.
-            Self::Refused(Refusal::PlanLimit { .. } | Refusal::LockTokenRequired) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Refused(Refusal::PlanLimit { .. } | Refusal::LockTokenRequired | Refusal::KeyMismatch) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::Refused(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,

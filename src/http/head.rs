@@ -38,6 +38,24 @@ pub struct HeadResponse {
     /// When the head may next be delivered: now when ready; null while paused or empty.
     pub next_eligible_at: Option<DateTime<Utc>>,
     pub waiting: Waiting,
+    /// A webhook with orderingKey: the keys with a message in flight, whose later messages
+    /// wait (oldest first, at most ten). Empty elsewhere.
+    pub blocked_keys: Vec<BlockedKeyInfo>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockedKeyInfo {
+    /// The ordering key (`""`: messages that carried none).
+    pub key: String,
+    /// The key's message in flight.
+    #[schema(value_type = String)]
+    pub id: MessageId,
+    #[schema(value_type = i64)]
+    pub seq: Seq,
+    pub lock_expires_at: DateTime<Utc>,
+    pub retry_count: i32,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -58,6 +76,9 @@ pub struct HeadMessage {
     pub age_seconds: f64,
     /// Bytes stored (sealed headers and body).
     pub size_bytes: i32,
+    /// Its ordering key, on a webhook with orderingKey.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// Failed attempts by cause (counted apart from this release on; retryCount is their sum).
@@ -110,6 +131,9 @@ pub struct WaitingMessage {
     pub retry_count: i32,
     /// Leased with the head, in its FIFO window.
     pub leased: bool,
+    /// Its ordering key, on a webhook with orderingKey.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 fn age(of: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
@@ -139,6 +163,7 @@ pub async fn view(req: WebhookRequest<Read>, state: web::Data<ApiState>) -> Resu
         received_at: h.received_at,
         age_seconds: age(h.received_at, now),
         size_bytes: h.size,
+        key: h.key.clone(),
     });
     let waiting_message = |m: &QueuedMessage| WaitingMessage {
         id: m.id,
@@ -148,6 +173,7 @@ pub async fn view(req: WebhookRequest<Read>, state: web::Data<ApiState>) -> Resu
         age_seconds: age(m.received_at, now),
         retry_count: m.retry_count,
         leased: m.leased,
+        key: m.key.clone(),
     };
     Ok(HttpResponse::Ok().json(HeadResponse {
         state: view.state(now),
@@ -169,6 +195,18 @@ pub async fn view(req: WebhookRequest<Read>, state: web::Data<ApiState>) -> Resu
             oldest_age_seconds: view.stats.oldest_queued_age_seconds,
             next: view.behind.iter().map(waiting_message).collect(),
         },
+        blocked_keys: view
+            .blocked_keys
+            .iter()
+            .map(|b| BlockedKeyInfo {
+                key: b.key.clone(),
+                id: b.id,
+                seq: b.seq,
+                lock_expires_at: b.lock_expires_at,
+                retry_count: b.retry_count,
+                last_error: b.last_error.clone(),
+            })
+            .collect(),
     }))
 }
 
@@ -184,6 +222,10 @@ pub struct SkipRequest {
     /// `head_moved`.
     #[serde(default, deserialize_with = "crate::http::whole::opt")]
     pub expect_seq: Option<i64>,
+    /// On a webhook with orderingKey (and only there): the key whose head to skip (the head
+    /// view's blockedKeys lists those in flight; `""` is the fallback key).
+    #[schema(max_length = 255)]
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -208,7 +250,7 @@ pub struct SkippedResponse {
     params(("webhook_id" = String, Path)), request_body = SkipRequest, security(("api_key" = [])),
     responses((status = 200, body = SkippedResponse), BodyErrors, WebhookErrors,
               (status = 409, body = ErrorBody, description = "head_moved: the head is no longer expectSeq. no_head: nothing is in line. not_fifo: a standard webhook has no head that blocks"),
-              (status = 422, body = ErrorBody, description = "reason missing, blank, too long or holding a NUL")))]
+              (status = 422, body = ErrorBody, description = "reason blank, too long or holding a NUL; key given on a webhook without orderingKey, or missing on one with it")))]
 #[tracing::instrument(skip_all, fields(webhook_id = %req.webhook))]
 pub async fn skip(
     req: WebhookRequest<Manage>,
@@ -222,7 +264,9 @@ pub async fn skip(
     }
     let actor = format!("api-key:{}", req.auth.principal.key.0);
     let mut tx = crate::store::begin(&state.pool).await?;
-    let skipped = store::skip(&mut tx, req.project(), &req.webhook, body.expect_seq.map(Seq), reason, &actor).await?;
+    let key = body.key.as_deref().map(|k| storable("key", k)).transpose()?;
+    let skipped =
+        store::skip(&mut tx, req.project(), &req.webhook, body.expect_seq.map(Seq), key, reason, &actor).await?;
     crate::store::commit(tx).await?;
     tracing::info!(seq = skipped.seq.0, superseded = skipped.superseded, by = %actor, "head skipped");
     Ok(HttpResponse::Ok().json(SkippedResponse {

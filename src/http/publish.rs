@@ -227,7 +227,13 @@ fn prepare(
             "delaySeconds must be less than the message's lifetime ({lifetime} s), or it would expire undelivered"
         )));
     }
+    // A keyed webhook takes the key from what is published, as from what a sender sends.
+    let ordering_key = target.ordering_key.as_ref().and_then(|key| {
+        let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_bytes());
+        key.of_request(header, &body).map(|k| k.as_str().to_owned())
+    });
     let options = DeliveryOptions {
+        ordering_key,
         priority,
         delay,
         ttl,

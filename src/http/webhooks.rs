@@ -13,7 +13,7 @@ use super::ingest::signature::SigningKey;
 use super::responses::{BodyErrors, KeyErrors, WebhookErrors};
 use super::{ApiState, Authenticated, PageQuery};
 use crate::domain::{
-    storable, DedupKey, DedupWindow, DeliveryMode, FifoWindow, LockTimeout, MaxRetries, Scope, SignatureScheme,
+    storable, DedupWindow, DeliveryMode, FifoWindow, LockTimeout, MaxRetries, RequestKey, Scope, SignatureScheme,
     WebhookId, WebhookName,
 };
 use crate::store::webhooks::{self as store, NewWebhook, StoredSignature, Webhook, WebhookChanges, WebhookQuota};
@@ -66,6 +66,13 @@ pub struct CreateWebhook {
     pub dedup_window_seconds: Option<i64>,
     /// The earlier name of dedupKey `header:webhook-id` (true sets it). Not with dedupKey.
     pub idempotency_from_webhook_id: Option<bool>,
+    /// FIFO: order per key instead of per webhook. Where each message's key is found:
+    /// `header:<name>` or a JSON pointer into the body (such as `/data/object/customer`).
+    /// Messages with the same key are delivered strictly in order, one at a time; different
+    /// keys in parallel; messages without the key share one fallback key. Fixed at creation;
+    /// not with priorities or a fifoWindow above 1.
+    #[schema(pattern = r"^(header:[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}|/[^\u0000]{0,199})$", max_length = 200)]
+    pub ordering_key: Option<String>,
     /// Commit, error and extend must name the lock token their dequeue answered (otherwise
     /// 422). Default false.
     pub require_lock_token: Option<bool>,
@@ -109,6 +116,10 @@ pub struct UpdateWebhook {
     /// true sets dedupKey to `header:webhook-id`; false clears it when it is that. Not with
     /// dedupKey.
     pub idempotency_from_webhook_id: Option<bool>,
+    /// Not changeable: refused with 422 (create a new webhook instead).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub ordering_key: Option<Option<serde_json::Value>>,
     pub require_lock_token: Option<bool>,
     /// FIFO: the ordered in-flight window, 1 to 100 (see CreateWebhook). Applies to leases
     /// from now on.
@@ -183,6 +194,8 @@ pub struct WebhookResponse {
     pub dedup_window_seconds: i32,
     /// Whether dedupKey is `header:webhook-id` (its earlier name).
     pub idempotency_from_webhook_id: bool,
+    /// Where each message's ordering key is found; null: one order for the whole webhook.
+    pub ordering_key: Option<String>,
     pub require_lock_token: bool,
     /// FIFO: how many messages one dequeue with maxMessages may lease from the head, in order.
     pub fifo_window: i32,
@@ -217,9 +230,10 @@ pub(super) fn respond(state: &ApiState, w: Webhook) -> WebhookResponse {
             .map(|scheme| SignatureInfo { scheme, tolerance_seconds: w.signature_tolerance_seconds }),
         mode: w.mode,
         priorities: w.priorities,
-        idempotency_from_webhook_id: w.dedup_key == Some(DedupKey::webhook_id()),
-        dedup_key: w.dedup_key.as_ref().map(DedupKey::to_string),
+        idempotency_from_webhook_id: w.dedup_key == Some(RequestKey::webhook_id()),
+        dedup_key: w.dedup_key.as_ref().map(RequestKey::to_string),
         dedup_window_seconds: w.dedup_window.get(),
+        ordering_key: w.ordering_key.as_ref().map(RequestKey::to_string),
         require_lock_token: w.require_lock_token,
         fifo_window: w.fifo_window,
         paused: w.paused_at.is_some(),
@@ -253,9 +267,18 @@ pub async fn create(
         priorities: req.priorities.unwrap_or(false),
         dedup_key: dedup_setting(req.dedup_key.as_deref().map(Some), req.idempotency_from_webhook_id, None)?.flatten(),
         dedup_window: req.dedup_window_seconds.map(DedupWindow::parse).transpose()?.unwrap_or_default(),
+        ordering_key: req.ordering_key.as_deref().map(|k| RequestKey::parse("orderingKey", k)).transpose()?,
         require_lock_token: req.require_lock_token.unwrap_or(false),
         fifo_window: req.fifo_window.map(FifoWindow::parse).transpose()?.unwrap_or_default(),
     };
+    if new.ordering_key.is_some()
+        && (new.mode != DeliveryMode::Fifo || new.priorities || new.fifo_window != FifoWindow::DEFAULT)
+    {
+        return Err(ApiError::Validation(
+            "orderingKey orders a FIFO webhook per key: not with mode standard, priorities or a fifoWindow above 1"
+                .into(),
+        ));
+    }
     let signing = req.signature.as_ref().map(parse_signature).transpose()?;
     let quota = limits.max_webhooks.map(|max| WebhookQuota { max, plan: limits.plan });
     let mut tx = crate::store::begin(&state.pool).await?;
@@ -312,9 +335,19 @@ pub async fn update(
 ) -> Result<HttpResponse, ApiError> {
     let (project, webhook_id) = (access.project(), access.webhook);
     let req: UpdateWebhook = parse_json(&body, false)?;
-    if req.mode.is_some() {
+    if req.mode.is_some() || req.ordering_key.is_some() {
         // Switching modes under consumers would strand locks of the other kind.
-        return Err(ApiError::Validation("mode is fixed at creation; create a new webhook to change it".into()));
+        return Err(ApiError::Validation(
+            "mode and orderingKey are fixed at creation; create a new webhook to change them".into(),
+        ));
+    }
+    if req.priorities == Some(true) || req.fifo_window.is_some_and(|w| w > 1) {
+        let current = store::get(&state.pool, project, &webhook_id).await?;
+        if current.ordering_key.is_some() {
+            return Err(ApiError::Validation(
+                "a webhook with orderingKey orders each key by seq: no priorities, no fifoWindow above 1".into(),
+            ));
+        }
     }
     let changes = WebhookChanges {
         name: match req.name.as_deref() {
@@ -372,13 +405,13 @@ pub async fn delete(req: WebhookRequest<Manage>, state: web::Data<ApiState>) -> 
 fn dedup_setting(
     key: Option<Option<&str>>,
     webhook_id: Option<bool>,
-    current: Option<&DedupKey>,
-) -> Result<Option<Option<DedupKey>>, ApiError> {
+    current: Option<&RequestKey>,
+) -> Result<Option<Option<RequestKey>>, ApiError> {
     match (key, webhook_id) {
         (Some(_), Some(_)) => Err(ApiError::Validation("give dedupKey or idempotencyFromWebhookId, not both".into())),
-        (Some(key), None) => Ok(Some(key.map(DedupKey::parse).transpose()?)),
-        (None, Some(true)) => Ok(Some(Some(DedupKey::webhook_id()))),
-        (None, Some(false)) if current == Some(&DedupKey::webhook_id()) => Ok(Some(None)),
+        (Some(key), None) => Ok(Some(key.map(|k| RequestKey::parse("dedupKey", k)).transpose()?)),
+        (None, Some(true)) => Ok(Some(Some(RequestKey::webhook_id()))),
+        (None, Some(false)) if current == Some(&RequestKey::webhook_id()) => Ok(Some(None)),
         (None, _) => Ok(None),
     }
 }

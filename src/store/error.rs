@@ -51,6 +51,11 @@ pub enum Refusal {
     /// Skip of a head when nothing is in line.
     #[error("nothing is in line: the queue has no head to skip")]
     NoHead,
+    /// Skip naming a key on a webhook without orderingKey, or none on one with it.
+    #[error(
+        "key names the ordering key whose head to skip: required on a webhook with orderingKey, refused on others"
+    )]
+    KeyMismatch,
     /// An operation on the head of a queue that has none (standard mode has no order).
     #[error("only a FIFO webhook has a head to skip; a standard one does not block on any message")]
     NotFifo,

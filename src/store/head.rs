@@ -29,7 +29,23 @@ pub struct QueuedMessage {
     pub size: i32,
     /// Leased with the head, in its FIFO window.
     pub leased: bool,
+    /// On a keyed webhook, its ordering key ('' the fallback key).
+    pub key: Option<String>,
 }
+
+/// A key of a keyed webhook with a message in flight: nothing else of it moves.
+#[derive(Debug, Clone)]
+pub struct BlockedKey {
+    pub key: String,
+    pub id: MessageId,
+    pub seq: Seq,
+    pub lock_expires_at: DateTime<Utc>,
+    pub retry_count: i32,
+    pub last_error: Option<String>,
+}
+
+/// How many blocked keys the view lists.
+const BLOCKED_KEYS: i64 = 10;
 
 /// A FIFO webhook's lock.
 #[derive(Debug, Clone)]
@@ -53,6 +69,8 @@ pub struct HeadView {
     pub behind: Vec<QueuedMessage>,
     /// When the first delayed message joins the line.
     pub next_delayed_at: Option<DateTime<Utc>>,
+    /// A keyed webhook's keys with a message in flight, oldest first (at most ten).
+    pub blocked_keys: Vec<BlockedKey>,
     pub stats: QueueStats,
 }
 
@@ -106,6 +124,7 @@ struct MessageRow {
     last_error_at: Option<DateTime<Utc>>,
     received_at: DateTime<Utc>,
     size: Option<i32>,
+    ordering_key: Option<String>,
 }
 
 impl MessageRow {
@@ -122,6 +141,7 @@ impl MessageRow {
             received_at: self.received_at,
             size: self.size.unwrap_or_default(),
             leased: leased.contains(&self.seq),
+            key: self.ordering_key,
         }
     }
 }
@@ -130,8 +150,11 @@ impl MessageRow {
 pub async fn view(db: &mut PgConnection, project: ProjectId, webhook: &WebhookId) -> StoreResult<HeadView> {
     let hook = sqlx::query!(
         r#"SELECT mode AS "mode: DeliveryMode", max_retries, paused_at, held_until, locked_seq, lock_acquired_at,
-                  lock_expires_at, lock_extensions, coalesce(window_rest, '{}') AS "window_rest!"
-           FROM webhooks WHERE id = $1 AND project_id = $2"#,
+                  lock_expires_at, lock_extensions, coalesce(window_rest, '{}') AS "window_rest!",
+                  -- A keyed webhook's head: the oldest head of a key with nothing in flight.
+                  CASE WHEN w.ordering_key IS NOT NULL THEN (hookline_key_heads(w, 1))[1] END AS key_head,
+                  w.ordering_key IS NOT NULL AS "ordering_key_set!"
+           FROM webhooks w WHERE id = $1 AND project_id = $2"#,
         webhook.as_uuid(),
         project.0
     )
@@ -143,12 +166,12 @@ pub async fn view(db: &mut PgConnection, project: ProjectId, webhook: &WebhookId
     let leased: Vec<i64> = hook.locked_seq.into_iter().chain(hook.window_rest.iter().copied()).collect();
     // The locked head by its key; then the line, in delivery order (a FIFO lock's messages
     // stay in the ready index, so the line starts with them).
-    let locked_head = match hook.locked_seq {
+    let locked_head = match hook.locked_seq.or(hook.key_head) {
         None => None,
         Some(seq) => sqlx::query_as!(
             MessageRow,
             r#"SELECT id, seq, priority, retry_count, error_attempts, expiry_attempts, last_error, last_error_at,
-                      received_at, octet_length(ciphertext) AS size
+                      received_at, octet_length(ciphertext) AS size, ordering_key
                FROM messages WHERE webhook_id = $1 AND seq = $2"#,
             webhook.as_uuid(),
             seq
@@ -160,7 +183,7 @@ pub async fn view(db: &mut PgConnection, project: ProjectId, webhook: &WebhookId
     let line = sqlx::query_as!(
         MessageRow,
         r#"SELECT id, seq, priority, retry_count, error_attempts, expiry_attempts, last_error, last_error_at,
-                  received_at, octet_length(ciphertext) AS size
+                  received_at, octet_length(ciphertext) AS size, ordering_key
            FROM messages
            WHERE webhook_id = $1 AND state = 'queued' AND deliver_at IS NULL AND lock_token IS NULL
              AND expires_at > now()
@@ -179,10 +202,34 @@ pub async fn view(db: &mut PgConnection, project: ProjectId, webhook: &WebhookId
     .await
     .context_for("reading a webhook's next delayed message", webhook)?;
 
+    let blocked_keys = sqlx::query!(
+        r#"SELECT coalesce(ordering_key, '') AS "key!", id, seq, lock_expires_at AS "lock_expires_at!", retry_count,
+                  last_error
+           FROM messages WHERE webhook_id = $1 AND lock_token IS NOT NULL AND ordering_key IS NOT NULL
+           ORDER BY seq LIMIT $2"#,
+        webhook.as_uuid(),
+        BLOCKED_KEYS
+    )
+    .fetch_all(&mut *db)
+    .await
+    .context_for("reading a webhook's blocked keys", webhook)?
+    .into_iter()
+    .map(|r| BlockedKey {
+        key: r.key,
+        id: MessageId::from_uuid(r.id),
+        seq: Seq(r.seq),
+        lock_expires_at: r.lock_expires_at,
+        retry_count: r.retry_count,
+        last_error: r.last_error,
+    })
+    .collect();
+
     let mut line: Vec<QueuedMessage> = line.into_iter().map(|m| m.shown(&leased)).collect();
+    let keyed = hook.ordering_key_set;
     let head = match locked_head {
         Some(locked) => Some(locked.shown(&leased)),
-        None if line.is_empty() => None,
+        // A keyed webhook whose every key in line is busy has no head to deliver.
+        None if line.is_empty() || keyed => None,
         None => Some(line.remove(0)),
     };
     let head_seq = head.as_ref().map(|h| h.seq);
@@ -206,6 +253,7 @@ pub async fn view(db: &mut PgConnection, project: ProjectId, webhook: &WebhookId
         lock,
         behind: line,
         next_delayed_at,
+        blocked_keys,
         stats,
     })
 }
@@ -218,6 +266,7 @@ enum SkipRefusal {
     NotFifo,
     NoHead,
     HeadMoved,
+    KeyMismatch,
 }
 
 /// What a skip did.
@@ -231,21 +280,25 @@ pub struct Skipped {
 
 /// Moves a FIFO webhook's head to the dead-letter queue, locked or not, with `reason` as its
 /// last error and `actor` as who skipped it; with `expect`, only if that is still the head.
+/// A keyed webhook skips the head of `key` (required there, refused elsewhere).
 pub async fn skip(
     db: &mut PgConnection,
     project: ProjectId,
     webhook: &WebhookId,
     expect: Option<Seq>,
+    key: Option<&str>,
     reason: &str,
     actor: &str,
 ) -> StoreResult<Skipped> {
     let row = sqlx::query!(
-        r#"SELECT refusal AS "refusal: SkipRefusal", id, seq, superseded FROM hookline_skip_head($1, $2, $3, $4, $5)"#,
+        r#"SELECT refusal AS "refusal: SkipRefusal", id, seq, superseded
+           FROM hookline_skip_head($1, $2, $3, $4, $5, $6)"#,
         webhook.as_uuid(),
         project.0,
         expect.map(|s| s.0),
         reason,
-        actor
+        actor,
+        key
     )
     .fetch_one(&mut *db)
     .await
@@ -255,6 +308,7 @@ pub async fn skip(
         (Some(SkipRefusal::NotFifo), ..) => Err(Refusal::NotFifo.into()),
         (Some(SkipRefusal::NoHead), ..) => Err(Refusal::NoHead.into()),
         (Some(SkipRefusal::HeadMoved), _, Some(head)) => Err(Refusal::HeadMoved { head: Seq(head) }.into()),
+        (Some(SkipRefusal::KeyMismatch), ..) => Err(Refusal::KeyMismatch.into()),
         (None, Some(id), Some(seq)) => {
             Ok(Skipped { id: MessageId::from_uuid(id), seq: Seq(seq), superseded: row.superseded == Some(true) })
         }

@@ -8,7 +8,7 @@ use sqlx::PgExecutor;
 use super::webhooks::StoredSignature;
 use super::{Context, StoreError, StoreResult};
 use crate::crypto::{KeyId, Sealed};
-use crate::domain::{DedupKey, DedupWindow, LimitOverrides, Limits, Plan, ProjectId, SignatureScheme, WebhookId};
+use crate::domain::{DedupWindow, LimitOverrides, Limits, Plan, ProjectId, RequestKey, SignatureScheme, WebhookId};
 
 /// The project of that name, created on `plan` if it does not exist yet; with
 /// `set_plan`, an existing project is moved to `plan` too.
@@ -84,7 +84,9 @@ pub struct IngestTarget {
     pub ttl_days: i32,
     /// Where a repeated delivery's key is found, and for how long it answers the original
     /// (None: every request is a new message).
-    pub dedup: Option<(DedupKey, DedupWindow)>,
+    pub dedup: Option<(RequestKey, DedupWindow)>,
+    /// Where each message's ordering key is found, on a keyed webhook.
+    pub ordering_key: Option<RequestKey>,
 }
 
 /// The owner of a webhook, its limits and signing requirement; None for an unknown webhook.
@@ -93,7 +95,7 @@ pub async fn ingest_target(db: impl PgExecutor<'_>, webhook: &WebhookId) -> Stor
         r#"SELECT p.id, p.plan AS "plan: Plan", p.ingest_per_second, p.dequeue_per_second, p.ack_per_second,
                   p.max_webhooks, p.max_body_bytes, w.signature_scheme, w.signature_tolerance_seconds,
                   w.signature_key_id, w.signature_nonce, w.signature_secret, w.priorities, w.ttl_days,
-                  w.dedup_key, w.dedup_window_seconds
+                  w.dedup_key, w.dedup_window_seconds, w.ordering_key
            FROM webhooks w JOIN projects p ON p.id = w.project_id WHERE w.id = $1"#,
         webhook.as_uuid()
     )
@@ -130,8 +132,9 @@ pub async fn ingest_target(db: impl PgExecutor<'_>, webhook: &WebhookId) -> Stor
             ttl_days: r.ttl_days,
             dedup: r
                 .dedup_key
-                .and_then(|k| DedupKey::parse(&k).ok())
+                .and_then(|k| RequestKey::parse("dedupKey", &k).ok())
                 .map(|k| (k, DedupWindow::parse(r.dedup_window_seconds.into()).unwrap_or_default())),
+            ordering_key: r.ordering_key.and_then(|k| RequestKey::parse("orderingKey", &k).ok()),
         }
     }))
 }

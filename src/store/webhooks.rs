@@ -8,7 +8,7 @@ use super::{Context, Refusal, StoreError, StoreResult};
 use crate::crypto::Sealed;
 use crate::domain::SignatureScheme;
 use crate::domain::{
-    DedupKey, DedupWindow, DeliveryMode, FifoWindow, LockTimeout, MaxRetries, Plan, ProjectId, TtlDays, WebhookId,
+    DedupWindow, DeliveryMode, FifoWindow, LockTimeout, MaxRetries, Plan, ProjectId, RequestKey, TtlDays, WebhookId,
     WebhookName,
 };
 
@@ -25,8 +25,10 @@ pub struct Webhook {
     pub mode: DeliveryMode,
     pub priorities: bool,
     /// Where a repeated delivery's key is found (None: no deduplication of ingests).
-    pub dedup_key: Option<DedupKey>,
+    pub dedup_key: Option<RequestKey>,
     pub dedup_window: DedupWindow,
+    /// Where each message's ordering key is found (None: one order for the whole webhook).
+    pub ordering_key: Option<RequestKey>,
     /// Commit, error and extend must name the lock token.
     pub require_lock_token: bool,
     /// FIFO: how many messages one consumer may lease at once, in order.
@@ -51,6 +53,7 @@ struct Row {
     priorities: bool,
     dedup_key: Option<String>,
     dedup_window_seconds: i32,
+    ordering_key: Option<String>,
     require_lock_token: bool,
     fifo_window: i32,
     created_at: DateTime<Utc>,
@@ -72,8 +75,9 @@ impl From<Row> for Webhook {
             mode: r.mode,
             priorities: r.priorities,
             // The schema checks the form; a value this release cannot read deduplicates nothing.
-            dedup_key: r.dedup_key.and_then(|k| DedupKey::parse(&k).ok()),
+            dedup_key: r.dedup_key.and_then(|k| RequestKey::parse("dedupKey", &k).ok()),
             dedup_window: DedupWindow::parse(r.dedup_window_seconds.into()).unwrap_or_default(),
+            ordering_key: r.ordering_key.and_then(|k| RequestKey::parse("orderingKey", &k).ok()),
             require_lock_token: r.require_lock_token,
             fifo_window: r.fifo_window,
             created_at: r.created_at,
@@ -91,8 +95,9 @@ pub struct NewWebhook {
     pub ttl_days: TtlDays,
     pub mode: DeliveryMode,
     pub priorities: bool,
-    pub dedup_key: Option<DedupKey>,
+    pub dedup_key: Option<RequestKey>,
     pub dedup_window: DedupWindow,
+    pub ordering_key: Option<RequestKey>,
     pub require_lock_token: bool,
     pub fifo_window: FifoWindow,
 }
@@ -128,11 +133,11 @@ pub async fn create(
         Row,
         r#"INSERT INTO webhooks (id, project_id, name, lock_timeout_seconds, max_retries, ttl_days, mode, priorities,
                                  dedup_key, dedup_window_seconds, idempotency_from_webhook_id, require_lock_token,
-                                 fifo_window)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9 IS NOT DISTINCT FROM 'header:webhook-id', $11, $12)
+                                 fifo_window, ordering_key)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9 IS NOT DISTINCT FROM 'header:webhook-id', $11, $12, $13)
            RETURNING id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme,
                      signature_tolerance_seconds, mode AS "mode: DeliveryMode", priorities,
-                     dedup_key, dedup_window_seconds, require_lock_token, fifo_window, created_at, updated_at, paused_at, held_until"#,
+                     dedup_key, dedup_window_seconds, ordering_key, require_lock_token, fifo_window, created_at, updated_at, paused_at, held_until"#,
         id.as_uuid(),
         project.0,
         new.name.as_str(),
@@ -141,10 +146,11 @@ pub async fn create(
         new.ttl_days.get(),
         new.mode as _,
         new.priorities,
-        new.dedup_key.as_ref().map(DedupKey::to_string),
+        new.dedup_key.as_ref().map(RequestKey::to_string),
         new.dedup_window.get(),
         new.require_lock_token,
-        new.fifo_window.get()
+        new.fifo_window.get(),
+        new.ordering_key.as_ref().map(RequestKey::to_string)
     )
     .fetch_one(&mut *tx)
     .await
@@ -160,7 +166,7 @@ pub async fn get(db: impl PgExecutor<'_>, project: ProjectId, id: &WebhookId) ->
     let row = sqlx::query_as!(
         Row,
         r#"SELECT id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme, signature_tolerance_seconds,
-                  mode AS "mode: DeliveryMode", priorities, dedup_key, dedup_window_seconds, require_lock_token, fifo_window, created_at, updated_at,
+                  mode AS "mode: DeliveryMode", priorities, dedup_key, dedup_window_seconds, ordering_key, require_lock_token, fifo_window, created_at, updated_at,
                   paused_at, held_until
            FROM webhooks WHERE id = $1 AND project_id = $2"#,
         id.as_uuid(),
@@ -188,7 +194,7 @@ pub async fn set_paused(
            WHERE id = $1 AND project_id = $2
            RETURNING id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme,
                      signature_tolerance_seconds, mode AS "mode: DeliveryMode", priorities,
-                     dedup_key, dedup_window_seconds, require_lock_token, fifo_window, created_at, updated_at,
+                     dedup_key, dedup_window_seconds, ordering_key, require_lock_token, fifo_window, created_at, updated_at,
                      paused_at, held_until"#,
         id.as_uuid(),
         project.0,
@@ -219,7 +225,7 @@ pub async fn list(
     let rows = sqlx::query_as!(
         Row,
         r#"SELECT id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme, signature_tolerance_seconds,
-                  mode AS "mode: DeliveryMode", priorities, dedup_key, dedup_window_seconds, require_lock_token, fifo_window, created_at, updated_at,
+                  mode AS "mode: DeliveryMode", priorities, dedup_key, dedup_window_seconds, ordering_key, require_lock_token, fifo_window, created_at, updated_at,
                   paused_at, held_until
            FROM webhooks
            WHERE project_id = $1
@@ -247,7 +253,7 @@ pub struct WebhookChanges {
     pub ttl_days: Option<TtlDays>,
     pub priorities: Option<bool>,
     /// Some(None): stop deduplicating.
-    pub dedup_key: Option<Option<DedupKey>>,
+    pub dedup_key: Option<Option<RequestKey>>,
     pub dedup_window: Option<DedupWindow>,
     pub require_lock_token: Option<bool>,
     pub fifo_window: Option<FifoWindow>,
@@ -277,7 +283,7 @@ pub async fn update(
            WHERE id = $1 AND project_id = $2
            RETURNING id, name, lock_timeout_seconds, max_retries, ttl_days, signature_scheme,
                      signature_tolerance_seconds, mode AS "mode: DeliveryMode", priorities,
-                     dedup_key, dedup_window_seconds, require_lock_token, fifo_window, created_at, updated_at, paused_at, held_until"#,
+                     dedup_key, dedup_window_seconds, ordering_key, require_lock_token, fifo_window, created_at, updated_at, paused_at, held_until"#,
         id.as_uuid(),
         project.0,
         changes.name.as_ref().map(WebhookName::as_str),
@@ -286,7 +292,7 @@ pub async fn update(
         changes.ttl_days.map(TtlDays::get),
         changes.priorities,
         changes.dedup_key.is_some(),
-        changes.dedup_key.as_ref().and_then(|k| k.as_ref().map(DedupKey::to_string)),
+        changes.dedup_key.as_ref().and_then(|k| k.as_ref().map(RequestKey::to_string)),
         changes.dedup_window.map(DedupWindow::get),
         changes.require_lock_token,
         changes.fifo_window.map(FifoWindow::get)

@@ -25,6 +25,7 @@ mod long_poll;
 mod migrations;
 mod model;
 mod operate;
+mod ordering_keys;
 mod pause_hold;
 mod plans;
 mod priorities;

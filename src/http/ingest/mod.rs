@@ -81,11 +81,16 @@ fn options_from_headers(req: &HttpRequest, target: &IngestTarget) -> Result<Deli
     Ok(DeliveryOptions { priority, ..DeliveryOptions::default() })
 }
 
-/// The key a webhook that deduplicates finds in the request (none: a new message).
-fn dedup_options(req: &HttpRequest, target: &IngestTarget, body: &[u8], options: &mut DeliveryOptions) {
+/// The keys the webhook takes from the request: its deduplication key (none: a new message)
+/// and its ordering key (none: the fallback key).
+fn keys_from_request(req: &HttpRequest, target: &IngestTarget, body: &[u8], options: &mut DeliveryOptions) {
+    let header = |name: &str| req.headers().get(name).map(|v| v.as_bytes());
     if let Some((key, window)) = &target.dedup {
-        options.idempotency_key = key.of_request(|name| req.headers().get(name).map(|v| v.as_bytes()), body);
+        options.idempotency_key = key.of_request(header, body);
         options.dedup_window = *window;
+    }
+    if let Some(key) = &target.ordering_key {
+        options.ordering_key = key.of_request(header, body).map(|k| k.as_str().to_owned());
     }
 }
 
@@ -123,7 +128,7 @@ pub async fn ingest(
     let max_body = limits.max_body_bytes.map_or(state.max_body_bytes, |plan| plan.min(state.max_body_bytes));
     let mut options = options_from_headers(&req, &target)?;
     let body = read_limited(&req, body, max_body).await?;
-    dedup_options(&req, &target, &body, &mut options);
+    keys_from_request(&req, &target, &body, &mut options);
     let replay = match &target.signature {
         Some(signature) => {
             // Junk (a wrong signature or a replay) has a budget of its own; past it, the

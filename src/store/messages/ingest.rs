@@ -212,7 +212,7 @@ pub(super) async fn insert_rows<'a>(
         return Ok(HashMap::new());
     }
     let rows = sqlx::query!(
-        r#"SELECT message_id AS "id!", message_seq AS "seq!" FROM hookline_ingest($1, $2, $3, $4, $5, $6, $7, $8)"#,
+        r#"SELECT message_id AS "id!", message_seq AS "seq!" FROM hookline_ingest($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
         &columns.webhooks,
         &columns.ids,
         &columns.key_ids,
@@ -220,7 +220,8 @@ pub(super) async fn insert_rows<'a>(
         &columns.ciphertexts as _,
         &columns.priorities,
         &columns.delays as _,
-        &columns.ttls as _
+        &columns.ttls as _,
+        &columns.ordering_keys as _
     )
     .fetch_all(db)
     .await
@@ -239,6 +240,7 @@ struct InsertColumns<'a> {
     priorities: Vec<i16>,
     delays: Vec<Option<i32>>,
     ttls: Vec<Option<i32>>,
+    ordering_keys: Vec<Option<&'a str>>,
 }
 
 impl<'a> InsertColumns<'a> {
@@ -251,5 +253,6 @@ impl<'a> InsertColumns<'a> {
         self.priorities.push(m.options.priority.get() as i16);
         self.delays.push(m.options.delay.map(DelaySeconds::get));
         self.ttls.push(m.options.ttl.map(TtlSeconds::get));
+        self.ordering_keys.push(m.options.ordering_key.as_deref());
     }
 }

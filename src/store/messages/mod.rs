@@ -56,6 +56,8 @@ pub struct DeliveryOptions {
     /// How long the key answers the original message (24 hours unless the webhook's
     /// dedupWindowSeconds says less).
     pub dedup_window: DedupWindow,
+    /// On a keyed webhook, the message's ordering key (None: the fallback key).
+    pub ordering_key: Option<String>,
 }
 
 /// Where an accepted message stands: newly stored, or (`duplicate`) the message an earlier

@@ -21,6 +21,8 @@ pub struct Committed {
     pub priority: Priority,
     pub expires_at: DateTime<Utc>,
     pub sealed: Sealed,
+    /// On a keyed webhook, its ordering key (a copy keeps it).
+    pub ordering_key: Option<String>,
 }
 
 /// A message a replay queued: its id and seq, and (at the tail) the message it replays.
@@ -42,7 +44,7 @@ pub async fn committed_range(
 ) -> StoreResult<Vec<Committed>> {
     super::super::webhooks::get(&mut *db, project, webhook).await?;
     let rows = sqlx::query!(
-        r#"SELECT id, seq, priority, expires_at, key_id, nonce, ciphertext FROM messages
+        r#"SELECT id, seq, priority, expires_at, key_id, nonce, ciphertext, ordering_key FROM messages
            WHERE webhook_id = $1 AND seq BETWEEN $2 AND $3 AND state = 'committed' AND expires_at > now()
            ORDER BY seq"#,
         webhook.as_uuid(),
@@ -60,6 +62,7 @@ pub async fn committed_range(
             priority: Priority::parse(r.priority.into()).unwrap_or_default(),
             expires_at: r.expires_at,
             sealed: Sealed { key_id: KeyId(r.key_id), nonce: r.nonce, ciphertext: r.ciphertext },
+            ordering_key: r.ordering_key,
         })
         .collect())
 }
@@ -79,6 +82,7 @@ pub async fn append_copies(
             let options = DeliveryOptions {
                 priority: original.priority,
                 ttl: TtlSeconds::parse(left).ok(),
+                ordering_key: original.ordering_key.clone(),
                 ..DeliveryOptions::default()
             };
             (*webhook, NewMessage { id: *id, sealed: sealed.clone(), options, replay: None })

@@ -1,6 +1,6 @@
-//! Deduplication of ingested webhooks, opt-in per webhook: where a sender's "this is the
-//! same event" key is found (a header, or a JSON pointer into the body), and for how long a
-//! repeat answers the original.
+//! Keys a webhook takes from what its sender sends (a header, or a JSON pointer into the
+//! body): the deduplication key (`dedupKey`, with how long a repeat answers the original)
+//! and the ordering key (`orderingKey`).
 
 use std::fmt;
 
@@ -8,11 +8,11 @@ use sha2::{Digest as _, Sha256};
 
 use super::{IdempotencyKey, SettingError};
 
-/// Where a webhook finds the key of an ingested request: `header:<name>` (for example
+/// Where a webhook finds a key in a request: `header:<name>` (for example
 /// `header:webhook-id`, `header:X-GitHub-Delivery`, `header:Idempotency-Key`) or a JSON
-/// pointer into the body (RFC 6901, for example Stripe's `/id`).
+/// pointer into the body (RFC 6901, for example Stripe's `/id` or `/data/object/customer`).
 #[derive(Clone, PartialEq, Eq)]
-pub enum DedupKey {
+pub enum RequestKey {
     /// A header name, lowercased.
     Header(String),
     /// A JSON pointer, `/` first.
@@ -20,17 +20,17 @@ pub enum DedupKey {
 }
 
 /// `header:` and a header name (RFC 9110 token characters), or a JSON pointer.
-pub const DEDUP_KEY_PATTERN: &str = r"^(header:[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}|/[^\u0000]{0,199})$";
+pub const REQUEST_KEY_PATTERN: &str = r"^(header:[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}|/[^\u0000]{0,199})$";
 
-impl DedupKey {
+impl RequestKey {
     /// The header Standard Webhooks senders put a unique event id in.
     pub fn webhook_id() -> Self {
         Self::Header("webhook-id".into())
     }
 
-    pub fn parse(value: &str) -> Result<Self, SettingError> {
+    pub fn parse(field: &'static str, value: &str) -> Result<Self, SettingError> {
         let refused = || SettingError {
-            field: "dedupKey",
+            field,
             rule: "header:<name> (a header name) or a JSON pointer such as /id (at most 200 characters)".into(),
         };
         if let Some(name) = value.strip_prefix("header:") {
@@ -76,7 +76,7 @@ impl DedupKey {
     }
 }
 
-impl fmt::Display for DedupKey {
+impl fmt::Display for RequestKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Header(name) => write!(f, "header:{name}"),
@@ -85,7 +85,7 @@ impl fmt::Display for DedupKey {
     }
 }
 
-impl fmt::Debug for DedupKey {
+impl fmt::Debug for RequestKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
     }
@@ -101,15 +101,18 @@ mod tests {
     use super::*;
 
     fn key_of(setting: &str, headers: &[(&str, &str)], body: &str) -> Option<String> {
-        let key = DedupKey::parse(setting).unwrap();
+        let key = RequestKey::parse("dedupKey", setting).unwrap();
         let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_bytes());
         key.of_request(header, body.as_bytes()).map(|k| k.as_str().to_owned())
     }
 
     #[test]
     fn settings_are_a_header_name_or_a_pointer() {
-        assert_eq!(DedupKey::parse("header:X-GitHub-Delivery").unwrap().to_string(), "header:x-github-delivery");
-        assert_eq!(DedupKey::parse("/data/object/id").unwrap().to_string(), "/data/object/id");
+        assert_eq!(
+            RequestKey::parse("dedupKey", "header:X-GitHub-Delivery").unwrap().to_string(),
+            "header:x-github-delivery"
+        );
+        assert_eq!(RequestKey::parse("dedupKey", "/data/object/id").unwrap().to_string(), "/data/object/id");
         for bad in [
             "",
             "id",
@@ -120,7 +123,7 @@ mod tests {
             "/\u{0}",
             &format!("/{}", "x".repeat(200)),
         ] {
-            assert!(DedupKey::parse(bad).is_err(), "{bad:?}");
+            assert!(RequestKey::parse("dedupKey", bad).is_err(), "{bad:?}");
         }
     }
 
