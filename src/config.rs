@@ -105,7 +105,10 @@ impl Config {
                 })
                 .transpose()?
                 .unwrap_or_default(),
-            max_hold: HoldSeconds::bound(number("HOOKLINE_MAX_HOLD_SECONDS", 3600)?),
+            max_hold: match number("HOOKLINE_MAX_HOLD_SECONDS", 3600)? {
+                seconds @ 1..=86_400 => HoldSeconds::bound(seconds),
+                other => bail!("HOOKLINE_MAX_HOLD_SECONDS must be between 1 and 86400, got {other}"),
+            },
         })
     }
 }

@@ -8,8 +8,10 @@ use super::error::{parse_json, ApiError, ErrorBody};
 use super::extract::{Manage, WebhookRequest};
 use super::responses::{BodyErrors, WebhookErrors};
 use super::ApiState;
-use crate::domain::{MessageId, Seq};
-use crate::store::messages::replay::{self as store, Replayed};
+use crate::crypto::{KeyRing, Sealed};
+use crate::domain::{MessageId, Seq, WebhookId};
+use crate::limits::Operation;
+use crate::store::messages::replay::{self as store, Committed, Replayed};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/webhooks/{webhook_id}/replay", web::post().to(replay));
@@ -17,6 +19,34 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// Most messages one replay covers (toSeq - fromSeq + 1).
 const MAX_RANGE: i64 = 1000;
+
+/// Seqs read (and payloads held) at a time.
+const CHUNK: i64 = 100;
+
+/// Copies of the originals, each payload sealed again under its copy's new id (off the async
+/// threads: up to a chunk of large payloads); with how many could not be opened.
+fn reseal(
+    keys: &KeyRing,
+    webhook: &WebhookId,
+    originals: Vec<Committed>,
+) -> (Vec<(Committed, MessageId, Sealed)>, usize) {
+    let mut copies = Vec::with_capacity(originals.len());
+    let mut unreadable = 0;
+    for original in originals {
+        match keys.open(webhook, &original.id, &original.sealed) {
+            Ok(payload) => {
+                let id = MessageId::new_random();
+                let sealed = keys.seal(webhook, &id, &payload);
+                copies.push((original, id, sealed));
+            }
+            Err(e) => {
+                tracing::warn!(message_id = %original.id, error = %e, "committed message cannot be opened; not replayed");
+                unreadable += 1;
+            }
+        }
+    }
+    (copies, unreadable)
+}
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -98,28 +128,29 @@ pub async fn replay(
         Some("head") => true,
         Some(_) => return Err(ApiError::Validation("position must be head or tail".into())),
     };
+    // One transaction, read and written a chunk at a time so at most a chunk of payloads is
+    // in memory; every message queued again spends the webhook's ingestion budget.
     let mut tx = crate::store::begin(&state.pool).await?;
-    let originals = store::committed_range(&mut tx, req.project(), &req.webhook, Seq(from), Seq(to)).await?;
-    let (replayed, skipped): (Vec<Replayed>, usize) = if at_head {
-        let seqs: Vec<Seq> = originals.iter().map(|o| o.seq).collect();
-        (store::requeue_in_place(&mut tx, &req.webhook, &seqs).await?, 0)
-    } else {
-        let mut copies = Vec::with_capacity(originals.len());
-        let mut skipped = 0;
-        for original in &originals {
-            match state.keys.open(&req.webhook, &original.id, &original.sealed) {
-                Ok(payload) => {
-                    let id = MessageId::new_random();
-                    copies.push((original, id, state.keys.seal(&req.webhook, &id, &payload)));
-                }
-                Err(e) => {
-                    tracing::warn!(message_id = %original.id, error = %e, "committed message cannot be opened; not replayed");
-                    skipped += 1;
-                }
-            }
+    let (mut replayed, mut skipped): (Vec<Replayed>, usize) = (Vec::new(), 0);
+    for first in (from..=to).step_by(CHUNK as usize) {
+        let last = (first + CHUNK - 1).min(to);
+        let originals = store::committed_range(&mut tx, req.project(), &req.webhook, Seq(first), Seq(last)).await?;
+        if originals.is_empty() {
+            continue;
         }
-        (store::append_copies(&mut tx, &req.webhook, copies).await?, skipped)
-    };
+        req.auth.rate_limit_n(&state, req.webhook, Operation::Ingest, originals.len())?;
+        if at_head {
+            let seqs: Vec<Seq> = originals.iter().map(|o| o.seq).collect();
+            replayed.extend(store::requeue_in_place(&mut tx, &req.webhook, &seqs).await?);
+            continue;
+        }
+        let (keys, webhook) = (state.keys.clone(), req.webhook);
+        let (copies, unreadable) = web::block(move || reseal(&keys, &webhook, originals))
+            .await
+            .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("resealing replayed payloads: {e}")))?;
+        skipped += unreadable;
+        replayed.extend(store::append_copies(&mut tx, &req.webhook, copies).await?);
+    }
     crate::store::commit(tx).await?;
     tracing::info!(from, to, at_head, replayed = replayed.len(), skipped, "replayed");
     Ok(HttpResponse::Ok().json(ReplayResponse {

@@ -199,3 +199,24 @@ async fn skip_refuses_a_moved_head_an_empty_queue_a_standard_webhook_and_a_blank
     skip(&app, &standard, json!({"reason": "x"})).await.expect_error(StatusCode::CONFLICT, "not_fifo");
     assert_eq!(app.drain(&wh).await, [1, 2]);
 }
+
+#[tokio::test]
+async fn every_skipped_lock_stays_fenced_after_later_skips() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({})).await;
+    app.ingest_many(&wh, 3).await;
+    let first = app.dequeue_ok(&wh).await;
+    skip(&app, &wh, json!({"reason": "one"})).await.expect(StatusCode::OK);
+    let second = app.dequeue_ok(&wh).await;
+    skip(&app, &wh, json!({"reason": "two"})).await.expect(StatusCode::OK);
+    for d in [&first, &second] {
+        app.commit(&wh, &d.id, Some(&d.lock_token)).await.expect_error(StatusCode::CONFLICT, "lock_superseded");
+    }
+    // Through the consumer batch's set-based path too (a commit with next).
+    let third = app.dequeue_ok(&wh).await;
+    skip(&app, &wh, json!({"reason": "three"})).await.expect(StatusCode::OK);
+    app.commit_next(&wh, &third.id, Some(&third.lock_token))
+        .await
+        .expect_error(StatusCode::CONFLICT, "lock_superseded");
+    assert_eq!(app.stored_where(&wh, "state = 'dead'").await, 3);
+}

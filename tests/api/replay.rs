@@ -114,3 +114,24 @@ async fn a_replay_refuses_bad_ranges_and_unknown_webhooks() {
     let r = replay(&app, &random_id("wh_"), json!({"fromSeq": 1, "toSeq": 2})).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_head_replay_wakes_a_waiting_consumer_and_is_not_counted_as_undelivered() {
+    let app = spawn_app().await;
+    let wh = app.create_webhook(json!({})).await;
+    ingest_numbered(&app, &wh, 2).await;
+    assert_eq!(app.drain(&wh).await, [1, 2]);
+    let delivered = |r: Reply| r.body["deliveredLastMinute"].as_i64().unwrap();
+    let before = delivered(app.api(Method::GET, &format!("/api/webhooks/{wh}/stats"), None).await);
+    let waiter = {
+        let app = app.clone_handle();
+        let wh = wh.clone();
+        tokio::spawn(async move { app.dequeue_with(&wh, "wait=15").await })
+    };
+    app.until_waiting(&wh, 1).await;
+    replay(&app, &wh, json!({"fromSeq": 1, "toSeq": 2, "position": "head"})).await.expect(StatusCode::OK);
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), waiter).await.expect("woken").unwrap();
+    assert_eq!(r.i64("seq"), 1);
+    let after = delivered(app.api(Method::GET, &format!("/api/webhooks/{wh}/stats"), None).await);
+    assert_eq!(after, before, "a replay takes no delivery back");
+}

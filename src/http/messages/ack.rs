@@ -33,9 +33,10 @@ pub struct ErrorRequest {
     /// false: do not retry; the message goes straight to the dead-letter queue (default true).
     pub requeue: Option<bool>,
     /// The downstream is down, not the message: hold the webhook (deliver nothing) this many
-    /// seconds, 1 up to the broker's HOOKLINE_MAX_HOLD_SECONDS (default 3600). The message
-    /// returns to its position and the attempt is not counted. Not with requeue=false.
-    #[schema(minimum = 1, maximum = 86400)]
+    /// seconds, 1 up to the broker's HOOKLINE_MAX_HOLD_SECONDS (3600 unless configured, at
+    /// most 86400). The message returns to its position and the attempt is not counted. Not
+    /// with requeue=false.
+    #[schema(minimum = 1, maximum = 3600)]
     #[serde(default, deserialize_with = "crate::http::whole::opt")]
     pub hold_seconds: Option<i64>,
     #[schema(value_type = Option<String>, pattern = "^lt_[0-9a-f]{32}$")]
@@ -247,8 +248,8 @@ pub struct CommittedBatch {
     pub committed: Vec<MessageId>,
     /// The entries not committed and why (`not_found`; `conflict`: not locked, or locked
     /// under another token; `out_of_order`: a message of a FIFO window leased ahead of it is
-    /// not committed; `validation_failed`: the webhook requires the lock token), in input
-    /// order.
+    /// not committed; `lock_superseded`: an operator skipped the message this lock held;
+    /// `validation_failed`: the webhook requires the lock token), in input order.
     pub failed: Vec<CommitFailure>,
 }
 

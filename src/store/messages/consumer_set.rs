@@ -1,7 +1,7 @@
 //! Many commits (plain and commit-and-next) and errors in one transaction, for consumer
 //! group commit (`store::consumer_batch`): the plain commit of a FIFO head set-based for all
 //! of them (`hookline_commit_heads`), every other one through `hookline_commit_next` or
-//! `hookline_error` exactly as a lone call runs it, so each outcome is today's, and the
+//! `hookline_nack` exactly as a lone call runs it, so each outcome is today's, and the
 //! transaction pays one commit record and one flush for all.
 
 use std::collections::HashSet;

@@ -72,7 +72,7 @@ pub struct Idle {
 pub async fn idle(db: impl PgExecutor<'_>, webhook: &WebhookId) -> StoreResult<Idle> {
     let row = sqlx::query!(
         r#"SELECT hookline_next_due(w.id) AS next_due, w.paused_at IS NOT NULL AS "paused!",
-                  coalesce(w.held_until > now(), false) AS "held!"
+                  hookline_withheld(w) AS "withheld!"
            FROM webhooks w WHERE w.id = $1"#,
         webhook.as_uuid()
     )
@@ -82,10 +82,10 @@ pub async fn idle(db: impl PgExecutor<'_>, webhook: &WebhookId) -> StoreResult<I
     Ok(match row {
         None => Idle { withheld: None, next_due: None },
         Some(r) => Idle {
-            withheld: match (r.paused, r.held) {
-                (true, _) => Some(Withheld::Paused),
-                (false, true) => Some(Withheld::Held),
-                _ => None,
+            withheld: match (r.withheld, r.paused) {
+                (false, _) => None,
+                (true, true) => Some(Withheld::Paused),
+                (true, false) => Some(Withheld::Held),
             },
             next_due: r.next_due,
         },

@@ -2,7 +2,7 @@
 //! order. At the tail, as new messages (new ids and seqs, the payload sealed again under
 //! the new id by the caller) that name their originals; at the head, the originals
 //! themselves back in the queue at their own positions, ahead of everything that arrived
-//! after them.
+//! after them and is not yet leased (a lock already out is not taken back).
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -72,7 +72,7 @@ pub async fn committed_range(
 pub async fn append_copies(
     tx: &mut PgConnection,
     webhook: &WebhookId,
-    copies: Vec<(&Committed, MessageId, Sealed)>,
+    copies: Vec<(Committed, MessageId, Sealed)>,
 ) -> StoreResult<Vec<Replayed>> {
     let now = Utc::now();
     let items: Vec<(WebhookId, NewMessage)> = copies
@@ -126,6 +126,11 @@ pub async fn requeue_in_place(tx: &mut PgConnection, webhook: &WebhookId, seqs: 
     .fetch_all(&mut *tx)
     .await
     .context_for("replaying committed messages in place", webhook)?;
+    // Committed -> queued wakes no trigger: long-polls are told here, at commit.
+    sqlx::query!("SELECT hookline_wake($1)", webhook.as_uuid())
+        .fetch_one(&mut *tx)
+        .await
+        .context_for("waking a webhook's consumers", webhook)?;
     let mut replayed: Vec<Replayed> = rows
         .into_iter()
         .map(|r| {
