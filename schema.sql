@@ -637,12 +637,15 @@ CREATE FUNCTION public.hookline_lock_keyed(hook public.webhooks, p_max integer) 
     AS $$
 DECLARE
     expires timestamptz := now() + make_interval(secs => hook.lock_timeout_seconds);
+    heads bigint[];
 BEGIN
     PERFORM hookline_expire_message_locks(hook.id, 100);
     PERFORM hookline_promote_due(hook.id);
+    -- Chosen first, so the update is one primary-key probe per head whatever the plan.
+    heads := hookline_key_heads(hook, p_max);
     RETURN QUERY
     UPDATE messages m SET lock_token = gen_random_uuid(), lock_expires_at = expires
-    WHERE m.webhook_id = hook.id AND m.seq = ANY (hookline_key_heads(hook, p_max))
+    WHERE m.webhook_id = hook.id AND m.seq = ANY (heads)
     RETURNING m.id, m.seq, m.retry_count, hook.max_retries, m.lock_token, m.lock_expires_at, m.received_at,
               m.key_id, m.nonce, m.ciphertext, m.priority;
 END

@@ -62,11 +62,12 @@ pub async fn run(target: &Target, cluster: &Path, waiting: u64, rate: u64, secs:
     Ok(Isolation { alone, beside, head_view })
 }
 
-/// A consumer that leases the head whenever its lock has expired and never answers.
+/// A consumer that leases the head whenever its lock has expired and never answers: it
+/// long-polls, as every consumer of the bench does, so it is handed the head the moment
+/// the last lease expires.
 async fn crash_loop(target: Target, webhook: String, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
-        let _ = load::post(&target, &format!("/api/webhooks/{webhook}/messages/dequeue"), None).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let _ = load::post(&target, &format!("/api/webhooks/{webhook}/messages/dequeue?wait=1"), None).await;
     }
 }
 

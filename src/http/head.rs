@@ -265,6 +265,9 @@ pub async fn skip(
     let actor = format!("api-key:{}", req.auth.principal.key.0);
     let mut tx = crate::store::begin(&state.pool).await?;
     let key = body.key.as_deref().map(|k| storable("key", k)).transpose()?;
+    if key.is_some_and(|k| k.chars().count() > 255) {
+        return Err(ApiError::Validation("key is an ordering key: at most 255 characters".into()));
+    }
     let skipped =
         store::skip(&mut tx, req.project(), &req.webhook, body.expect_seq.map(Seq), key, reason, &actor).await?;
     crate::store::commit(tx).await?;

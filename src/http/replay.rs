@@ -11,7 +11,7 @@ use super::ApiState;
 use crate::crypto::{KeyRing, Sealed};
 use crate::domain::{MessageId, Seq, WebhookId};
 use crate::limits::Operation;
-use crate::store::messages::replay::{self as store, Committed, Replayed};
+use crate::store::messages::replay::{self as store, Committed};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/webhooks/{webhook_id}/replay", web::post().to(replay));
@@ -20,8 +20,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// Most messages one replay covers (toSeq - fromSeq + 1).
 const MAX_RANGE: i64 = 1000;
 
-/// Seqs read (and payloads held) at a time.
+/// Seqs read and resealed at a time.
 const CHUNK: i64 = 100;
+
+/// Most payload bytes (as stored) one tail replay copies: they are held in memory.
+const MAX_BYTES: i64 = 64 * 1024 * 1024;
 
 /// Copies of the originals, each payload sealed again under its copy's new id (off the async
 /// threads: up to a chunk of large payloads); with how many could not be opened.
@@ -107,7 +110,7 @@ pub struct ReplayedMessage {
 #[utoipa::path(post, path = "/api/webhooks/{webhook_id}/replay", tag = "operate",
     params(("webhook_id" = String, Path)), request_body = ReplayRequest, security(("api_key" = [])),
     responses((status = 200, body = ReplayResponse), BodyErrors, WebhookErrors,
-              (status = 422, body = ErrorBody, description = "fromSeq or toSeq missing or below 1, toSeq before fromSeq, a range over 1,000 seqs, or an unknown position")))]
+              (status = 422, body = ErrorBody, description = "fromSeq or toSeq missing or below 1, toSeq before fromSeq, a range over 1,000 seqs, an unknown position, or (at the tail) over 64 MiB of payloads")))]
 #[tracing::instrument(skip_all, fields(webhook_id = %req.webhook))]
 pub async fn replay(
     req: WebhookRequest<Manage>,
@@ -128,31 +131,45 @@ pub async fn replay(
         Some("head") => true,
         Some(_) => return Err(ApiError::Validation("position must be head or tail".into())),
     };
-    // One transaction, read and written a chunk at a time so at most a chunk of payloads is
-    // in memory; every message queued again spends the webhook's ingestion budget.
-    let mut tx = crate::store::begin(&state.pool).await?;
-    let (mut replayed, mut skipped): (Vec<Replayed>, usize) = (Vec::new(), 0);
-    for first in (from..=to).step_by(CHUNK as usize) {
-        let last = (first + CHUNK - 1).min(to);
-        let originals = store::committed_range(&mut tx, req.project(), &req.webhook, Seq(first), Seq(last)).await?;
-        if originals.is_empty() {
-            continue;
-        }
-        req.auth.rate_limit_n(&state, req.webhook, Operation::Ingest, originals.len())?;
-        if at_head {
-            let seqs: Vec<Seq> = originals.iter().map(|o| o.seq).collect();
-            replayed.extend(store::requeue_in_place(&mut tx, &req.webhook, &seqs).await?);
-            continue;
-        }
-        let (keys, webhook) = (state.keys.clone(), req.webhook);
-        let (copies, unreadable) = web::block(move || reseal(&keys, &webhook, originals))
-            .await
-            .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("resealing replayed payloads: {e}")))?;
-        skipped += unreadable;
-        replayed.extend(store::append_copies(&mut tx, &req.webhook, copies).await?);
+    let (from, to) = (Seq(from), Seq(to));
+    // What the range holds decides, before any work: every message queued again spends the
+    // webhook's ingestion budget, and the payloads resealed are held in memory at once.
+    let size = store::committed_size(&state.pool, req.project(), &req.webhook, from, to).await?;
+    if !at_head && size.bytes > MAX_BYTES {
+        return Err(ApiError::Validation(format!(
+            "the range holds {} bytes of payloads, over the {MAX_BYTES} one replay may copy: replay a smaller range",
+            size.bytes
+        )));
     }
-    crate::store::commit(tx).await?;
-    tracing::info!(from, to, at_head, replayed = replayed.len(), skipped, "replayed");
+    if size.messages > 0 {
+        req.auth.rate_limit_n(&state, req.webhook, Operation::Ingest, size.messages)?;
+    }
+    let (replayed, skipped) = if at_head {
+        let mut tx = crate::store::begin(&state.pool).await?;
+        let replayed = store::requeue_in_place(&mut tx, &req.webhook, from, to).await?;
+        crate::store::commit(tx).await?;
+        (replayed, 0)
+    } else {
+        // Read and resealed a chunk at a time, off the async threads; inserted at the end in
+        // one short transaction (ingestion of the webhook waits on it only that long).
+        let mut copies = Vec::new();
+        let mut skipped = 0;
+        for first in (from.0..=to.0).step_by(CHUNK as usize) {
+            let last = Seq((first + CHUNK - 1).min(to.0));
+            let originals = store::committed_range(&state.pool, &req.webhook, Seq(first), last).await?;
+            let (keys, webhook) = (state.keys.clone(), req.webhook);
+            let (resealed, unreadable) = web::block(move || reseal(&keys, &webhook, originals))
+                .await
+                .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("resealing replayed payloads: {e}")))?;
+            copies.extend(resealed);
+            skipped += unreadable;
+        }
+        let mut tx = crate::store::begin(&state.pool).await?;
+        let replayed = store::append_copies(&mut tx, &req.webhook, copies).await?;
+        crate::store::commit(tx).await?;
+        (replayed, skipped)
+    };
+    tracing::info!(from = from.0, to = to.0, at_head, replayed = replayed.len(), skipped, "replayed");
     Ok(HttpResponse::Ok().json(ReplayResponse {
         replayed: replayed.len(),
         position: if at_head { "head" } else { "tail" }.into(),

@@ -96,7 +96,9 @@ impl HeadView {
 
     /// When the head may next be delivered: None while paused or with nothing to deliver.
     pub fn next_eligible_at(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let lock_expiry = self.lock.as_ref().map(|l| l.expires_at);
+        // A keyed webhook's keys each have their own lock: the first to expire frees one.
+        let key_expiry = self.blocked_keys.iter().map(|k| k.lock_expires_at).min();
+        let lock_expiry = self.lock.as_ref().map(|l| l.expires_at).or(key_expiry);
         match self.state(now) {
             QueueState::Paused | QueueState::Empty => None,
             QueueState::Held => self.held_until.max(lock_expiry),

@@ -5,7 +5,7 @@
 //! after them and is not yet leased (a lock already out is not taken back).
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::ingest::insert_rows;
@@ -33,16 +33,37 @@ pub struct Replayed {
     pub replay_of: MessageId,
 }
 
-/// The committed messages of `seqs` (inclusive) still within their TTL, in seq order. The
-/// webhook must belong to the project.
-pub async fn committed_range(
-    db: &mut PgConnection,
+/// How many committed messages of a seq range (inclusive) are within their TTL, and their
+/// stored payload bytes. The webhook must belong to the project.
+pub struct RangeSize {
+    pub messages: usize,
+    pub bytes: i64,
+}
+
+pub async fn committed_size(
+    pool: &PgPool,
     project: ProjectId,
     webhook: &WebhookId,
     from: Seq,
     to: Seq,
-) -> StoreResult<Vec<Committed>> {
-    super::super::webhooks::get(&mut *db, project, webhook).await?;
+) -> StoreResult<RangeSize> {
+    super::super::webhooks::get(pool, project, webhook).await?;
+    let row = sqlx::query!(
+        r#"SELECT count(*) AS "messages!", coalesce(sum(octet_length(ciphertext)), 0)::int8 AS "bytes!"
+           FROM messages
+           WHERE webhook_id = $1 AND seq BETWEEN $2 AND $3 AND state = 'committed' AND expires_at > now()"#,
+        webhook.as_uuid(),
+        from.0,
+        to.0
+    )
+    .fetch_one(pool)
+    .await
+    .context_for("measuring committed messages to replay", webhook)?;
+    Ok(RangeSize { messages: row.messages as usize, bytes: row.bytes })
+}
+
+/// The committed messages of a seq range (inclusive) still within their TTL, in seq order.
+pub async fn committed_range(pool: &PgPool, webhook: &WebhookId, from: Seq, to: Seq) -> StoreResult<Vec<Committed>> {
     let rows = sqlx::query!(
         r#"SELECT id, seq, priority, expires_at, key_id, nonce, ciphertext, ordering_key FROM messages
            WHERE webhook_id = $1 AND seq BETWEEN $2 AND $3 AND state = 'committed' AND expires_at > now()
@@ -51,7 +72,7 @@ pub async fn committed_range(
         from.0,
         to.0
     )
-    .fetch_all(&mut *db)
+    .fetch_all(pool)
     .await
     .context_for("reading committed messages to replay", webhook)?;
     Ok(rows
@@ -111,17 +132,22 @@ pub async fn append_copies(
         .collect())
 }
 
-/// Returns the committed messages of `seqs` (still within their TTL) to the queue at their
-/// own positions, their attempts counted from zero again.
-pub async fn requeue_in_place(tx: &mut PgConnection, webhook: &WebhookId, seqs: &[Seq]) -> StoreResult<Vec<Replayed>> {
-    let seqs: Vec<i64> = seqs.iter().map(|s| s.0).collect();
+/// Returns the committed messages of a seq range (inclusive, still within their TTL) to the
+/// queue at their own positions, their attempts counted from zero again.
+pub async fn requeue_in_place(
+    tx: &mut PgConnection,
+    webhook: &WebhookId,
+    from: Seq,
+    to: Seq,
+) -> StoreResult<Vec<Replayed>> {
     let rows = sqlx::query!(
         r#"UPDATE messages
            SET state = 'queued', committed_at = NULL, retry_count = 0, error_attempts = 0, expiry_attempts = 0
-           WHERE webhook_id = $1 AND seq = ANY ($2) AND state = 'committed' AND expires_at > now()
+           WHERE webhook_id = $1 AND seq BETWEEN $2 AND $3 AND state = 'committed' AND expires_at > now()
            RETURNING id, seq"#,
         webhook.as_uuid(),
-        &seqs
+        from.0,
+        to.0
     )
     .fetch_all(&mut *tx)
     .await
