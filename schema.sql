@@ -1126,6 +1126,15 @@ CREATE FUNCTION public.hookline_wake(p_webhook uuid) RETURNS void
     SELECT pg_notify('hookline_queue', p_webhook::text)
 $$;
 
+CREATE FUNCTION public.hookline_wake_on_key_deleted() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM hookline_wake(OLD.webhook_id);
+    RETURN NULL;
+END
+$$;
+
 CREATE FUNCTION public.hookline_wake_on_release() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
@@ -1367,6 +1376,8 @@ CREATE TRIGGER messages_count_deleted AFTER DELETE ON public.messages REFERENCIN
 CREATE TRIGGER messages_count_inserted AFTER INSERT ON public.messages REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.hookline_count_inserted();
 
 CREATE TRIGGER messages_count_updated AFTER UPDATE ON public.messages REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.hookline_count_updated();
+
+CREATE TRIGGER messages_key_deleted AFTER DELETE ON public.messages FOR EACH ROW WHEN (((old.lock_token IS NOT NULL) AND (old.ordering_key IS NOT NULL))) EXECUTE FUNCTION public.hookline_wake_on_key_deleted();
 
 CREATE TRIGGER messages_key_released AFTER UPDATE OF lock_token ON public.messages FOR EACH ROW WHEN (((old.lock_token IS NOT NULL) AND (new.lock_token IS NULL) AND (new.ordering_key IS NOT NULL))) EXECUTE FUNCTION public.hookline_wake_on_requeue();
 

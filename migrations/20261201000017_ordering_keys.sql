@@ -199,6 +199,18 @@ CREATE TRIGGER messages_key_released AFTER UPDATE OF lock_token ON messages
     FOR EACH ROW WHEN (OLD.lock_token IS NOT NULL AND NEW.lock_token IS NULL AND NEW.ordering_key IS NOT NULL)
     EXECUTE FUNCTION hookline_wake_on_requeue();
 
+-- The same when the message goes with its lock (a TTL or live purge): its key is free.
+CREATE FUNCTION hookline_wake_on_key_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM hookline_wake(OLD.webhook_id);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER messages_key_deleted AFTER DELETE ON messages
+    FOR EACH ROW WHEN (OLD.lock_token IS NOT NULL AND OLD.ordering_key IS NOT NULL)
+    EXECUTE FUNCTION hookline_wake_on_key_deleted();
+
 -- As the baseline's ingestion, with each message's ordering key: on a keyed webhook a
 -- message without one has the fallback key ''.
 CREATE FUNCTION hookline_ingest(p_webhooks uuid[], p_ids uuid[], p_key_ids integer[], p_nonces bytea[],

@@ -183,3 +183,29 @@ async fn ordering_key_settings_are_checked() {
     let plain = app.create_webhook(json!({})).await;
     assert!(app.get_webhook(&plain).await.body["orderingKey"].is_null());
 }
+
+#[tokio::test]
+async fn a_purged_locked_head_frees_its_key_for_a_waiting_consumer() {
+    let app = spawn_app().await;
+    let wh = keyed(&app).await;
+    event(&app, &wh, Some("A"), 1).await;
+    event(&app, &wh, Some("A"), 2).await;
+    let head = app.dequeue_ok(&wh).await;
+    assert_eq!(head.seq, 1);
+    let waiter = {
+        let app = app.clone_handle();
+        let wh = wh.clone();
+        tokio::spawn(async move { app.dequeue_with(&wh, "wait=15").await })
+    };
+    app.until_waiting(&wh, 1).await;
+    // The locked head outlives its TTL and is purged with its lock (which runs for 300 s).
+    app.sql(&format!(
+        "UPDATE messages SET expires_at = now() - interval '1 second' WHERE webhook_id = '{}' AND seq = 1",
+        crate::helpers::uuid_of(&wh)
+    ))
+    .await;
+    hookline::jobs::TtlPurger::new(app.pool.clone()).run_once().await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), waiter).await.expect("woken").unwrap();
+    r.expect(StatusCode::OK);
+    assert_eq!(r.i64("seq"), 2);
+}
